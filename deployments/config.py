@@ -1,0 +1,80 @@
+"""Typed application settings: what ``configs/serve.yaml`` passes to ``build_app`` (Ray-free)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+
+from extractors import REGISTRY
+
+#: API feature name -> the seed's service name in its routes.
+SEED_NAMES = {
+    "phash": "phash",
+    "color": "color",
+    "local": "local_features",
+    "global": "global_features",
+    "clip": "image_text_features",
+}
+
+
+class FeatureConfig(BaseModel):
+    """One feature: whether it runs, its extractor and index options, its fusion weight."""
+
+    enabled: bool = True
+    options: dict[str, Any] = Field(default_factory=dict)
+    index: dict[str, Any] = Field(default_factory=dict)
+    weight: float = 1.0
+
+
+class FusionConfig(BaseModel):
+    """Reciprocal-rank fusion and the near-duplicate rule."""
+
+    rank_constant: float = 60.0
+    #: phash Hamming distance (of 576 bits) at or under which an image is a near-duplicate.
+    duplicate_threshold: int = 64
+    #: Results each source contributes before fusion.
+    candidates: int = 100
+    default_k: int = 20
+    max_k: int = 1000
+
+
+class AppArgs(BaseModel):
+    """Everything the application is built from."""
+
+    #: Prefix of the Ray actor names, so that two apps (or tests) never share an index.
+    name: str = "imgsearch"
+    #: Where LMDB stores and index snapshots live; relative paths are under the project root.
+    data_dir: str = "data"
+    max_upload_mb: float = 50.0
+    max_pixels: int = 100_000_000
+    snapshot_interval_s: float = 30.0
+    #: CPU reserved by each index actor; they mostly wait, so none by default.
+    index_actor_cpus: float = 0.0
+    features: dict[str, FeatureConfig] = Field(
+        default_factory=lambda: {"phash": FeatureConfig(), "color": FeatureConfig()}
+    )
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+
+    @field_validator("features")
+    @classmethod
+    def _known_features(cls, value: dict[str, FeatureConfig]) -> dict[str, FeatureConfig]:
+        unknown = set(value) - set(REGISTRY)
+        if unknown:
+            raise ValueError(f"unknown features {sorted(unknown)}; known: {sorted(REGISTRY)}")
+        return value
+
+    @property
+    def enabled(self) -> list[str]:
+        """Names of the enabled features, in config order."""
+        return [name for name, cfg in self.features.items() if cfg.enabled]
+
+    def data_path(self) -> Path:
+        """Absolute data directory (relative paths resolve against the project root)."""
+        path = Path(self.data_dir).expanduser()
+        return path if path.is_absolute() else Path(__file__).resolve().parent.parent / path
+
+    def extractor_options(self, name: str) -> dict[str, Any]:
+        """Constructor options of a feature's extractor, with the app-wide pixel cap."""
+        return {"max_pixels": self.max_pixels, **self.features[name].options}

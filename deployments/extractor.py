@@ -1,0 +1,79 @@
+"""The one generic extractor deployment, bound once per feature."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from extractors import InvalidImage, WeightsUnavailable, build_extractor
+
+Result = np.ndarray | InvalidImage
+
+
+@serve.deployment(
+    # A fraction of a core: on a 2-core laptop the whole graph must fit, and the real limit on
+    # throughput is the batch, not the reservation. serve.yaml overrides per feature.
+    ray_actor_options={"num_cpus": 0.25},
+    max_ongoing_requests=64,
+)
+class ExtractorDeployment:
+    """Serves one extractor: batched, blocking work off the event loop.
+
+    ``extract(data, query)`` returns the feature (query=True: the query variants) or the
+    ``InvalidImage`` of a bad upload as a value, so that one bad file never fails its batch.
+    """
+
+    def __init__(self, name: str, options: dict[str, Any] | None = None) -> None:
+        # One torch/BLAS thread per replica: replicas, not threads, are how this scales, and
+        # oversubscribed threads on a few cores only thrash.
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        self.extractor = build_extractor(name, options)
+        self.unavailable: str | None = None
+        try:
+            self.extractor.load()
+        except WeightsUnavailable as exc:
+            self.unavailable = str(exc)
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Apply ``user_config``: ``max_batch_size`` and ``batch_wait_timeout_s``."""
+        batch: Any = self._batch  # serve.batch adds the setters at runtime
+        batch.set_max_batch_size(int(config.get("max_batch_size", 16)))
+        batch.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.0)))
+
+    def info(self) -> dict[str, Any]:
+        """What this extractor is and whether it can run."""
+        ex = self.extractor
+        return {
+            "name": ex.name,
+            "kind": ex.kind,
+            "dim": ex.dim,
+            "metric": ex.metric,
+            "available": self.unavailable is None,
+            "reason": self.unavailable,
+        }
+
+    # No wait by default: a lone request runs at once, and under load the requests that queue
+    # while a batch runs form the next batch anyway.
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def _batch(self, items: list[tuple[bytes, bool]]) -> list[Result]:
+        return await asyncio.to_thread(self._run, items)
+
+    def _run(self, items: list[tuple[bytes, bool]]) -> list[Result]:
+        out: list[Result] = [InvalidImage("not computed")] * len(items)
+        for query in (False, True):
+            slots = [i for i, (_, q) in enumerate(items) if q is query]
+            if slots:
+                results = self.extractor.extract_bytes([items[i][0] for i in slots], query=query)
+                for slot, result in zip(slots, results, strict=True):
+                    out[slot] = result
+        return out
+
+    async def extract(self, data: bytes, query: bool = False) -> Result:
+        """Feature of one upload (batched with concurrent calls)."""
+        if self.unavailable is not None:
+            raise WeightsUnavailable(self.unavailable)
+        return await self._batch((data, query))

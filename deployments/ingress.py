@@ -1,0 +1,496 @@
+"""The FastAPI ingress: validation, fan-out to extractors and index actors, fusion, errors."""
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+from fastapi import Body, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.handle import DeploymentHandle
+
+from deployments.config import SEED_NAMES, AppArgs
+from deployments.fusion import fuse
+from extractors import REGISTRY, InvalidImage, WeightsUnavailable
+from index_actors.actor import catalog_actor, index_actor
+from index_actors.indexes import Hit, UnknownImage
+
+log = logging.getLogger("ray.serve")
+app = FastAPI(title="Image retrieval engine")
+SEED_SERVICES = {seed: name for name, seed in SEED_NAMES.items()}
+
+
+def _int_field(value: Any, field: str, required: bool = True) -> int | None:
+    """Parse an integer form/JSON field with a message a person can act on."""
+    if value is None or value == "":
+        if required:
+            raise HTTPException(422, f"{field} is required (an integer)")
+        return None
+    if isinstance(value, bool):
+        raise HTTPException(422, f"{field} must be an integer, got {value!r}")
+    try:
+        parsed = int(value)
+    except (TypeError, ValueError):
+        raise HTTPException(422, f"{field} must be an integer, got {value!r}") from None
+    if isinstance(value, float) and value != parsed:
+        raise HTTPException(422, f"{field} must be an integer, got {value!r}")
+    if not 0 <= parsed < 2**63:
+        raise HTTPException(422, f"{field} must be between 0 and 2^63-1, got {parsed}")
+    return parsed
+
+
+def _float_field(value: Any, field: str) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        parsed = float(value)
+    except (TypeError, ValueError):
+        raise HTTPException(422, f"{field} must be a number, got {value!r}") from None
+    if not np.isfinite(parsed) or parsed < 0:
+        raise HTTPException(422, f"{field} must be a finite number >= 0, got {value!r}")
+    return parsed
+
+
+@serve.deployment(
+    # The ingress only parses and awaits; a small slice of a core is enough for it.
+    ray_actor_options={"num_cpus": 0.1},
+    max_ongoing_requests=256,
+)
+@serve.ingress(app)
+class Ingress:
+    """Composes the extractor deployments and index actors into ingest and search."""
+
+    def __init__(
+        self, args: AppArgs | dict[str, Any], extractors: dict[str, DeploymentHandle]
+    ) -> None:
+        self.args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
+        self.extractors = extractors
+        data = str(self.args.data_path())
+        self.catalog = catalog_actor(self.args.name, data)
+        self.indexes = {}
+        for name in self.extractors:
+            cls = REGISTRY[name]
+            options = dict(self.args.features[name].index)
+            if cls.kind == "vector":
+                options.setdefault("metric", cls.metric)
+            self.indexes[name] = index_actor(
+                self.args.name,
+                name,
+                cls.kind,
+                data,
+                cls.dim,
+                options,
+                self.args.snapshot_interval_s,
+                self.args.index_actor_cpus,
+            )
+
+    # --- shared steps -----------------------------------------------------------------
+    def _features(self, requested: str | None) -> list[str]:
+        if not requested:
+            return list(self.extractors)
+        names = [n.strip() for n in requested.split(",") if n.strip()]
+        unknown = [n for n in names if n not in self.extractors]
+        if unknown or not names:
+            raise HTTPException(
+                422,
+                f"unknown or disabled features {unknown or requested!r}; "
+                f"enabled: {', '.join(self.extractors)}",
+            )
+        return list(dict.fromkeys(names))
+
+    def _k(self, k: Any, default: int | None = None) -> int:
+        value = _int_field(k, "k", required=False)
+        value = default if value is None else value
+        value = self.args.fusion.default_k if value is None else value
+        if not 1 <= value <= self.args.fusion.max_k:
+            raise HTTPException(
+                422, f"k must be between 1 and {self.args.fusion.max_k}, got {value}"
+            )
+        return value
+
+    async def _read(self, request: Request, image: UploadFile | None) -> bytes:
+        cap = int(self.args.max_upload_mb * 1024 * 1024)
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > cap + 64 * 1024:
+            raise HTTPException(
+                413, f"upload is {int(length)} bytes, over the limit of {cap} bytes"
+            )
+        if image is None:
+            raise HTTPException(422, "missing multipart file field 'image'")
+        data = await image.read(cap + 1)
+        if len(data) > cap:
+            raise HTTPException(413, f"upload is over the limit of {cap} bytes")
+        if not data:
+            raise HTTPException(400, "empty upload: the 'image' field has no data")
+        return data
+
+    async def _extract(
+        self, data: bytes, names: list[str], query: bool
+    ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Features of one upload per extractor, and why any extractor could not run.
+
+        An unreadable image is the client's fault whichever extractor noticed: 4xx.
+        """
+        calls = [self.extractors[n].extract.remote(data, query) for n in names]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        feats: dict[str, np.ndarray] = {}
+        failed: dict[str, str] = {}
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, InvalidImage):
+                raise HTTPException(result.status, str(result))
+            if isinstance(result, WeightsUnavailable):
+                failed[name] = f"unavailable: {result}"
+            elif isinstance(result, BaseException):
+                log.exception("extractor %s failed", name, exc_info=result)
+                failed[name] = f"error: {type(result).__name__}: {result}"
+            else:
+                feats[name] = result
+        return feats, failed
+
+    async def _names(self, ids: list[int]) -> dict[int, str]:
+        return await self.catalog.name_of.remote(ids) if ids else {}
+
+    async def _known(self, image_id: int) -> str:
+        names = await self._names([image_id])
+        if image_id not in names:
+            raise HTTPException(404, f"no image with id {image_id}")
+        return names[image_id]
+
+    async def _search(
+        self, queries: dict[str, np.ndarray], k: int | None, thresholds: dict[str, float | None]
+    ) -> dict[str, list[Hit]]:
+        names = list(queries)
+        calls = [self.indexes[n].search.remote(queries[n], k, thresholds.get(n)) for n in names]
+        try:
+            results = await asyncio.gather(*calls)
+        except RayActorError as exc:
+            raise HTTPException(503, f"an index is restarting, retry shortly: {exc}") from None
+        return dict(zip(names, results, strict=True))
+
+    async def _listing(self, hits: list[Hit], names: dict[int, str] | None = None) -> list[dict]:
+        names = names if names is not None else await self._names([i for i, _ in hits])
+        return [
+            {"image_id": i, "file_name": names.get(i), "distance": d} for i, d in hits if i in names
+        ]
+
+    async def _add(
+        self, data: bytes, image_id: int | None, file_name: str | None, names: list[str]
+    ) -> tuple[int, str, dict[str, str]]:
+        """Extract, then register, then store every feature; nothing is stored for a bad image."""
+        if file_name is not None and (not file_name.strip() or len(file_name.encode()) > 255):
+            raise HTTPException(422, "file_name must be 1 to 255 bytes of UTF-8")
+        feats, status = await self._extract(data, names, query=False)
+        if not feats:
+            raise HTTPException(503, f"no feature could be computed: {status}")
+        try:
+            image_id, file_name = await self.catalog.register.remote(file_name, image_id)
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from None
+        adds = [self.indexes[n].add.remote([image_id], f[None, :]) for n, f in feats.items()]
+        results = await asyncio.gather(*adds, return_exceptions=True)
+        for name, result in zip(feats, results, strict=True):
+            status[name] = "ok" if not isinstance(result, BaseException) else f"error: {result}"
+        return image_id, file_name, {n: status[n] for n in names}
+
+    async def _delete(self, image_id: int, names: list[str] | None = None) -> None:
+        """Remove an image's features (all by default, then the image itself)."""
+        await self._known(image_id)
+        targets = names or list(self.indexes)
+        await asyncio.gather(*(self.indexes[n].remove.remote([image_id]) for n in targets))
+        if names is None:
+            await self.catalog.unregister.remote(image_id)
+
+    async def _describe(self, image_id: int, file_name: str) -> dict[str, Any]:
+        present = await asyncio.gather(*(a.has.remote([image_id]) for a in self.indexes.values()))
+        feats = [n for n, has in zip(self.indexes, present, strict=True) if has]
+        # tags, caption and text arrive with their extractors; the contract has the keys now.
+        return {
+            "image_id": image_id,
+            "file_name": file_name,
+            "features": feats,
+            "tags": [],
+            "caption": None,
+            "text": None,
+        }
+
+    # --- native API -------------------------------------------------------------------
+    @app.post("/images")
+    async def add_image(
+        self,
+        request: Request,
+        image: UploadFile | None = File(None),
+        image_id: str | None = Form(None),
+        file_name: str | None = Form(None),
+        features: str | None = Form(None),
+    ) -> dict[str, Any]:
+        """Store an image's features; re-adding an id replaces it."""
+        parsed = _int_field(image_id, "image_id", required=False)
+        names = self._features(features)
+        data = await self._read(request, image)
+        if file_name is None and image is not None and image.filename:
+            file_name = image.filename
+        new_id, name, status = await self._add(data, parsed, file_name, names)
+        return {"image_id": new_id, "file_name": name, "features": status}
+
+    @app.get("/images/{image_id}")
+    async def get_image(self, image_id: str) -> dict[str, Any]:
+        """What is stored for an image id."""
+        parsed = _int_field(image_id, "image_id")
+        assert parsed is not None
+        return await self._describe(parsed, await self._known(parsed))
+
+    @app.get("/images")
+    async def find_image(self, file_name: str = Query("")) -> dict[str, Any]:
+        """What is stored for a file name."""
+        if not file_name:
+            raise HTTPException(422, "query parameter file_name is required")
+        image_id = await self.catalog.id_of.remote(file_name)
+        if image_id is None:
+            raise HTTPException(404, f"no image with file name {file_name!r}")
+        return await self._describe(image_id, file_name)
+
+    @app.delete("/images/{image_id}")
+    async def delete_image(self, image_id: str) -> dict[str, Any]:
+        """Delete an image and all its features."""
+        parsed = _int_field(image_id, "image_id")
+        assert parsed is not None
+        await self._delete(parsed)
+        return {"image_id": parsed, "deleted": True}
+
+    @app.post("/search/image")
+    async def search_image(
+        self,
+        request: Request,
+        image: UploadFile | None = File(None),
+        k: str | None = Form(None),
+        features: str | None = Form(None),
+        phash_threshold: str | None = Form(None),
+    ) -> dict[str, Any]:
+        """Fused search by an uploaded image (phash also searches the mirrored image)."""
+        kk = self._k(k)
+        names = self._features(features)
+        dup = _float_field(phash_threshold, "phash_threshold")
+        dup = self.args.fusion.duplicate_threshold if dup is None else dup
+        data = await self._read(request, image)
+        queries, failed = await self._extract(data, names, query=True)
+        if not queries:
+            raise HTTPException(503, f"no feature could be computed: {failed}")
+        lists = await self._search(queries, max(kk, self.args.fusion.candidates), {})
+        return await self._fused(lists, kk, dup)
+
+    async def _fused(self, lists: dict[str, list[Hit]], k: int, dup: float) -> dict[str, Any]:
+        weights = {n: self.args.features[n].weight for n in lists}
+        fused = fuse(lists, weights, self.args.fusion.rank_constant, "phash", dup)[:k]
+        ids = {i for hits in lists.values() for i, _ in hits[:k]} | {f.image_id for f in fused}
+        names = await self._names(sorted(ids))
+        return {
+            "results": [
+                {
+                    "image_id": f.image_id,
+                    "file_name": names.get(f.image_id),
+                    "score": f.score,
+                    "duplicate": f.duplicate,
+                    "matches": f.matches,
+                }
+                for f in fused
+                if f.image_id in names
+            ],
+            "by_feature": {n: await self._listing(h[:k], names) for n, h in lists.items()},
+        }
+
+    @app.get("/search/similar/{image_id}")
+    async def search_similar(
+        self, image_id: str, feature: str = Query("phash"), k: str | None = Query(None)
+    ) -> dict[str, Any]:
+        """Stored images nearest to a stored one, by one feature."""
+        parsed = _int_field(image_id, "image_id")
+        assert parsed is not None
+        name = self._features(feature)[0]
+        hits = await self._by_id(name, parsed, self._k(k), None)
+        return {"results": await self._listing(hits)}
+
+    async def _by_id(
+        self, name: str, image_id: int, k: int | None, threshold: float | None
+    ) -> list[Hit]:
+        await self._known(image_id)
+        try:
+            return await self.indexes[name].search_by_id.remote(image_id, k, threshold)
+        except UnknownImage:
+            raise HTTPException(404, f"image {image_id} has no {name} feature") from None
+
+    @app.get("/health")
+    async def health(self) -> dict[str, Any]:
+        """Every extractor (available, or why not) and every index (count)."""
+        infos = await asyncio.gather(
+            *(h.info.remote() for h in self.extractors.values()), return_exceptions=True
+        )
+        counts = await asyncio.gather(
+            *(a.count.remote() for a in self.indexes.values()), return_exceptions=True
+        )
+        extractors = {
+            n: info
+            if not isinstance(info, BaseException)
+            else {"available": False, "reason": str(info)}
+            for n, info in zip(self.extractors, infos, strict=True)
+        }
+        indexes = {
+            n: {"count": c} if not isinstance(c, BaseException) else {"error": str(c)}
+            for n, c in zip(self.indexes, counts, strict=True)
+        }
+        ok = all(e.get("available") for e in extractors.values()) and all(
+            "count" in i for i in indexes.values()
+        )
+        return {
+            "status": "ok" if ok else "degraded",
+            "extractors": extractors,
+            "indexes": indexes,
+            "images": await self.catalog.count.remote(),
+        }
+
+    # --- seed-compatible API ----------------------------------------------------------
+    @app.post("/calculate_all_image_features")
+    async def seed_calculate_all(
+        self,
+        request: Request,
+        image: UploadFile | None = File(None),
+        image_id: str | None = Form(None),
+    ) -> list[dict[str, Any]]:
+        """Seed gateway: store every feature; one settled-promise-like entry per service."""
+        parsed = _int_field(image_id, "image_id")
+        data = await self._read(request, image)
+        _, _, status = await self._add(data, parsed, None, list(self.extractors))
+        return [
+            {"status": "fulfilled", "value": ""}
+            if s == "ok"
+            else {"status": "rejected", "reason": s}
+            for s in status.values()
+        ]
+
+    @app.post("/delete_all_image_features")
+    async def seed_delete_all(self, body: dict[str, Any] = Body(...)) -> list[dict[str, str]]:
+        """Seed gateway: delete an image everywhere (404 if unknown, unlike the seed)."""
+        parsed = _int_field(body.get("image_id"), "image_id")
+        assert parsed is not None
+        await self._delete(parsed)
+        return [{"status": "fulfilled"} for _ in self.indexes]
+
+    @app.post("/reverse_search")
+    async def seed_reverse_search(
+        self,
+        request: Request,
+        image: UploadFile | None = File(None),
+        find_duplicate: str | None = Form(None),
+    ) -> dict[str, Any]:
+        """Seed gateway: per-service lists (first 20) and ``unified_res`` from fusion.
+
+        ``find_duplicate=1`` returns only the near-duplicates (phash within the duplicate
+        threshold, mirrored included) under ``phash_res``, or ``{}`` when there are none.
+        """
+        dup_mode = _int_field(find_duplicate, "find_duplicate", required=False)
+        data = await self._read(request, image)
+        threshold = self.args.fusion.duplicate_threshold
+        if dup_mode:
+            if "phash" not in self.extractors:
+                raise HTTPException(
+                    503, "find_duplicate needs the phash feature, which is disabled"
+                )
+            queries, failed = await self._extract(data, ["phash"], query=True)
+            if not queries:
+                raise HTTPException(503, f"phash could not be computed: {failed}")
+            hits = (await self._search(queries, 5, {"phash": threshold}))["phash"]
+            return {"phash_res": await self._listing(hits)} if hits else {}
+        queries, failed = await self._extract(data, list(self.extractors), query=True)
+        lists = await self._search(queries, 200, {})
+        fused = await self._fused(lists, 200, threshold)
+        out: dict[str, Any] = {
+            f"{SEED_NAMES[n]}_res": hits[:20] for n, hits in fused["by_feature"].items() if hits
+        }
+        if fused["results"]:
+            out["unified_res"] = [
+                {"image_id": r["image_id"], "score": r["score"]} for r in fused["results"]
+            ]
+        return out
+
+    def _seed_feature(self, svc: str) -> str:
+        name = SEED_SERVICES.get(svc)
+        if name is None or name not in self.extractors:
+            raise HTTPException(
+                404,
+                f"no service {svc!r} here; enabled: "
+                f"{', '.join(SEED_NAMES[n] for n in self.extractors)}",
+            )
+        return name
+
+    def _seed_mode(self, name: str, k: Any, threshold: Any) -> tuple[int | None, float | None]:
+        """The seed's exactly-one-of k / distance_threshold; its threshold is strict (<)."""
+        if k not in (None, "") and threshold not in (None, ""):
+            raise HTTPException(422, "give k or distance_threshold, not both")
+        t = _float_field(threshold, "distance_threshold")
+        if t is None:
+            return self._k(k), None
+        inclusive = np.ceil(t) - 1 if REGISTRY[name].kind == "binary" else np.nextafter(t, -np.inf)
+        return None, float(inclusive)
+
+    @app.post("/calculate_{svc}_features")
+    async def seed_calculate(
+        self,
+        svc: str,
+        request: Request,
+        image: UploadFile | None = File(None),
+        image_id: str | None = Form(None),
+    ) -> Response:
+        """Seed service: store one feature of an image (replaces on re-add)."""
+        name = self._seed_feature(svc)
+        parsed = _int_field(image_id, "image_id")
+        data = await self._read(request, image)
+        _, _, status = await self._add(data, parsed, None, [name])
+        if status[name] != "ok":
+            raise HTTPException(503, status[name])
+        return Response(status_code=200)
+
+    @app.post("/delete_{svc}_features")
+    async def seed_delete(self, svc: str, body: dict[str, Any] = Body(...)) -> Response:
+        """Seed service: delete one feature of an image, by id or by file name."""
+        name = self._seed_feature(svc)
+        if body.get("file_name"):
+            image_id = await self.catalog.id_of.remote(str(body["file_name"]))
+            if image_id is None:
+                raise HTTPException(404, f"no image with file name {body['file_name']!r}")
+        else:
+            image_id = _int_field(body.get("image_id"), "image_id")
+        assert image_id is not None
+        if not await self.indexes[name].has.remote([image_id]):
+            raise HTTPException(404, f"image {image_id} has no {name} feature")
+        await self._delete(image_id, [name])
+        return Response(status_code=200)
+
+    @app.post("/{svc}_get_similar_images_by_id")
+    async def seed_by_id(self, svc: str, body: dict[str, Any] = Body(...)) -> JSONResponse:
+        """Seed service: ``[{"image_id", "distance", "file_name"}]`` nearest to a stored image."""
+        name = self._seed_feature(svc)
+        image_id = _int_field(body.get("image_id"), "image_id")
+        assert image_id is not None
+        k, t = self._seed_mode(name, body.get("k"), body.get("distance_threshold"))
+        hits = await self._by_id(name, image_id, k, t)
+        return JSONResponse(await self._listing(hits))
+
+    @app.post("/{svc}_get_similar_images_by_image_buffer")
+    async def seed_by_image(
+        self,
+        svc: str,
+        request: Request,
+        image: UploadFile | None = File(None),
+        k: str | None = Form(None),
+        distance_threshold: str | None = Form(None),
+    ) -> JSONResponse:
+        """Seed service: nearest stored images to an upload (phash: mirrored too)."""
+        name = self._seed_feature(svc)
+        kk, t = self._seed_mode(name, k, distance_threshold)
+        data = await self._read(request, image)
+        queries, failed = await self._extract(data, [name], query=True)
+        if name in failed:
+            raise HTTPException(503, failed[name])
+        hits = (await self._search(queries, kk, {name: t}))[name]
+        return JSONResponse(await self._listing(hits))

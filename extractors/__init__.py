@@ -1,0 +1,33 @@
+"""Ray-free feature extractors and the registry the app and scripts build them from."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from extractors.base import Extractor, WeightsUnavailable
+from extractors.color import ColorHistogram
+from extractors.images import InvalidImage, decode
+from extractors.phash import PHash
+
+REGISTRY: dict[str, type[Extractor]] = {cls.name: cls for cls in (PHash, ColorHistogram)}
+
+
+def build_extractor(name: str, options: dict[str, Any] | None = None) -> Extractor:
+    """The extractor registered as ``name``, constructed with its config ``options``."""
+    try:
+        cls = REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown extractor {name!r}; known: {', '.join(REGISTRY)}") from None
+    return cls(**(options or {}))
+
+
+__all__ = [
+    "REGISTRY",
+    "ColorHistogram",
+    "Extractor",
+    "InvalidImage",
+    "PHash",
+    "WeightsUnavailable",
+    "build_extractor",
+    "decode",
+]

@@ -1,0 +1,90 @@
+"""The extractor interface every feature extractor implements (Ray-free)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar, Literal
+
+import numpy as np
+from PIL import Image
+
+from extractors.images import InvalidImage, decode
+
+Kind = Literal["binary", "vector", "keypoints", "text", "labels"]
+
+
+class WeightsUnavailable(RuntimeError):
+    """An extractor's model weights could not be found; the message says how to get them."""
+
+
+class Extractor(ABC):
+    """Turns images into fixed-size features.
+
+    Subclasses declare ``name``, ``kind``, ``dim`` (bits for binary, floats for vector),
+    ``dtype``, ``metric`` and the decode size they need, and implement ``extract`` on a batch.
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[Kind]
+    dim: ClassVar[int]
+    dtype: ClassVar[type]
+    metric: ClassVar[str]
+    #: Longest side the extractor needs; the decoder may use JPEG draft mode down to it.
+    #: ``None`` means full resolution.
+    decode_size: int | None = None
+    #: Colour mode the extractor wants the image in.
+    decode_mode: str = "RGB"
+
+    def __init__(self, max_pixels: int = 100_000_000) -> None:
+        self.max_pixels = max_pixels
+
+    def load(self) -> None:  # noqa: B027 - weight-free extractors have nothing to load
+        """Load weights; idempotent. Raises ``WeightsUnavailable`` with a fix when missing."""
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of one stored feature."""
+        if self.kind == "binary":
+            return self.dim // 8
+        return self.dim * np.dtype(self.dtype).itemsize
+
+    def decode(self, data: bytes) -> Image.Image:
+        """Decode upload bytes at the size and mode this extractor needs."""
+        return decode(
+            data, mode=self.decode_mode, size=self.decode_size, max_pixels=self.max_pixels
+        )
+
+    @abstractmethod
+    def extract(self, images: list[Image.Image]) -> list[np.ndarray]:
+        """Features of a batch of decoded images, one 1-D array per image."""
+
+    def query_variants(self, images: list[Image.Image]) -> list[np.ndarray]:
+        """Query features: one 2-D array (variants x feature) per image.
+
+        A search keeps the best distance per stored id over the variants; the default is the
+        feature alone, phash adds the mirrored image.
+        """
+        return [f[None, :] for f in self.extract(images)]
+
+    def extract_bytes(
+        self, blobs: list[bytes], query: bool = False
+    ) -> list[np.ndarray | InvalidImage]:
+        """Decode and extract a batch of uploads; a bad upload yields its ``InvalidImage``.
+
+        One bad file must not fail the others in its batch, so errors are returned per item.
+        """
+        results: list[np.ndarray | InvalidImage] = []
+        images: list[Image.Image] = []
+        slots: list[int] = []
+        for data in blobs:
+            try:
+                images.append(self.decode(data))
+                slots.append(len(results))
+                results.append(InvalidImage("not computed"))
+            except InvalidImage as exc:
+                results.append(exc)
+        if images:
+            feats = self.query_variants(images) if query else self.extract(images)
+            for slot, feat in zip(slots, feats, strict=True):
+                results[slot] = feat
+        return results

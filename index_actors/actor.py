@@ -1,0 +1,114 @@
+"""The Ray actors that host the index and catalog classes: named, detached, restartable."""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from index_actors.indexes import Hit, StoredIndex, build_index
+from index_actors.store import Catalog
+
+
+class IndexActor:
+    """Hosts one ``StoredIndex``: the single writer of its LMDB store and FAISS index.
+
+    A daemon thread snapshots the FAISS index when it changed, so a restart usually loads
+    instead of rebuilding; the snapshot is an optimisation, LMDB is what makes adds durable.
+    """
+
+    def __init__(
+        self, kind: str, path: str, dim: int, options: dict[str, Any], snapshot_interval_s: float
+    ) -> None:
+        self.index: StoredIndex = build_index(kind, Path(path), dim, **options)
+        self._stop = threading.Event()
+        self._interval = snapshot_interval_s
+        threading.Thread(target=self._snapshot_loop, daemon=True).start()
+        atexit.register(self.index.snapshot)
+
+    def _snapshot_loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.index.snapshot()
+
+    def add(self, ids: list[int], features: Any) -> int:
+        """See ``StoredIndex.add``."""
+        return self.index.add(ids, features)
+
+    def remove(self, ids: list[int]) -> list[int]:
+        """See ``StoredIndex.remove``."""
+        return self.index.remove(ids)
+
+    def has(self, ids: list[int]) -> list[int]:
+        """See ``StoredIndex.has``."""
+        return self.index.has(ids)
+
+    def search(
+        self,
+        queries: Any,
+        k: int | None,
+        threshold: float | None = None,
+        exclude: int | None = None,
+    ) -> list[Hit]:
+        """See ``StoredIndex.search``."""
+        return self.index.search(queries, k=k, threshold=threshold, exclude=exclude)
+
+    def search_by_id(
+        self, image_id: int, k: int | None, threshold: float | None = None
+    ) -> list[Hit]:
+        """See ``StoredIndex.search_by_id``; raises ``UnknownImage``."""
+        return self.index.search_by_id(image_id, k=k, threshold=threshold)
+
+    def count(self) -> int:
+        """Number of indexed features."""
+        return self.index.count
+
+    def snapshot(self) -> bool:
+        """Snapshot now (tests and graceful shutdown)."""
+        return self.index.snapshot()
+
+    def pid(self) -> int:
+        """Process id, for fault-injection tests."""
+        import os
+
+        return os.getpid()
+
+
+# Actors survive the Serve application (detached), come back after a crash (max_restarts)
+# and replay a call that was in flight when they died (max_task_retries): every method is
+# safe to repeat, since re-adding an id replaces it.
+_ACTOR_OPTIONS: dict[str, Any] = {
+    "lifetime": "detached",
+    "get_if_exists": True,
+    "max_restarts": -1,
+    "max_task_retries": -1,
+}
+
+
+def index_actor(
+    app_name: str,
+    feature: str,
+    kind: str,
+    data_dir: str,
+    dim: int,
+    options: dict[str, Any] | None = None,
+    snapshot_interval_s: float = 30.0,
+    num_cpus: float = 0.0,
+) -> Any:
+    """Get or create the index actor of one feature of an app."""
+    return (
+        ray.remote(IndexActor)
+        .options(name=f"{app_name}:index:{feature}", num_cpus=num_cpus, **_ACTOR_OPTIONS)
+        .remote(kind, str(Path(data_dir) / feature), dim, options or {}, snapshot_interval_s)
+    )
+
+
+def catalog_actor(app_name: str, data_dir: str, num_cpus: float = 0.0) -> Any:
+    """Get or create the catalog actor (id <-> file name) of an app."""
+    return (
+        ray.remote(Catalog)
+        .options(name=f"{app_name}:catalog", num_cpus=num_cpus, **_ACTOR_OPTIONS)
+        .remote(Path(data_dir) / "catalog")
+    )

@@ -1,0 +1,196 @@
+"""LMDB stores: the source of truth for features and for the id <-> file name catalog."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import lmdb
+
+_ID = struct.Struct(">q")  # big-endian, so LMDB's key order is id order
+_GEN_KEY = b"generation"
+
+
+def id_key(image_id: int) -> bytes:
+    """LMDB key of an image id: 8-byte big-endian."""
+    return _ID.pack(image_id)
+
+
+def key_id(key: bytes | memoryview) -> int:
+    """Image id of an LMDB key."""
+    return int(_ID.unpack(key)[0])
+
+
+def open_env(path: Path, map_size: int) -> lmdb.Environment:
+    """Open (creating) an LMDB environment with room for named databases."""
+    path.mkdir(parents=True, exist_ok=True)
+    # map_size is address space, not disk: files grow only as data is written.
+    return lmdb.open(str(path), map_size=map_size, max_dbs=4)
+
+
+class FeatureStore:
+    """One feature's raw values by image id, plus a generation counter.
+
+    Every write transaction bumps the generation in the same commit, so a snapshot of a
+    derived index stamped with it is known to be current exactly when the numbers match.
+    """
+
+    def __init__(self, path: Path, map_size: int = 1 << 36) -> None:
+        self.env = open_env(path, map_size)
+        self.features = self.env.open_db(b"features")
+        self.meta = self.env.open_db(b"meta")
+
+    @property
+    def generation(self) -> int:
+        """Number of committed writes so far."""
+        with self.env.begin(db=self.meta) as txn:
+            raw = txn.get(_GEN_KEY)
+        return int(raw) if raw else 0
+
+    def _bump(self, txn: lmdb.Transaction) -> None:
+        raw = txn.get(_GEN_KEY, db=self.meta)
+        txn.put(_GEN_KEY, str((int(raw) if raw else 0) + 1).encode(), db=self.meta)
+
+    def put(self, items: Iterable[tuple[int, bytes]]) -> list[int]:
+        """Store values, replacing existing ones; returns the ids that were replaced.
+
+        Returns only after the transaction committed (and was synced): that is the moment an
+        add may be acknowledged.
+        """
+        replaced = []
+        with self.env.begin(write=True, db=self.features) as txn:
+            for image_id, value in items:
+                if txn.replace(id_key(image_id), value) is not None:
+                    replaced.append(image_id)
+            self._bump(txn)
+        return replaced
+
+    def delete(self, ids: Iterable[int]) -> list[int]:
+        """Delete values; returns the ids that were present."""
+        removed = []
+        with self.env.begin(write=True, db=self.features) as txn:
+            for image_id in ids:
+                if txn.delete(id_key(image_id)):
+                    removed.append(image_id)
+            self._bump(txn)
+        return removed
+
+    def get(self, image_id: int) -> bytes | None:
+        """The stored value of ``image_id``, or None."""
+        with self.env.begin(db=self.features) as txn:
+            return txn.get(id_key(image_id))
+
+    def present(self, ids: Iterable[int]) -> list[int]:
+        """The subset of ``ids`` that has a stored value."""
+        with self.env.begin(db=self.features) as txn:
+            return [i for i in ids if txn.get(id_key(i)) is not None]
+
+    def items(self) -> Iterator[tuple[int, bytes]]:
+        """All (id, value) pairs in id order."""
+        with self.env.begin(db=self.features) as txn:
+            for key, value in txn.cursor():
+                yield key_id(key), value
+
+    def count(self) -> int:
+        """Number of stored values."""
+        with self.env.begin(db=self.features) as txn:
+            return int(txn.stat(self.features)["entries"])
+
+    def close(self) -> None:
+        """Close the environment."""
+        self.env.close()
+
+
+class Catalog:
+    """The image ids and file names: id -> name, name -> id, and the next free id.
+
+    An image is *known* when it is in the catalog; the ingress writes it here before any
+    feature and removes it after every feature, so an index never holds an unknown id.
+    """
+
+    def __init__(self, path: Path, map_size: int = 1 << 32) -> None:
+        self.env = open_env(path, map_size)
+        self.names = self.env.open_db(b"id_to_name")
+        self.ids = self.env.open_db(b"name_to_id")
+
+    def register(self, file_name: str | None, image_id: int | None = None) -> tuple[int, str]:
+        """Record an image; returns its (id, file name).
+
+        Without ``image_id`` the id is the one already given to ``file_name`` if that name is
+        known (so re-uploading a file replaces it), else one past the largest id. Without a
+        file name, the name is the id. Re-registering an id moves it to the new name; a name
+        that belongs to another id raises ``ValueError``.
+        """
+        return self.register_many([(file_name, image_id)])[0]
+
+    def register_many(self, images: list[tuple[str | None, int | None]]) -> list[tuple[int, str]]:
+        """``register`` for a batch, in one transaction (all or nothing)."""
+        out = []
+        with self.env.begin(write=True) as txn:
+            for file_name, image_id in images:
+                out.append(self._register(txn, file_name, image_id))
+        return out
+
+    def _register(
+        self, txn: lmdb.Transaction, file_name: str | None, image_id: int | None
+    ) -> tuple[int, str]:
+        if image_id is None and file_name:
+            raw = txn.get(file_name.encode(), db=self.ids)
+            if raw is not None:
+                image_id = key_id(raw)
+        if image_id is None:
+            cursor = txn.cursor(db=self.names)
+            image_id = key_id(cursor.key()) + 1 if cursor.last() else 1
+        name = file_name or str(image_id)
+        other = txn.get(name.encode(), db=self.ids)
+        if other is not None and key_id(other) != image_id:
+            raise ValueError(f"file name {name!r} already belongs to image {key_id(other)}")
+        old = txn.get(id_key(image_id), db=self.names)
+        if old is not None and bytes(old).decode() != name:
+            txn.delete(old, db=self.ids)
+        txn.put(id_key(image_id), name.encode(), db=self.names)
+        txn.put(name.encode(), id_key(image_id), db=self.ids)
+        return image_id, name
+
+    def unregister(self, image_id: int) -> bool:
+        """Forget an image; returns whether it was known."""
+        with self.env.begin(write=True) as txn:
+            name = txn.pop(id_key(image_id), db=self.names)
+            if name is None:
+                return False
+            txn.delete(name, db=self.ids)
+        return True
+
+    def name_of(self, ids: Iterable[int]) -> dict[int, str]:
+        """File names of the known ids among ``ids``."""
+        out = {}
+        with self.env.begin(db=self.names) as txn:
+            for image_id in ids:
+                raw = txn.get(id_key(image_id))
+                if raw is not None:
+                    out[image_id] = raw.decode()
+        return out
+
+    def id_of(self, file_name: str) -> int | None:
+        """Id of a file name, or None."""
+        return self.ids_of([file_name])[0]
+
+    def ids_of(self, file_names: list[str]) -> list[int | None]:
+        """Ids of file names (None where unknown)."""
+        with self.env.begin(db=self.ids) as txn:
+            raws = [txn.get(name.encode()) for name in file_names]
+        return [key_id(raw) if raw is not None else None for raw in raws]
+
+    def ids_present(self, ids: Iterable[int]) -> list[int]:
+        """The subset of ``ids`` that is known."""
+        return list(self.name_of(ids))
+
+    def count(self) -> int:
+        """Number of known images."""
+        with self.env.begin(db=self.names) as txn:
+            return int(txn.stat(self.names)["entries"])
+
+    def close(self) -> None:
+        """Close the environment."""
+        self.env.close()
