@@ -58,7 +58,14 @@ def decode(
             f"(supported: {', '.join(sorted(FORMATS))})",
             415,
         ) from None
-    except (OSError, ValueError, SyntaxError, struct.error, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError:
+        # Pillow's own guard fires from the header too, above twice its default limit.
+        raise InvalidImage(
+            f"image has far more pixels than the limit of {max_pixels / 1e6:.0f} megapixels "
+            "(a decompression bomb?)",
+            413,
+        ) from None
+    except (OSError, ValueError, SyntaxError, struct.error) as exc:
         raise InvalidImage(f"unreadable image header: {exc}") from None
     fmt = img.format
     if fmt not in FORMATS:

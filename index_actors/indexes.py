@@ -207,7 +207,9 @@ class StoredIndex(ABC):
                 dists = self._distances(raw)
                 for q in range(len(rows)):
                     for j in range(lims[q], lims[q + 1]):
-                        self._keep(best, int(labels[j]), float(dists[j]))
+                        # The range is a little loose (FAISS's bound is strict); exact here.
+                        if dists[j] <= threshold:
+                            self._keep(best, int(labels[j]), float(dists[j]))
             else:
                 assert k is not None
                 want = min(k + (exclude is not None), self.index.ntotal)
@@ -310,8 +312,10 @@ class VectorIndex(StoredIndex):
     def _range(
         self, rows: np.ndarray, threshold: float
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        # FAISS's radius is a bound on its own score: a minimum similarity for IP.
-        radius = 1.0 - threshold if self.metric == "ip" else threshold
+        # FAISS's radius is a strict bound on its own score (a minimum similarity for IP),
+        # widened by a hair so that a distance equal to the threshold is kept.
+        slack = 1e-5 * max(1.0, abs(threshold))
+        radius = 1.0 - threshold - slack if self.metric == "ip" else threshold + slack
         return self.index.range_search(rows, radius)
 
 

@@ -1,0 +1,441 @@
+"""Batch ingest of a directory of images into the running app's index actors, with Ray Data.
+
+    python scripts/ingest.py ~/Pictures [--ids-from-filenames] [--features phash,color]
+
+The files are read with ``ray.data.read_binary_files``; each feature is computed by the *same*
+extractor class the Serve deployment uses, in its own Ray Data actor pool; the driver then
+writes each batch the way the ingress does (catalog first, then every index actor). A file
+that is already in the catalog and in every requested index is skipped before anything is
+read, so an interrupted run picks up where it stopped. A file that is not a readable image is
+reported at the end with the reason, and the run goes on.
+
+The app must be running (``make serve``): this script only looks up its named actors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import ray
+import yaml
+from tqdm import tqdm
+
+from deployments.config import AppArgs
+from extractors import InvalidImage, build_extractor
+
+#: File suffixes taken as images (compared lower-cased); everything else is not even listed.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+#: Names per catalog / index query when checking what is already stored: one round trip per
+#: chunk keeps a million-file resume check to seconds without one huge message.
+CHECK_CHUNK = 2048
+#: Ids are stored as signed 64-bit keys (LMDB and FAISS).
+MAX_ID = 2**63 - 1
+
+
+class IngestError(RuntimeError):
+    """The ingest cannot start: the app is not running, or a feature is not enabled in it."""
+
+
+@dataclass
+class IngestReport:
+    """What one ingest run did."""
+
+    #: Images whose features were written to every requested index.
+    stored: int = 0
+    #: Images found already stored in the catalog and every requested index.
+    skipped: int = 0
+    #: (file name relative to the directory, reason) of each file that was not stored.
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    #: Wall-clock seconds of the whole run, resume check and actor start-up included.
+    seconds: float = 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        """Stored images per second of the whole run."""
+        return self.stored / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        """A human summary: the counts, the rate, then every failed file with its reason."""
+        lines = [
+            f"stored {self.stored}, skipped {self.skipped} (already stored), "
+            f"failed {len(self.failed)} in {self.seconds:.1f} s "
+            f"({self.images_per_s:.1f} images/s)"
+        ]
+        if self.failed:
+            lines.append("not stored:")
+            lines += [f"  {name}: {reason}" for name, reason in sorted(self.failed)]
+        return "\n".join(lines)
+
+
+def list_images(directory: str | Path) -> list[str]:
+    """Image files under ``directory``, recursively, as sorted POSIX paths relative to it.
+
+    Names starting with a dot are left out, directories included: they are hidden files such
+    as macOS ``._IMG_1.jpg`` resource forks (not images) and thumbnail caches. Names starting
+    with ``_`` are kept (cameras write ``_DSC1234.JPG``), which is one reason this lists the
+    files itself instead of letting Ray Data list the directory: its listing drops them.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{directory} is not a directory")
+    names = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel = Path(dirpath).relative_to(root)
+        for name in filenames:
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                names.append((rel / name).as_posix())
+    return sorted(names)
+
+
+def id_from_name(file_name: str) -> int:
+    """The image id a file name gives with ``--ids-from-filenames``: its integer stem.
+
+    Raises ``ValueError`` with the reason for a stem that is not a non-negative 64-bit integer.
+    """
+    stem = PurePosixPath(file_name).stem
+    if not (stem.isascii() and stem.isdigit()):
+        raise ValueError(f"file name stem {stem!r} is not an integer id (--ids-from-filenames)")
+    image_id = int(stem)
+    if image_id > MAX_ID:
+        raise ValueError(f"id {image_id} from the file name is over 2^63-1")
+    return image_id
+
+
+class FeatureBatch:
+    """Ray Data callable class: one feature of a batch of files, with the app's extractor.
+
+    Adds the columns ``<feature>_feature`` (one fixed-width row per file, zeros for a file that
+    failed) and ``<feature>_error`` (``""`` when the feature was computed, else why not).
+    Drops the ``bytes`` column unless a later feature still needs it, so the driver is not
+    sent every file back.
+    """
+
+    def __init__(self, feature: str, options: dict[str, Any], keep_bytes: bool) -> None:
+        # One BLAS thread per actor, as in the Serve deployment: on a few cores, actors are
+        # the parallelism and oversubscribed threads only thrash.
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        self.feature = feature
+        self.keep_bytes = keep_bytes
+        self.extractor = build_extractor(feature, options)
+        self.extractor.load()
+        dtype = np.dtype(self.extractor.dtype)
+        self.dtype = dtype
+        self.width = self.extractor.nbytes // dtype.itemsize
+
+    def _extract(self, blobs: list[bytes]) -> list[np.ndarray | InvalidImage | Exception]:
+        try:
+            return list(self.extractor.extract_bytes(blobs))
+        except Exception:
+            # A failure outside decoding (an extractor bug on one odd image) would fail the
+            # whole dataset; redo the batch one file at a time to pin it on the file.
+            out: list[np.ndarray | InvalidImage | Exception] = []
+            for blob in blobs:
+                try:
+                    out.append(self.extractor.extract_bytes([blob])[0])
+                except Exception as exc:
+                    out.append(exc)
+            return out
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Compute this feature for every file of the batch."""
+        results = self._extract([bytes(b) for b in batch["bytes"]])
+        rows = np.zeros((len(results), self.width), dtype=self.dtype)
+        errors = np.full(len(results), "", dtype=object)
+        for j, result in enumerate(results):
+            if isinstance(result, InvalidImage):
+                errors[j] = str(result)
+            elif isinstance(result, Exception):
+                errors[j] = f"{self.feature} failed: {type(result).__name__}: {result}"
+            else:
+                rows[j] = result
+        out = {k: v for k, v in batch.items() if self.keep_bytes or k != "bytes"}
+        out[f"{self.feature}_feature"] = rows
+        out[f"{self.feature}_error"] = errors
+        return out
+
+
+def _actors(args: AppArgs, features: list[str]) -> tuple[Any, dict[str, Any]]:
+    """The running app's catalog and index actors; a clear error when the app is not up."""
+    names = [f"{args.name}:catalog"] + [f"{args.name}:index:{f}" for f in features]
+    found = []
+    for name in names:
+        try:
+            found.append(ray.get_actor(name, namespace="serve"))
+        except ValueError:
+            raise IngestError(
+                f"no actor {name!r} in Ray namespace 'serve': is the app {args.name!r} "
+                "running on this Ray cluster (make serve)?"
+            ) from None
+    return found[0], dict(zip(features, found[1:], strict=True))
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _reason(exc: BaseException) -> str:
+    # ray.get re-raises an actor's exception wrapped; its cause carries the plain message.
+    cause = getattr(exc, "cause", None)
+    return str(cause if isinstance(cause, BaseException) else exc)
+
+
+class _Writer:
+    """The driver side: resume check before, batched writes into the actors after."""
+
+    def __init__(
+        self,
+        root: Path,
+        catalog: Any,
+        indexes: dict[str, Any],
+        ids_from_filenames: bool,
+        report: IngestReport,
+    ) -> None:
+        self.root = root
+        self.catalog = catalog
+        self.indexes = indexes
+        self.ids_from_filenames = ids_from_filenames
+        self.report = report
+        #: file name -> the id it must get (None: the catalog chooses), for pending files.
+        self.wanted: dict[str, int | None] = {}
+
+    def plan(self, names: list[str]) -> list[str]:
+        """The file names still to ingest; counts the skipped ones, records the bad ones."""
+        candidates: dict[str, int | None] = {}
+        owner: dict[int, str] = {}
+        for name in names:
+            if not os.access(self.root / name, os.R_OK):
+                # Caught here because an unreadable file would fail its Ray Data read task.
+                self.report.failed.append((name, "permission denied"))
+                continue
+            if not self.ids_from_filenames:
+                candidates[name] = None
+                continue
+            try:
+                image_id = id_from_name(name)
+            except ValueError as exc:
+                self.report.failed.append((name, str(exc)))
+                continue
+            if image_id in owner:
+                self.report.failed.append((name, f"id {image_id} is also {owner[image_id]!r}"))
+                continue
+            owner[image_id] = name
+            candidates[name] = image_id
+
+        pending = []
+        for chunk in _chunks(list(candidates), CHECK_CHUNK):
+            known = ray.get(self.catalog.ids_of.remote(list(chunk)))
+            ids = [i for i in known if i is not None]
+            stored = set(ids)
+            if ids:
+                for present in ray.get([a.has.remote(ids) for a in self.indexes.values()]):
+                    stored &= set(present)
+            for name, image_id in zip(chunk, known, strict=True):
+                wanted = candidates[name]
+                if image_id is not None and wanted is not None and image_id != wanted:
+                    # The catalog would refuse to give the name a second id.
+                    self.report.failed.append(
+                        (name, f"file name already belongs to image {image_id}, not {wanted}")
+                    )
+                elif image_id in stored and (wanted is None or wanted == image_id):
+                    self.report.skipped += 1
+                else:
+                    pending.append(name)
+                    self.wanted[name] = wanted
+        return pending
+
+    def _register(self, entries: list[tuple[str, int | None]]) -> list[tuple[int, str] | None]:
+        try:
+            return list(ray.get(self.catalog.register_many.remote(entries)))
+        except ValueError:
+            # register_many is all or nothing; a conflict that arose since the plan (an upload
+            # through the API meanwhile) should cost only its own file, not the batch.
+            out: list[tuple[int, str] | None] = []
+            for name, image_id in entries:
+                try:
+                    out.append(ray.get(self.catalog.register.remote(name, image_id)))
+                except ValueError as exc:
+                    self.report.failed.append((name, _reason(exc)))
+                    out.append(None)
+            return out
+
+    def write(self, batch: dict[str, np.ndarray], names: list[str]) -> None:
+        """Register a computed batch in the catalog, then add its features to every index.
+
+        Catalog first, as the ingress does: an index never holds an id the catalog does not
+        know. A file that any extractor rejected is stored nowhere.
+        """
+        good = []
+        for j, name in enumerate(names):
+            errors = [str(batch[f"{f}_error"][j]) for f in self.indexes]
+            errors = list(dict.fromkeys(e for e in errors if e))  # one decoder error, once
+            if errors:
+                self.report.failed.append((name, "; ".join(errors)))
+            else:
+                good.append(j)
+        if not good:
+            return
+        registered = self._register([(names[j], self.wanted[names[j]]) for j in good])
+        rows = [j for j, reg in zip(good, registered, strict=True) if reg is not None]
+        ids = [reg[0] for reg in registered if reg is not None]
+        if not ids:
+            return
+        ray.get(
+            [
+                actor.add.remote(ids, np.ascontiguousarray(batch[f"{f}_feature"][rows]))
+                for f, actor in self.indexes.items()
+            ]
+        )
+        self.report.stored += len(ids)
+
+
+def ingest(
+    directory: str | Path,
+    args: AppArgs,
+    ids_from_filenames: bool = False,
+    features: list[str] | None = None,
+    batch_size: int = 64,
+    pool_size: int = 1,
+    cpus_per_actor: float = 0.25,
+    progress: bool = True,
+) -> IngestReport:
+    """Ingest every image under ``directory`` into the running app described by ``args``.
+
+    Needs a connected Ray session (``ray.init(address=..., namespace="serve")``) on which the
+    app runs. ``features`` (default: every enabled one) must be enabled in ``args``; a file is
+    skipped when its name is in the catalog and its id in each of their indexes. With
+    ``ids_from_filenames`` the integer file stem is the image id. ``pool_size`` actors per
+    feature, each reserving ``cpus_per_actor`` CPUs, compute batches of ``batch_size`` files.
+    """
+    if not ray.is_initialized():
+        raise IngestError("connect to the app's Ray cluster first (ray.init(address=...))")
+    started = time.perf_counter()
+    features = list(dict.fromkeys(features or args.enabled))
+    wrong = [f for f in features if f not in args.enabled]
+    if wrong or not features:
+        raise IngestError(
+            f"features {wrong or features} are not enabled; enabled: {', '.join(args.enabled)}"
+        )
+    root = Path(directory).expanduser().resolve()
+    report = IngestReport()
+    catalog, indexes = _actors(args, features)
+    writer = _Writer(root, catalog, indexes, ids_from_filenames, report)
+    pending = writer.plan(list_images(root))
+
+    if pending:
+        by_path = {str(root / name): name for name in pending}
+        # Explicit file paths, not the directory: Ray Data then reads only what is pending.
+        ds = ray.data.read_binary_files(list(by_path), include_paths=True, num_cpus=cpus_per_actor)
+        for i, feature in enumerate(features):
+            ds = ds.map_batches(
+                FeatureBatch,
+                fn_constructor_kwargs={
+                    "feature": feature,
+                    "options": args.extractor_options(feature),
+                    "keep_bytes": i < len(features) - 1,
+                },
+                batch_size=batch_size,
+                batch_format="numpy",
+                # A fixed pool per feature: the extractor (and later its model) loads once
+                # per actor. A fraction of a CPU each, so that with the app's own replicas
+                # the pools still fit on a 2-core laptop.
+                compute=ray.data.ActorPoolStrategy(size=pool_size),
+                num_cpus=cpus_per_actor,
+            )
+        with tqdm(total=len(pending), unit="img", desc="ingest", disable=not progress) as bar:
+            for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+                names = [by_path.get(str(p)) or _relative(root, str(p)) for p in batch["path"]]
+                writer.write(batch, names)
+                bar.update(len(names))
+                bar.set_postfix(failed=len(report.failed), refresh=False)
+
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _relative(root: Path, path: str) -> str:
+    # Fallback should Ray Data ever hand back a path spelled differently from the one given.
+    return Path(os.path.abspath(path)).relative_to(root).as_posix()
+
+
+def load_app_args(config: str | Path, app: str) -> AppArgs:
+    """The validated ``args`` of the application named ``app`` in a Serve config file."""
+    with open(config) as f:
+        cfg = yaml.safe_load(f) or {}
+    apps = cfg.get("applications") or []
+    for entry in apps:
+        if entry.get("name") == app:
+            return AppArgs.model_validate(entry.get("args") or {})
+    found = ", ".join(str(e.get("name")) for e in apps) or "none"
+    raise ValueError(f"no application named {app!r} in {config} (found: {found})")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("directory", help="directory of images, read recursively")
+    p.add_argument("--config", default="configs/serve.yaml", help="the app's Serve config")
+    p.add_argument("--app", default="imgsearch", help="application name in the config")
+    p.add_argument("--address", default="auto", help="Ray cluster address the app runs on")
+    p.add_argument(
+        "--ids-from-filenames",
+        action="store_true",
+        help="use each file's integer stem (1234.jpg -> 1234) as its image id",
+    )
+    p.add_argument("--features", help="comma list of features (default: every enabled one)")
+    p.add_argument("--batch-size", type=int, default=64, help="files per batch (default 64)")
+    p.add_argument("--pool-size", type=int, default=1, help="actors per feature (default 1)")
+    p.add_argument(
+        "--cpus-per-actor",
+        type=float,
+        default=0.25,
+        help="CPUs each actor (and read task) reserves (default 0.25)",
+    )
+    ns = p.parse_args(argv)
+    if ns.batch_size < 1 or ns.pool_size < 1 or ns.cpus_per_actor <= 0:
+        p.error("--batch-size and --pool-size must be >= 1, --cpus-per-actor > 0")
+    return ns
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run an ingest from the command line; prints the summary and the failed files."""
+    ns = parse_args(argv)
+    features = [f.strip() for f in ns.features.split(",") if f.strip()] if ns.features else None
+    try:
+        args = load_app_args(ns.config, ns.app)
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # no config, or args the app refuses
+        print(f"ingest: {ns.config}: {exc}", file=sys.stderr)
+        return 2
+    ray.init(address=ns.address, namespace="serve", logging_level=logging.WARNING)
+    try:
+        report = ingest(
+            ns.directory,
+            args,
+            ids_from_filenames=ns.ids_from_filenames,
+            features=features,
+            batch_size=ns.batch_size,
+            pool_size=ns.pool_size,
+            cpus_per_actor=ns.cpus_per_actor,
+        )
+    except (IngestError, NotADirectoryError) as exc:
+        # A wrong directory or feature, or an app that is not running: one line, no traceback.
+        print(f"ingest: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        ray.shutdown()
+    print(report.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Every registered extractor honours the Extractor contract; phash and colour specifics."""
+
+import io
+
+import imagehash
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from extractors import REGISTRY, ColorHistogram, Extractor, InvalidImage, PHash, build_extractor
+from tests.helpers import encode
+
+
+@pytest.fixture(scope="module", params=sorted(REGISTRY))
+def extractor(request: pytest.FixtureRequest) -> Extractor:
+    ex = build_extractor(request.param)
+    ex.load()
+    return ex
+
+
+def test_shapes_and_dtypes(extractor: Extractor, photos: dict[str, bytes]) -> None:
+    feats = extractor.extract_bytes(list(photos.values()))
+    for feat in feats:
+        assert isinstance(feat, np.ndarray)
+        assert feat.dtype == extractor.dtype
+        assert feat.shape == (extractor.nbytes // np.dtype(extractor.dtype).itemsize,)
+
+
+def test_deterministic_and_batch_equals_one_by_one(
+    extractor: Extractor, photos: dict[str, bytes]
+) -> None:
+    blobs = list(photos.values())
+    batch = extractor.extract_bytes(blobs)
+    again = extractor.extract_bytes(blobs)
+    single = [extractor.extract_bytes([b])[0] for b in blobs]
+    for a, b, c in zip(batch, again, single, strict=True):
+        assert np.array_equal(a, b) and np.array_equal(a, c)
+
+
+def test_query_variants_start_with_the_feature(
+    extractor: Extractor, photos: dict[str, bytes]
+) -> None:
+    blobs = list(photos.values())[:3]
+    feats = extractor.extract_bytes(blobs)
+    variants = extractor.extract_bytes(blobs, query=True)
+    for f, v in zip(feats, variants, strict=True):
+        assert isinstance(v, np.ndarray) and v.ndim == 2
+        assert np.array_equal(v[0], f)
+
+
+def test_bad_input_is_returned_per_item(extractor: Extractor, photos: dict[str, bytes]) -> None:
+    good = next(iter(photos.values()))
+    out = extractor.extract_bytes([b"not an image", good, b"", good[:200]])
+    assert isinstance(out[0], InvalidImage) and isinstance(out[2], InvalidImage)
+    assert isinstance(out[3], InvalidImage)
+    assert np.array_equal(out[1], extractor.extract_bytes([good])[0])
+
+
+def test_pixel_cap(extractor: Extractor, photos: dict[str, bytes]) -> None:
+    capped = type(extractor)(max_pixels=1000)
+    (out,) = capped.extract_bytes([next(iter(photos.values()))])
+    assert isinstance(out, InvalidImage) and out.status == 413
+
+
+def _exact(data: bytes) -> np.ndarray:
+    img = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    return np.packbits(imagehash.phash(img, hash_size=24).hash.ravel())
+
+
+def _hamming(a: np.ndarray, b: np.ndarray) -> int:
+    return int(np.unpackbits(a ^ b).sum())
+
+
+def test_phash_full_resolution_matches_imagehash_bit_for_bit(photos: dict[str, bytes]) -> None:
+    ours = PHash(draft=False).extract_bytes(list(photos.values()))
+    for data, feat in zip(photos.values(), ours, strict=True):
+        assert isinstance(feat, np.ndarray)
+        assert feat.tobytes() == _exact(data).tobytes()
+
+
+def test_phash_on_png_matches_imagehash(photos: dict[str, bytes]) -> None:
+    png = encode(Image.open(io.BytesIO(next(iter(photos.values())))), "PNG")
+    (feat,) = PHash(draft=False).extract_bytes([png])
+    assert isinstance(feat, np.ndarray) and feat.tobytes() == _exact(png).tobytes()
+
+
+def test_phash_draft_stays_close_to_exact(photos: dict[str, bytes]) -> None:
+    feats = PHash().extract_bytes(list(photos.values()))
+    dists = [_hamming(f, _exact(d)) for f, d in zip(feats, photos.values(), strict=True)]  # type: ignore[arg-type]
+    assert np.mean(dists) <= 6, dists
+
+
+def test_phash_mirrored_variant_matches_hash_of_mirrored_image(photos: dict[str, bytes]) -> None:
+    ph = PHash(draft=False)
+    for data in list(photos.values())[:4]:
+        img = Image.open(io.BytesIO(data)).convert("L")
+        mirrored = ph.extract([img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])[0]
+        variants = ph.query_variants([img])[0]
+        assert _hamming(variants[1], mirrored) <= 8
+        assert _hamming(variants[0], mirrored) > 100  # mirroring really changes the hash
+
+
+def test_colour_histogram_sums_to_1e7_and_matches_full_resolution(
+    photos: dict[str, bytes],
+) -> None:
+    small = ColorHistogram().extract_bytes(list(photos.values()))
+    full = ColorHistogram(decode_size=None).extract_bytes(list(photos.values()))
+    for s, f in zip(small, full, strict=True):
+        assert isinstance(s, np.ndarray) and isinstance(f, np.ndarray)
+        assert abs(float(s.sum()) - 1e7) < 10 and abs(float(f.sum()) - 1e7) < 10
+        # L1 between the draft and the full histogram, as a share of the maximum (2e7).
+        assert np.abs(s - f).sum() / 2e7 < 0.05
+
+
+def test_colour_bins_are_rgb_major() -> None:
+    img = Image.new("RGB", (10, 10), (255, 0, 0))
+    (hist,) = ColorHistogram().extract([img])
+    assert hist[7 * 64] == pytest.approx(1e7)

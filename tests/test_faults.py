@@ -1,0 +1,84 @@
+"""Faults: index actors killed mid-run and whole-app restarts lose no acknowledged add."""
+
+import os
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from ray import serve
+
+from tests.conftest import RunningApp, deploy, kill_actors
+from tests.helpers import reencode
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _variants(photos: dict[str, bytes], n: int) -> list[bytes]:
+    """n distinct images made from the test photos (scaled and recompressed)."""
+    base = list(photos.values())
+    return [reencode(base[i % len(base)], scale=0.25 + 0.01 * (i // len(base))) for i in range(n)]
+
+
+def _all_findable(c: httpx.Client, ids: dict[int, bytes]) -> None:
+    for image_id, data in ids.items():
+        got = c.get(f"/images/{image_id}")
+        assert got.status_code == 200 and got.json()["features"] == ["phash", "color"], got.text
+        hits = c.post("/search/image", files={"image": ("q.jpg", data)}, data={"k": 10}).json()
+        exact = [r["image_id"] for r in hits["results"] if r["matches"].get("phash", {}).get("distance") == 0]
+        assert image_id in exact
+
+
+def test_killed_index_actor_comes_back_with_every_acknowledged_add(
+    app: RunningApp, photos: dict[str, bytes]
+) -> None:
+    c = httpx.Client(base_url=app.url, timeout=120)
+    images = _variants(photos, 24)
+    acked: dict[int, bytes] = {}
+    errors: list[str] = []
+
+    def writer() -> None:
+        for i, data in enumerate(images, start=1):
+            r = c.post("/images", files={"image": (f"{i}.jpg", data)}, data={"image_id": i})
+            if r.status_code == 200:
+                acked[i] = data
+            else:
+                errors.append(r.text)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    while len(acked) < 6:
+        time.sleep(0.05)
+    import ray
+
+    pid = ray.get(app.actor("index:phash").pid.remote())
+    os.kill(pid, signal.SIGKILL)  # a crash, not a polite shutdown
+    thread.join()
+    assert len(acked) >= 6
+    assert len(acked) + len(errors) == len(images)
+    # The actor restarted (a new process) and rebuilt itself from LMDB.
+    assert ray.get(app.actor("index:phash").pid.remote()) != pid
+    _all_findable(c, acked)
+
+
+def test_whole_app_restart_keeps_everything(ray_session: int, tmp_path: Path, photos: dict[str, bytes]) -> None:
+    name = f"r{uuid.uuid4().hex[:8]}"
+    first = deploy(name, tmp_path, ray_session)
+    c = httpx.Client(base_url=first.url, timeout=120)
+    images = dict(enumerate(_variants(photos, 10), start=1))
+    for i, data in images.items():
+        assert c.post("/images", files={"image": (f"{i}.jpg", data)}, data={"image_id": i}).status_code == 200
+    # Everything down, hard: the app and its detached actors (no chance to snapshot).
+    serve.delete("test")
+    kill_actors(name)
+    second = deploy(name, tmp_path, ray_session)
+    try:
+        c = httpx.Client(base_url=second.url, timeout=120)
+        assert c.get("/health").json()["images"] == len(images)
+        _all_findable(c, images)
+    finally:
+        serve.delete("test")
+        kill_actors(name)

@@ -1,0 +1,151 @@
+"""The native HTTP API against the real graph: ingest, get, delete, search, health, bad input."""
+
+import httpx
+import pytest
+
+from tests.conftest import RunningApp
+from tests.helpers import png_bomb, reencode
+
+pytestmark = pytest.mark.timeout(300)
+
+WINE = "Wine_by_Jakkub_Mede.jpg"
+
+
+@pytest.fixture(scope="module")
+def client(app: RunningApp, photos: dict[str, bytes]) -> httpx.Client:
+    """A client of an app that holds every test photo, with ids 1..n in name order."""
+    c = httpx.Client(base_url=app.url, timeout=60)
+    for i, (name, data) in enumerate(sorted(photos.items()), start=1):
+        r = c.post("/images", files={"image": (name, data, "image/jpeg")}, data={"image_id": i})
+        assert r.status_code == 200, r.text
+        assert r.json() == {"image_id": i, "file_name": name, "features": {"phash": "ok", "color": "ok"}}
+    return c
+
+
+def _id(photos: dict[str, bytes], name: str) -> int:
+    return sorted(photos).index(name) + 1
+
+
+def _counts(c: httpx.Client) -> tuple[int, int, int]:
+    h = c.get("/health").json()
+    return h["images"], h["indexes"]["phash"]["count"], h["indexes"]["color"]["count"]
+
+
+def test_health_reports_extractors_and_counts(client: httpx.Client, photos: dict[str, bytes]) -> None:
+    body = client.get("/health").json()
+    assert body["status"] == "ok"
+    assert body["extractors"]["phash"]["available"] and body["extractors"]["color"]["available"]
+    assert _counts(client) == (len(photos),) * 3
+
+
+def test_get_by_id_and_by_file_name(client: httpx.Client, photos: dict[str, bytes]) -> None:
+    i = _id(photos, WINE)
+    by_id = client.get(f"/images/{i}").json()
+    assert by_id["file_name"] == WINE and by_id["features"] == ["phash", "color"]
+    assert client.get("/images", params={"file_name": WINE}).json() == by_id
+    assert client.get("/images/424242").status_code == 404
+    assert client.get("/images", params={"file_name": "nope.jpg"}).status_code == 404
+
+
+def test_search_finds_the_image_and_its_edited_copies(
+    client: httpx.Client, photos: dict[str, bytes]
+) -> None:
+    want = _id(photos, WINE)
+    for variant in (
+        photos[WINE],
+        reencode(photos[WINE], scale=0.5, quality=40),
+        reencode(photos[WINE], mirror=True),  # found through the mirrored phash query
+    ):
+        r = client.post("/search/image", files={"image": ("q.jpg", variant)}, data={"k": 3})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        top = body["results"][0]
+        assert top["image_id"] == want and top["file_name"] == WINE and top["duplicate"]
+        assert top["matches"]["phash"]["rank"] == 1
+        assert top["matches"]["phash"]["distance"] <= 64
+        assert len(body["results"]) == 3
+        assert body["by_feature"]["phash"][0]["image_id"] == want
+        assert set(body["by_feature"]) == {"phash", "color"}
+
+
+def test_search_by_one_feature_and_similar_by_id(client: httpx.Client, photos: dict[str, bytes]) -> None:
+    want = _id(photos, WINE)
+    r = client.post("/search/image", files={"image": ("q.jpg", photos[WINE])}, data={"features": "color", "k": 2})
+    assert set(r.json()["by_feature"]) == {"color"}
+    assert r.json()["results"][0]["matches"]["color"]["distance"] == 0
+    sim = client.get(f"/search/similar/{want}", params={"feature": "phash", "k": 4}).json()["results"]
+    assert len(sim) == 4 and want not in [s["image_id"] for s in sim]
+    assert [s["distance"] for s in sim] == sorted(s["distance"] for s in sim)
+    assert client.get("/search/similar/424242", params={"feature": "phash"}).status_code == 404
+    assert client.get(f"/search/similar/{want}", params={"feature": "sift"}).status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("files", "data", "status", "words"),
+    [
+        ({"image": ("e.jpg", b"")}, {}, 400, "empty"),
+        ({"image": ("t.txt", b"just some text, not an image at all")}, {}, 415, "not an image"),
+        (None, {"image_id": "3"}, 422, "image"),
+        ({"image": ("b.png", png_bomb())}, {}, 413, "megapixels"),
+        ({"image": ("big.jpg", b"\xff" * (3 * 1024 * 1024))}, {}, 413, "limit"),
+        ("WINE", {"image_id": "abc"}, 422, "image_id must be an integer"),
+        ("WINE", {"image_id": "-4"}, 422, "image_id"),
+        ("WINE", {"features": "phash,sift"}, 422, "sift"),
+        ("WINE", {"file_name": "x" * 300}, 422, "file_name"),
+    ],
+)
+def test_bad_uploads_get_a_clear_4xx_and_store_nothing(
+    client: httpx.Client, photos: dict[str, bytes], files: object, data: dict, status: int, words: str
+) -> None:
+    before = _counts(client)
+    if files == "WINE":
+        files = {"image": ("w.jpg", photos[WINE])}
+    r = client.post("/images", files=files, data=data)  # type: ignore[arg-type]
+    assert r.status_code == status, r.text
+    assert words in r.json()["detail"]
+    assert _counts(client) == before
+
+
+def test_truncated_jpeg_is_refused(client: httpx.Client, photos: dict[str, bytes]) -> None:
+    before = _counts(client)
+    data = photos[WINE]
+    r = client.post("/images", files={"image": ("cut.jpg", data[: len(data) // 2])})
+    assert r.status_code == 400 and "truncated" in r.json()["detail"]
+    r = client.post("/search/image", files={"image": ("cut.jpg", data[: len(data) // 2])})
+    assert r.status_code == 400
+    assert _counts(client) == before
+
+
+def test_bad_search_parameters(client: httpx.Client, photos: dict[str, bytes]) -> None:
+    q = {"image": ("q.jpg", photos[WINE])}
+    assert client.post("/search/image", files=q, data={"k": "0"}).status_code == 422
+    assert client.post("/search/image", files=q, data={"k": "many"}).status_code == 422
+    assert client.post("/search/image", data={"k": "3"}).status_code == 422
+
+
+def test_readd_replaces_and_delete_removes_everywhere(
+    client: httpx.Client, photos: dict[str, bytes]
+) -> None:
+    base = _counts(client)
+    small = reencode(photos[WINE], scale=0.3)
+    r = client.post("/images", files={"image": ("copy.jpg", small)}, data={"image_id": 500})
+    assert r.status_code == 200 and _counts(client) == tuple(n + 1 for n in base)
+    # Same id again, other file name: replaced, not added.
+    r = client.post("/images", files={"image": ("copy2.jpg", small)}, data={"image_id": 500})
+    assert r.json()["file_name"] == "copy2.jpg" and _counts(client) == tuple(n + 1 for n in base)
+    assert client.get("/images", params={"file_name": "copy.jpg"}).status_code == 404
+    # Without an id, a known file name keeps its id.
+    assert client.post("/images", files={"image": ("copy2.jpg", small)}).json()["image_id"] == 500
+    assert client.delete("/images/500").json() == {"image_id": 500, "deleted": True}
+    assert _counts(client) == base
+    assert client.delete("/images/500").status_code == 404
+    assert client.delete("/images/notanumber").status_code == 422
+    hits = client.post("/search/image", files={"image": ("q.jpg", small)}, data={"k": 20}).json()
+    assert 500 not in [h["image_id"] for h in hits["results"]]
+
+
+def test_ids_are_allocated_when_not_given(client: httpx.Client, photos: dict[str, bytes]) -> None:
+    r = client.post("/images", files={"image": ("new.jpg", reencode(photos[WINE], scale=0.2))})
+    body = r.json()
+    assert r.status_code == 200 and body["image_id"] > len(photos) and body["file_name"] == "new.jpg"
+    assert client.delete(f"/images/{body['image_id']}").status_code == 200
