@@ -345,12 +345,20 @@ def bench_http(
 
 
 # --- 5. memory -------------------------------------------------------------------------------
+def _process_kind(cmd: list[str]) -> str:
+    """A short name for a process: its script for Python ones (dashboard.py, agent_main.py)."""
+    exe = Path(cmd[0]).name
+    if exe.startswith("python"):
+        return next((Path(a).name for a in cmd[1:] if a.endswith(".py")), exe)
+    return exe
+
+
 def bench_memory(idle_s: float, dashboard: bool) -> list[Row]:
     """Sum of RSS of every Ray process (all descendants of this driver) after idling."""
     import psutil  # Ray ships it (ray/thirdparty_files), on the path once ray is imported
 
     time.sleep(idle_s)
-    total = 0
+    total = count = 0
     by_kind: Counter[str] = Counter()
     # ray.init started this cluster, so every Ray process (GCS, raylet, dashboard, agents,
     # workers, HAProxy) descends from this process, and nobody else's does.
@@ -361,10 +369,11 @@ def bench_memory(idle_s: float, dashboard: bool) -> list[Row]:
         except psutil.Error:  # exited meanwhile
             continue
         total += rss
-        by_kind[Path(cmd[0]).name if cmd else proc.name()] += rss
-    top = ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in by_kind.most_common(8))
+        count += 1
+        by_kind[_process_kind(cmd) if cmd else proc.name()] += rss
+    top = ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in by_kind.most_common())
     label = "with" if dashboard else "without"
-    print(f"memory: {total / GiB:.2f} GiB in Ray processes ({label} dashboard): {top}")
+    print(f"memory: {total / GiB:.2f} GiB in {count} Ray processes ({label} dashboard): {top}")
     gib = total / GiB
     return [row(f"idle Ray RSS GiB ({label} dashboard)", gib, None, "<= 3", gib <= 3)]
 
@@ -407,6 +416,9 @@ def bench_ingest(
             )
     peer_rate = len(paths) / (time.perf_counter() - start)
 
+    # Ray Data logs its progress every few seconds when stdout is not a terminal; the
+    # ingest's own progress bar is enough.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     start = time.perf_counter()
     report = ingest(str(folder), args, batch_size=64, pool_size=pool_size)
     ours_rate = len(paths) / (time.perf_counter() - start)

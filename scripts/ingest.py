@@ -402,6 +402,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="CPUs each actor (and read task) reserves (default 0.25)",
     )
     ns = p.parse_args(argv)
+    if not Path(ns.directory).expanduser().is_dir():
+        p.error(f"{ns.directory} is not a directory")
     if ns.batch_size < 1 or ns.pool_size < 1 or ns.cpus_per_actor <= 0:
         p.error("--batch-size and --pool-size must be >= 1, --cpus-per-actor > 0")
     return ns

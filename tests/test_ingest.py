@@ -1,0 +1,242 @@
+"""Batch ingest with Ray Data (scripts/ingest.py) into a deployed app, checked over HTTP."""
+
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from deployments.config import AppArgs
+from scripts.ingest import IngestReport, id_from_name, ingest, list_images, load_app_args
+from tests.conftest import RunningApp, deploy, kill_actors
+
+pytestmark = pytest.mark.timeout(300)
+
+ROOT = Path(__file__).resolve().parent.parent
+BAD = {"fake.png", "broken.jpg"}
+
+
+def _gallery(directory: Path, photo_paths: list[Path]) -> dict[str, Path]:
+    """A small gallery: photos at two depths, one upper-case suffix, and files to pass over.
+
+    Returns the name (relative, POSIX) -> source photo of each good image.
+    """
+    good = {}
+    for i, src in enumerate(photo_paths):
+        name = src.name if i % 2 == 0 else f"sub/deeper/{src.name}"
+        if i == 1:
+            name = f"sub/{src.stem}.JPG"
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, directory / name)
+        good[name] = src
+    (directory / "fake.png").write_text("not an image at all\n")
+    data = photo_paths[0].read_bytes()
+    (directory / "broken.jpg").write_bytes(data[: len(data) // 3])
+    (directory / "notes.txt").write_text("not listed: not an image extension\n")
+    (directory / "._hidden.jpg").write_bytes(b"\0\5\26\7")  # a macOS resource fork
+    return good
+
+
+@pytest.fixture(scope="module")
+def ing_app(ray_session: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    """The real app, deployed under its own actor names and data directory."""
+    from ray import serve
+
+    name = f"ing{uuid.uuid4().hex[:8]}"
+    running = deploy(name, tmp_path_factory.mktemp(name), ray_session)
+    yield running
+    serve.delete("test")
+    kill_actors(name)
+
+
+@pytest.fixture(scope="module")
+def args(ing_app: RunningApp) -> AppArgs:
+    """The args the app was deployed with (as ``deploy`` builds them)."""
+    return AppArgs(name=ing_app.name, data_dir=str(ing_app.data_dir), snapshot_interval_s=1.0)
+
+
+@pytest.fixture(scope="module")
+def client(ing_app: RunningApp) -> Iterator[httpx.Client]:
+    """An HTTP client of the deployed app."""
+    with httpx.Client(base_url=ing_app.url, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory: pytest.TempPathFactory, photo_paths: list[Path]) -> Path:
+    """The gallery the ingest tests share (see ``_gallery``)."""
+    directory = tmp_path_factory.mktemp("gallery")
+    _gallery(directory, photo_paths)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def first_run(gallery: Path, args: AppArgs) -> IngestReport:
+    """The first ingest of the gallery (small batches, so that there are several)."""
+    return ingest(gallery, args, batch_size=3, progress=False)
+
+
+# --- no Ray -------------------------------------------------------------------------------
+def test_list_images_is_recursive_and_filters_by_extension(
+    tmp_path: Path, photo_paths: list[Path]
+) -> None:
+    good = _gallery(tmp_path, photo_paths)
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / ".cache" / "thumb.jpg").write_bytes(b"x")
+    (tmp_path / "_DSC0001.JPEG").write_bytes(b"x")  # Ray Data's own listing would drop it
+    assert list_images(tmp_path) == sorted([*good, *BAD, "_DSC0001.JPEG"])
+    with pytest.raises(NotADirectoryError):
+        list_images(tmp_path / "fake.png")
+
+
+def test_id_from_name() -> None:
+    assert id_from_name("sub/0042.jpg") == 42
+    for bad in ("cover.jpg", "-3.jpg", "1e3.png", "12 .jpg", f"{2**63}.jpg"):
+        with pytest.raises(ValueError):
+            id_from_name(bad)
+
+
+def test_load_app_args_reads_the_serve_config() -> None:
+    args = load_app_args(ROOT / "configs" / "serve.yaml", "imgsearch")
+    assert args.name == "imgsearch" and args.enabled == ["phash", "color"]
+    with pytest.raises(ValueError, match="no application named"):
+        load_app_args(ROOT / "configs" / "serve.yaml", "nope")
+
+
+# --- against the deployed app -------------------------------------------------------------
+def test_every_good_photo_is_stored_and_bad_files_are_reported(
+    first_run: IngestReport, gallery: Path, client: httpx.Client, photo_paths: list[Path]
+) -> None:
+    good = set(list_images(gallery)) - BAD
+    assert len(good) == len(photo_paths)
+    assert first_run.stored == len(good) and first_run.skipped == 0
+    reasons = dict(first_run.failed)
+    assert set(reasons) == BAD
+    assert "not an image" in reasons["fake.png"]
+    assert "truncated" in reasons["broken.jpg"] or "corrupt" in reasons["broken.jpg"]
+
+    ids = set()
+    for name in good:
+        r = client.get("/images", params={"file_name": name})
+        assert r.status_code == 200, (name, r.text)
+        body = r.json()
+        assert body["file_name"] == name and sorted(body["features"]) == ["color", "phash"]
+        by_id = client.get(f"/images/{body['image_id']}").json()
+        assert by_id["file_name"] == name and sorted(by_id["features"]) == ["color", "phash"]
+        ids.add(body["image_id"])
+    assert len(ids) == len(good)
+    for name in BAD:
+        assert client.get("/images", params={"file_name": name}).status_code == 404
+    health = client.get("/health").json()
+    assert health["indexes"]["phash"]["count"] == health["indexes"]["color"]["count"] == len(good)
+
+
+def test_a_stored_photo_is_found_by_search(
+    first_run: IngestReport, client: httpx.Client, photo_paths: list[Path]
+) -> None:
+    # Features written by the Ray Data pool match what the Serve extractors compute.
+    src = photo_paths[2]
+    r = client.post("/search/image", files={"image": (src.name, src.read_bytes(), "image/jpeg")})
+    assert r.status_code == 200, r.text
+    exact = {
+        hit["file_name"]
+        for hit in r.json()["results"]
+        if hit["matches"].get("phash", {}).get("distance") == 0
+    }
+    assert src.name in exact
+
+
+def test_second_run_skips_everything(
+    first_run: IngestReport, gallery: Path, args: AppArgs, client: httpx.Client
+) -> None:
+    again = ingest(gallery, args, progress=False)
+    assert again.stored == 0 and again.skipped == first_run.stored
+    assert {name for name, _ in again.failed} == BAD  # never stored, so reported every run
+    assert client.get("/health").json()["images"] == first_run.stored
+
+
+def test_a_missing_feature_is_redone(
+    first_run: IngestReport, gallery: Path, args: AppArgs, ing_app: RunningApp
+) -> None:
+    import ray
+
+    name = "sub/deeper/" + sorted(p.name for p in (gallery / "sub" / "deeper").iterdir())[0]
+    image_id = ray.get(ing_app.actor("catalog").id_of.remote(name))
+    assert ray.get(ing_app.actor("index:color").remove.remote([image_id])) == [image_id]
+
+    # Asked for phash only, the image counts as stored.
+    only_phash = ingest(gallery, args, features=["phash"], progress=False)
+    assert only_phash.stored == 0 and only_phash.skipped == first_run.stored
+
+    redo = ingest(gallery, args, progress=False)
+    assert redo.stored == 1 and redo.skipped == first_run.stored - 1
+    assert ray.get(ing_app.actor("catalog").id_of.remote(name)) == image_id  # same id again
+    assert ray.get(ing_app.actor("index:color").has.remote([image_id])) == [image_id]
+
+
+def test_ids_from_filenames(
+    tmp_path: Path, args: AppArgs, client: httpx.Client, photo_paths: list[Path]
+) -> None:
+    names = {"1001.jpg": photo_paths[0], "1002.jpg": photo_paths[1], "a/1003.jpeg": photo_paths[2]}
+    extra = {"cover.jpg": photo_paths[3], "b/1001.jpg": photo_paths[4]}
+    for name, src in {**names, **extra}.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, tmp_path / name)
+
+    report = ingest(tmp_path, args, ids_from_filenames=True, progress=False)
+    assert report.stored == len(names)
+    reasons = dict(report.failed)
+    assert set(reasons) == set(extra)
+    assert "not an integer" in reasons["cover.jpg"] and "1001.jpg" in reasons["b/1001.jpg"]
+    for name in names:
+        image_id = int(Path(name).stem)
+        body = client.get(f"/images/{image_id}").json()
+        assert body["file_name"] == name and sorted(body["features"]) == ["color", "phash"]
+
+    again = ingest(tmp_path, args, ids_from_filenames=True, progress=False)
+    assert again.stored == 0 and again.skipped == len(names)
+
+
+def test_command_line(
+    tmp_path: Path, ing_app: RunningApp, client: httpx.Client, photo_paths: list[Path]
+) -> None:
+    """The script itself, in its own process, connected to this test's Ray cluster."""
+    import ray
+
+    gallery = tmp_path / "photos"
+    gallery.mkdir()
+    shutil.copy(photo_paths[5], gallery / "2001.jpg")
+    shutil.copy(photo_paths[6], gallery / "2002.webp.jpg")  # stem "2002.webp": not an id
+    config = tmp_path / "serve.yaml"
+    app_args = {"name": ing_app.name, "data_dir": str(ing_app.data_dir)}
+    config.write_text(yaml.safe_dump({"applications": [{"name": "cli", "args": app_args}]}))
+    command = [
+        sys.executable,
+        str(ROOT / "scripts" / "ingest.py"),
+        str(gallery),
+        f"--config={config}",
+        "--app=cli",
+        f"--address={ray.get_runtime_context().gcs_address}",
+        "--ids-from-filenames",
+        "--features=phash",
+        "--batch-size=8",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "stored 1, skipped 0" in done.stdout, done.stdout
+    assert "2002.webp.jpg: file name stem '2002.webp' is not an integer id" in done.stdout
+    assert client.get("/images/2001").json()["features"] == ["phash"]
+
+    bad = subprocess.run(
+        [*command[:3], f"--config={config}", "--app=cli", command[5], "--features=clip"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert bad.returncode == 2 and "not enabled" in bad.stderr, bad.stderr[-3000:]
