@@ -335,7 +335,14 @@ def ingest(
     if pending:
         by_path = {str(root / name): name for name in pending}
         # Explicit file paths, not the directory: Ray Data then reads only what is pending.
-        ds = ray.data.read_binary_files(list(by_path), include_paths=True, num_cpus=cpus_per_actor)
+        # About one read task per batch: a task per file (the default for small files) costs
+        # more in task overhead than the read itself (measured: 25 vs 40 images/s).
+        ds = ray.data.read_binary_files(
+            list(by_path),
+            include_paths=True,
+            num_cpus=cpus_per_actor,
+            override_num_blocks=-(-len(by_path) // batch_size),
+        )
         for i, feature in enumerate(features):
             ds = ds.map_batches(
                 FeatureBatch,
@@ -352,6 +359,9 @@ def ingest(
                 compute=ray.data.ActorPoolStrategy(size=pool_size),
                 num_cpus=cpus_per_actor,
             )
+        # One progress bar, of images written; Ray Data's per-operator bars (or, off a
+        # terminal, its progress log lines every few seconds) would interleave with it.
+        ds.context.enable_progress_bars = False
         with tqdm(total=len(pending), unit="img", desc="ingest", disable=not progress) as bar:
             for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
                 names = [by_path.get(str(p)) or _relative(root, str(p)) for p in batch["path"]]
@@ -418,7 +428,11 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, yaml.YAMLError) as exc:  # no config, or args the app refuses
         print(f"ingest: {ns.config}: {exc}", file=sys.stderr)
         return 2
-    ray.init(address=ns.address, namespace="serve", logging_level=logging.WARNING)
+    try:
+        ray.init(address=ns.address, namespace="serve", logging_level=logging.WARNING)
+    except ConnectionError as exc:  # no cluster at that address: the app is not running
+        print(f"ingest: {exc} (start the app first: make serve)", file=sys.stderr)
+        return 2
     try:
         report = ingest(
             ns.directory,

@@ -1,5 +1,6 @@
 """Shared fixtures: real photos, and one Ray + Serve session per test run."""
 
+import contextlib
 import os
 import socket
 import uuid
@@ -88,10 +89,8 @@ def kill_actors(name: str) -> None:
     import ray
 
     for role in ("catalog", "index:phash", "index:color"):
-        try:
+        with contextlib.suppress(ValueError):
             ray.kill(ray.get_actor(f"{name}:{role}", namespace="serve"), no_restart=True)
-        except ValueError:
-            pass
 
 
 @pytest.fixture(scope="module")

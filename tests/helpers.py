@@ -21,7 +21,9 @@ def reencode(data: bytes, scale: float = 1.0, quality: int = 75, mirror: bool = 
     """A resized / recompressed / mirrored copy of a JPEG."""
     img = Image.open(io.BytesIO(data)).convert("RGB")
     if scale != 1.0:
-        img = img.resize((int(img.width * scale), int(img.height * scale)), Image.Resampling.LANCZOS)
+        img = img.resize(
+            (int(img.width * scale), int(img.height * scale)), Image.Resampling.LANCZOS
+        )
     if mirror:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return encode(img, "JPEG", quality=quality)

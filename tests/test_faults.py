@@ -28,7 +28,11 @@ def _all_findable(c: httpx.Client, ids: dict[int, bytes]) -> None:
         got = c.get(f"/images/{image_id}")
         assert got.status_code == 200 and got.json()["features"] == ["phash", "color"], got.text
         hits = c.post("/search/image", files={"image": ("q.jpg", data)}, data={"k": 10}).json()
-        exact = [r["image_id"] for r in hits["results"] if r["matches"].get("phash", {}).get("distance") == 0]
+        exact = [
+            r["image_id"]
+            for r in hits["results"]
+            if r["matches"].get("phash", {}).get("distance") == 0
+        ]
         assert image_id in exact
 
 
@@ -64,13 +68,18 @@ def test_killed_index_actor_comes_back_with_every_acknowledged_add(
     _all_findable(c, acked)
 
 
-def test_whole_app_restart_keeps_everything(ray_session: int, tmp_path: Path, photos: dict[str, bytes]) -> None:
+def test_whole_app_restart_keeps_everything(
+    ray_session: int, tmp_path: Path, photos: dict[str, bytes]
+) -> None:
     name = f"r{uuid.uuid4().hex[:8]}"
     first = deploy(name, tmp_path, ray_session)
     c = httpx.Client(base_url=first.url, timeout=120)
     images = dict(enumerate(_variants(photos, 10), start=1))
     for i, data in images.items():
-        assert c.post("/images", files={"image": (f"{i}.jpg", data)}, data={"image_id": i}).status_code == 200
+        assert (
+            c.post("/images", files={"image": (f"{i}.jpg", data)}, data={"image_id": i}).status_code
+            == 200
+        )
     # Everything down, hard: the app and its detached actors (no chance to snapshot).
     serve.delete("test")
     kill_actors(name)

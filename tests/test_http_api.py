@@ -18,7 +18,11 @@ def client(app: RunningApp, photos: dict[str, bytes]) -> httpx.Client:
     for i, (name, data) in enumerate(sorted(photos.items()), start=1):
         r = c.post("/images", files={"image": (name, data, "image/jpeg")}, data={"image_id": i})
         assert r.status_code == 200, r.text
-        assert r.json() == {"image_id": i, "file_name": name, "features": {"phash": "ok", "color": "ok"}}
+        assert r.json() == {
+            "image_id": i,
+            "file_name": name,
+            "features": {"phash": "ok", "color": "ok"},
+        }
     return c
 
 
@@ -31,7 +35,9 @@ def _counts(c: httpx.Client) -> tuple[int, int, int]:
     return h["images"], h["indexes"]["phash"]["count"], h["indexes"]["color"]["count"]
 
 
-def test_health_reports_extractors_and_counts(client: httpx.Client, photos: dict[str, bytes]) -> None:
+def test_health_reports_extractors_and_counts(
+    client: httpx.Client, photos: dict[str, bytes]
+) -> None:
     body = client.get("/health").json()
     assert body["status"] == "ok"
     assert body["extractors"]["phash"]["available"] and body["extractors"]["color"]["available"]
@@ -68,12 +74,20 @@ def test_search_finds_the_image_and_its_edited_copies(
         assert set(body["by_feature"]) == {"phash", "color"}
 
 
-def test_search_by_one_feature_and_similar_by_id(client: httpx.Client, photos: dict[str, bytes]) -> None:
+def test_search_by_one_feature_and_similar_by_id(
+    client: httpx.Client, photos: dict[str, bytes]
+) -> None:
     want = _id(photos, WINE)
-    r = client.post("/search/image", files={"image": ("q.jpg", photos[WINE])}, data={"features": "color", "k": 2})
+    r = client.post(
+        "/search/image",
+        files={"image": ("q.jpg", photos[WINE])},
+        data={"features": "color", "k": 2},
+    )
     assert set(r.json()["by_feature"]) == {"color"}
     assert r.json()["results"][0]["matches"]["color"]["distance"] == 0
-    sim = client.get(f"/search/similar/{want}", params={"feature": "phash", "k": 4}).json()["results"]
+    sim = client.get(f"/search/similar/{want}", params={"feature": "phash", "k": 4}).json()[
+        "results"
+    ]
     assert len(sim) == 4 and want not in [s["image_id"] for s in sim]
     assert [s["distance"] for s in sim] == sorted(s["distance"] for s in sim)
     assert client.get("/search/similar/424242", params={"feature": "phash"}).status_code == 404
@@ -95,7 +109,12 @@ def test_search_by_one_feature_and_similar_by_id(client: httpx.Client, photos: d
     ],
 )
 def test_bad_uploads_get_a_clear_4xx_and_store_nothing(
-    client: httpx.Client, photos: dict[str, bytes], files: object, data: dict, status: int, words: str
+    client: httpx.Client,
+    photos: dict[str, bytes],
+    files: object,
+    data: dict,
+    status: int,
+    words: str,
 ) -> None:
     before = _counts(client)
     if files == "WINE":
@@ -147,5 +166,7 @@ def test_readd_replaces_and_delete_removes_everywhere(
 def test_ids_are_allocated_when_not_given(client: httpx.Client, photos: dict[str, bytes]) -> None:
     r = client.post("/images", files={"image": ("new.jpg", reencode(photos[WINE], scale=0.2))})
     body = r.json()
-    assert r.status_code == 200 and body["image_id"] > len(photos) and body["file_name"] == "new.jpg"
+    assert (
+        r.status_code == 200 and body["image_id"] > len(photos) and body["file_name"] == "new.jpg"
+    )
     assert client.delete(f"/images/{body['image_id']}").status_code == 200

@@ -1,5 +1,6 @@
 """Index classes and stores without Ray: search semantics, replace, delete, persistence."""
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +95,7 @@ def test_vector_index_metrics(tmp_path: Path, metric: str) -> None:
     idx.add(list(range(40)), x)
     hits = idx.search(x[5], k=3)
     assert hits[0][0] == 5 and hits[0][1] == pytest.approx(0.0, abs=1e-5)
-    assert all(a[1] <= b[1] for a, b in zip(hits, hits[1:], strict=False))
+    assert all(a[1] <= b[1] for a, b in itertools.pairwise(hits))
     within = idx.search(x[5], k=None, threshold=hits[1][1])
     assert [i for i, _ in within] == [i for i, _ in hits[:2]]
 

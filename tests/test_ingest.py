@@ -202,6 +202,25 @@ def test_ids_from_filenames(
     assert again.stored == 0 and again.skipped == len(names)
 
 
+def test_a_name_conflict_costs_only_its_own_file(ing_app: RunningApp) -> None:
+    """A name taken since the resume check (an API upload meanwhile) fails alone."""
+    import ray
+
+    from scripts.ingest import _Writer
+
+    catalog = ing_app.actor("catalog")
+    assert ray.get(catalog.register.remote("conflict-a.jpg", 7001)) == (7001, "conflict-a.jpg")
+    report = IngestReport()
+    writer = _Writer(Path("."), catalog, {}, True, report)
+    got = writer._register([("conflict-b.jpg", 7002), ("conflict-a.jpg", 7003)])
+    assert got == [(7002, "conflict-b.jpg"), None]
+    assert report.failed == [
+        ("conflict-a.jpg", "file name 'conflict-a.jpg' already belongs to image 7001")
+    ]
+    for image_id in (7001, 7002):
+        assert ray.get(catalog.unregister.remote(image_id))
+
+
 def test_command_line(
     tmp_path: Path, ing_app: RunningApp, client: httpx.Client, photo_paths: list[Path]
 ) -> None:

@@ -16,7 +16,11 @@ def client(app: RunningApp, photos: dict[str, bytes]) -> httpx.Client:
     """A client of an app filled through the seed gateway route, ids 1..n in name order."""
     c = httpx.Client(base_url=app.url, timeout=60)
     for i, (name, data) in enumerate(sorted(photos.items()), start=1):
-        r = c.post("/calculate_all_image_features", files={"image": (name, data)}, data={"image_id": str(i)})
+        r = c.post(
+            "/calculate_all_image_features",
+            files={"image": (name, data)},
+            data={"image_id": str(i)},
+        )
         assert r.status_code == 200, r.text
         assert r.json() == [{"status": "fulfilled", "value": ""}] * 2
     return c
@@ -29,7 +33,11 @@ def _id(photos: dict[str, bytes], name: str) -> int:
 def test_by_image_buffer_k_and_threshold(client: httpx.Client, photos: dict[str, bytes]) -> None:
     want = _id(photos, WINE)
     mirrored = reencode(photos[WINE], mirror=True)
-    r = client.post("/phash_get_similar_images_by_image_buffer", files={"image": ("q.jpg", mirrored)}, data={"k": "3"})
+    r = client.post(
+        "/phash_get_similar_images_by_image_buffer",
+        files={"image": ("q.jpg", mirrored)},
+        data={"k": "3"},
+    )
     body = r.json()
     assert r.status_code == 200 and len(body) == 3
     assert body[0]["image_id"] == want and isinstance(body[0]["distance"], float | int)
@@ -40,7 +48,11 @@ def test_by_image_buffer_k_and_threshold(client: httpx.Client, photos: dict[str,
         data={"distance_threshold": "64"},
     )
     assert [h["image_id"] for h in r.json()] == [want]
-    r = client.post("/color_get_similar_images_by_image_buffer", files={"image": ("q.jpg", photos[WINE])}, data={"k": 2})
+    r = client.post(
+        "/color_get_similar_images_by_image_buffer",
+        files={"image": ("q.jpg", photos[WINE])},
+        data={"k": 2},
+    )
     assert r.json()[0] == {"image_id": want, "file_name": WINE, "distance": 0.0}
     both = client.post(
         "/color_get_similar_images_by_image_buffer",
@@ -53,36 +65,60 @@ def test_by_image_buffer_k_and_threshold(client: httpx.Client, photos: dict[str,
 def test_by_id_json_body(client: httpx.Client, photos: dict[str, bytes]) -> None:
     want = _id(photos, WINE)
     r = client.post("/phash_get_similar_images_by_id", json={"image_id": want, "k": 3})
-    assert r.status_code == 200 and len(r.json()) == 3 and want not in [h["image_id"] for h in r.json()]
-    r = client.post("/color_get_similar_images_by_id", json={"image_id": want, "distance_threshold": 1e9})
+    assert (
+        r.status_code == 200
+        and len(r.json()) == 3
+        and want not in [h["image_id"] for h in r.json()]
+    )
+    r = client.post(
+        "/color_get_similar_images_by_id", json={"image_id": want, "distance_threshold": 1e9}
+    )
     assert len(r.json()) == len(photos) - 1
-    assert client.post("/phash_get_similar_images_by_id", json={"image_id": 999, "k": 3}).status_code == 404
+    assert (
+        client.post("/phash_get_similar_images_by_id", json={"image_id": 999, "k": 3}).status_code
+        == 404
+    )
     assert client.post("/phash_get_similar_images_by_id", json={"k": 3}).status_code == 422
-    assert client.post("/global_features_get_similar_images_by_id", json={"image_id": 1}).status_code == 404
+    assert (
+        client.post("/global_features_get_similar_images_by_id", json={"image_id": 1}).status_code
+        == 404
+    )
 
 
 def test_calculate_and_delete_one_feature(client: httpx.Client, photos: dict[str, bytes]) -> None:
     small = reencode(photos[WINE], scale=0.3)
-    r = client.post("/calculate_phash_features", files={"image": ("s.jpg", small)}, data={"image_id": "700"})
+    r = client.post(
+        "/calculate_phash_features", files={"image": ("s.jpg", small)}, data={"image_id": "700"}
+    )
     assert r.status_code == 200 and r.content == b""
     assert client.get("/images/700").json()["features"] == ["phash"]
     assert client.post("/delete_color_features", json={"image_id": 700}).status_code == 404
     assert client.post("/delete_phash_features", json={"file_name": "700"}).status_code == 200
     assert client.get("/images/700").json()["features"] == []
     assert client.post("/delete_phash_features", json={"image_id": 700}).status_code == 404
-    assert client.post("/delete_all_image_features", json={"image_id": 700}).json() == [{"status": "fulfilled"}] * 2
+    assert (
+        client.post("/delete_all_image_features", json={"image_id": 700}).json()
+        == [{"status": "fulfilled"}] * 2
+    )
     assert client.get("/images/700").status_code == 404
     assert client.post("/delete_all_image_features", json={"image_id": 700}).status_code == 404
-    bad = client.post("/calculate_phash_features", files={"image": ("s.jpg", b"nope")}, data={"image_id": "701"})
+    bad = client.post(
+        "/calculate_phash_features", files={"image": ("s.jpg", b"nope")}, data={"image_id": "701"}
+    )
     assert bad.status_code == 415 and client.get("/images/701").status_code == 404
-    assert client.post("/calculate_phash_features", files={"image": ("s.jpg", small)}).status_code == 422
+    assert (
+        client.post("/calculate_phash_features", files={"image": ("s.jpg", small)}).status_code
+        == 422
+    )
 
 
 def test_reverse_search_and_find_duplicate(client: httpx.Client, photos: dict[str, bytes]) -> None:
     want = _id(photos, WINE)
     body = client.post("/reverse_search", files={"image": ("q.jpg", photos[WINE])}).json()
     assert set(body) == {"phash_res", "color_res", "unified_res"}
-    assert len(body["phash_res"]) == min(20, len(photos)) and body["phash_res"][0]["image_id"] == want
+    assert (
+        len(body["phash_res"]) == min(20, len(photos)) and body["phash_res"][0]["image_id"] == want
+    )
     assert body["unified_res"][0]["image_id"] == want and body["unified_res"][0]["score"] > 0
     dup = client.post(
         "/reverse_search",
