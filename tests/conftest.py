@@ -18,6 +18,18 @@ os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
 # Test apps are deleted many times per run; production keeps the 30 s connection drain.
 os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
 
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# HAProxy's metrics and stats ports are fixed by default: free ones let the tests run while
+# `make serve` (or another test run) is up.
+os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(_free_port()))
+os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(_free_port()))
+
 PHOTOS = Path(__file__).parent / "photos"
 
 
@@ -31,12 +43,6 @@ def photo_paths() -> list[Path]:
 def photos(photo_paths: list[Path]) -> dict[str, bytes]:
     """File name -> bytes of each test photo."""
     return {p.name: p.read_bytes() for p in photo_paths}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
