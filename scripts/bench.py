@@ -432,7 +432,7 @@ def bench_ingest(
     # ingest's own progress bar is enough.
     DataContext.get_current().enable_progress_bars = False
     start = time.perf_counter()
-    report = ingest(str(folder), args, batch_size=64, pool_size=pool_size)
+    report = ingest(str(folder), args, pool_size=pool_size)
     ours_rate = len(paths) / (time.perf_counter() - start)
     print(
         f"ingest {len(paths)} files: Ray Data {ours_rate:.1f}/s (pool_size={pool_size}), "
@@ -477,7 +477,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--searches", type=int, default=200, help="timed index searches")
     p.add_argument("--http-searches", type=int, default=100, help="timed HTTP searches")
     # Actors per feature: 1 gives a phash and a colour actor, two processes as joblib's two.
-    p.add_argument("--pool-size", type=int, default=1, help="Ray Data actors per feature")
+    p.add_argument(
+        "--pool-size",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="Ray Data extractor actors (default: one per core, as joblib's n_jobs=2 on 2)",
+    )
     p.add_argument("--idle-s", type=float, default=10.0, help="idle time before memory")
     p.add_argument("--no-dashboard", action="store_true", help="start Ray without dashboard")
     p.add_argument("--json", type=Path, help="also write the table here as JSON")
