@@ -23,6 +23,9 @@ class FeatureConfig(BaseModel):
     """One feature: whether it runs, its extractor and index options, its fusion weight."""
 
     enabled: bool = True
+    #: Compute query features in the ingress instead of calling the deployment; default:
+    #: yes for light extractors (no weights, a few ms of CPU).
+    query_in_ingress: bool | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     index: dict[str, Any] = Field(default_factory=dict)
     weight: float = 1.0
@@ -74,6 +77,11 @@ class AppArgs(BaseModel):
         """Absolute data directory (relative paths resolve against the project root)."""
         path = Path(self.data_dir).expanduser()
         return path if path.is_absolute() else Path(__file__).resolve().parent.parent / path
+
+    def query_in_ingress(self, name: str) -> bool:
+        """Whether the ingress computes this feature's query features itself."""
+        choice = self.features[name].query_in_ingress
+        return REGISTRY[name].light if choice is None else choice
 
     def extractor_options(self, name: str) -> dict[str, Any]:
         """Constructor options of a feature's extractor, with the app-wide pixel cap."""

@@ -13,7 +13,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.config import SEED_NAMES, AppArgs
 from deployments.fusion import fuse
-from extractors import REGISTRY, InvalidImage, WeightsUnavailable
+from extractors import REGISTRY, InvalidImage, WeightsUnavailable, build_extractor
 from index_actors.actor import catalog_actor, index_actor
 from index_actors.indexes import Hit, UnknownImage
 
@@ -67,6 +67,14 @@ class Ingress:
     ) -> None:
         self.args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
         self.extractors = extractors
+        # Query features of light extractors (no weights, a few ms of CPU) are computed here:
+        # a hop to their deployment costs more than the work (measured in scripts/bench.py).
+        # Ingest still goes through the deployments, which batch and autoscale.
+        self.local = {
+            name: build_extractor(name, self.args.extractor_options(name))
+            for name in self.extractors
+            if self.args.query_in_ingress(name)
+        }
         data = str(self.args.data_path())
         self.catalog = catalog_actor(self.args.name, data)
         self.indexes = {}
@@ -133,7 +141,12 @@ class Ingress:
 
         An unreadable image is the client's fault whichever extractor noticed: 4xx.
         """
-        calls = [self.extractors[n].extract.remote(data, query) for n in names]
+        calls = [
+            asyncio.to_thread(self._local_query, n, data)
+            if query and n in self.local
+            else self.extractors[n].extract.remote(data, query)
+            for n in names
+        ]
         results = await asyncio.gather(*calls, return_exceptions=True)
         feats: dict[str, np.ndarray] = {}
         failed: dict[str, str] = {}
@@ -148,6 +161,9 @@ class Ingress:
             else:
                 feats[name] = result
         return feats, failed
+
+    def _local_query(self, name: str, data: bytes) -> np.ndarray | InvalidImage:
+        return self.local[name].extract_bytes([data], query=True)[0]
 
     async def _names(self, ids: list[int]) -> dict[int, str]:
         return await self.catalog.name_of.remote(ids) if ids else {}

@@ -34,6 +34,9 @@ class Extractor(ABC):
     decode_size: int | None = None
     #: Colour mode the extractor wants the image in.
     decode_mode: str = "RGB"
+    #: No weights and a few ms of CPU per image: cheap enough to run inline where a remote
+    #: call would cost more than the work (the ingress computes light query features).
+    light: ClassVar[bool] = False
 
     def __init__(self, max_pixels: int = 100_000_000) -> None:
         self.max_pixels = max_pixels

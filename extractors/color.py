@@ -24,6 +24,7 @@ class ColorHistogram(Extractor):
     dim: ClassVar[int] = BINS**3
     dtype: ClassVar[type] = np.float32
     metric: ClassVar[str] = "l1"
+    light: ClassVar[bool] = True
     decode_mode = "RGB"
 
     def __init__(self, decode_size: int | None = 256, max_pixels: int = 100_000_000) -> None:

@@ -11,6 +11,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 #: Formats an upload may be in. MPO is what many cameras write: a JPEG with extra frames.
 FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
 DEFAULT_MAX_PIXELS = 100_000_000
+ORIENTATION = 0x0112  # the EXIF tag
 
 # Our own cap (checked from the header, before any pixel is decoded) is the guard; Pillow's
 # warning at a lower size would only add noise.
@@ -90,7 +91,9 @@ def decode(
             factor = min(img.size[0] // size, img.size[1] // size, 8)
             if factor >= 2:
                 img = img.reduce(factor)
-        img = ImageOps.exif_transpose(img)
+        # exif_transpose copies the image even when there is nothing to turn: check first.
+        if img.getexif().get(ORIENTATION, 1) != 1:
+            img = ImageOps.exif_transpose(img)
         if img.mode != mode:
             img = img.convert(mode)
     except (OSError, ValueError, SyntaxError, struct.error, EOFError) as exc:

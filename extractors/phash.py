@@ -26,6 +26,7 @@ class PHash(Extractor):
     dim: ClassVar[int] = HASH_SIZE * HASH_SIZE
     dtype: ClassVar[type] = np.uint8
     metric: ClassVar[str] = "hamming"
+    light: ClassVar[bool] = True
     decode_mode = "L"
 
     def __init__(self, draft: bool = True, max_pixels: int = 100_000_000) -> None:
