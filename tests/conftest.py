@@ -100,13 +100,22 @@ def kill_actors(name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def app(ray_session: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+def app_overrides() -> dict[str, object]:
+    """AppArgs fields a test module deploys with; a module overrides this fixture to change."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def app(
+    ray_session: int, tmp_path_factory: pytest.TempPathFactory, app_overrides: dict[str, object]
+) -> Iterator[RunningApp]:
     """The application deployed once per test module, on a fresh data directory."""
     from ray import serve
 
     name = f"t{uuid.uuid4().hex[:8]}"
     # A small upload cap so that the over-the-cap test sends megabytes, not the default 50.
-    running = deploy(name, tmp_path_factory.mktemp(name), ray_session, max_upload_mb=2)
+    overrides = {"max_upload_mb": 2, **app_overrides}
+    running = deploy(name, tmp_path_factory.mktemp(name), ray_session, **overrides)
     yield running
     serve.delete("test")
     kill_actors(name)

@@ -14,6 +14,14 @@ WINE = "Wine_by_Jakkub_Mede.jpg"
 
 
 @pytest.fixture(scope="module")
+def app_overrides() -> dict[str, object]:
+    """Query features through the extractor deployments here (the other modules compute the
+    light ones in the ingress), so that both query paths run against the real graph."""
+    off = {"query_in_ingress": False}
+    return {"features": {"phash": off, "color": off}}
+
+
+@pytest.fixture(scope="module")
 def client(app: RunningApp, photos: dict[str, bytes]) -> httpx.Client:
     """A client of an app filled through the seed gateway route, ids 1..n in name order."""
     c = httpx.Client(base_url=app.url, timeout=60)

@@ -1,0 +1,37 @@
+"""Settings: the shipped configs validate, and defaults mean what the docs say."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from deployments.config import AppArgs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")))
+def test_shipped_configs_validate(config: Path) -> None:
+    cfg = yaml.safe_load(config.read_text())
+    for entry in cfg["applications"]:
+        args = AppArgs.model_validate(entry["args"])
+        assert args.enabled == ["phash", "color"]
+        names = {d["name"] for d in entry["deployments"]}
+        assert names == {"Ingress"} | {f"extract_{f}" for f in args.enabled}
+
+
+def test_unknown_feature_is_refused() -> None:
+    with pytest.raises(ValidationError, match="unknown features"):
+        AppArgs.model_validate({"features": {"sift": {}}})
+
+
+def test_light_extractors_query_in_the_ingress_unless_told_not_to() -> None:
+    args = AppArgs.model_validate({"features": {"phash": {"query_in_ingress": False}, "color": {}}})
+    assert not args.query_in_ingress("phash") and args.query_in_ingress("color")
+
+
+def test_relative_data_dir_is_under_the_project_root(tmp_path: Path) -> None:
+    assert AppArgs().data_path() == ROOT / "data"
+    assert AppArgs(data_dir=str(tmp_path)).data_path() == tmp_path
+    assert AppArgs(max_pixels=5).extractor_options("phash") == {"max_pixels": 5}
