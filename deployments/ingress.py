@@ -53,6 +53,19 @@ def _float_field(value: Any, field: str) -> float | None:
     return parsed
 
 
+@app.middleware("http")
+async def _refuse_large_bodies(request: Request, call_next: Any) -> Any:
+    """413 from the Content-Length header, before a byte of an oversized body is parsed."""
+    cap = getattr(app.state, "max_upload_bytes", None)
+    length = request.headers.get("content-length", "")
+    # Multipart framing adds a little around the file itself.
+    if cap is not None and length.isdigit() and int(length) > cap + 64 * 1024:
+        return JSONResponse(
+            {"detail": f"upload is {int(length)} bytes, over the limit of {cap} bytes"}, 413
+        )
+    return await call_next(request)
+
+
 @serve.deployment(
     # The ingress only parses and awaits; a small slice of a core is enough for it.
     ray_actor_options={"num_cpus": 0.1},
@@ -67,6 +80,7 @@ class Ingress:
     ) -> None:
         self.args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
         self.extractors = extractors
+        app.state.max_upload_bytes = int(self.args.max_upload_mb * 1024 * 1024)
         # Query features of light extractors (no weights, a few ms of CPU) are computed here:
         # a hop to their deployment costs more than the work (measured in scripts/bench.py).
         # Ingest still goes through the deployments, which batch and autoscale.
@@ -108,9 +122,8 @@ class Ingress:
             )
         return list(dict.fromkeys(names))
 
-    def _k(self, k: Any, default: int | None = None) -> int:
+    def _k(self, k: Any) -> int:
         value = _int_field(k, "k", required=False)
-        value = default if value is None else value
         value = self.args.fusion.default_k if value is None else value
         if not 1 <= value <= self.args.fusion.max_k:
             raise HTTPException(
@@ -118,13 +131,8 @@ class Ingress:
             )
         return value
 
-    async def _read(self, request: Request, image: UploadFile | None) -> bytes:
-        cap = int(self.args.max_upload_mb * 1024 * 1024)
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > cap + 64 * 1024:
-            raise HTTPException(
-                413, f"upload is {int(length)} bytes, over the limit of {cap} bytes"
-            )
+    async def _read(self, image: UploadFile | None) -> bytes:
+        cap = app.state.max_upload_bytes
         if image is None:
             raise HTTPException(422, "missing multipart file field 'image'")
         data = await image.read(cap + 1)
@@ -235,7 +243,6 @@ class Ingress:
     @app.post("/images")
     async def add_image(
         self,
-        request: Request,
         image: UploadFile | None = File(None),
         image_id: str | None = Form(None),
         file_name: str | None = Form(None),
@@ -244,7 +251,7 @@ class Ingress:
         """Store an image's features; re-adding an id replaces it."""
         parsed = _int_field(image_id, "image_id", required=False)
         names = self._features(features)
-        data = await self._read(request, image)
+        data = await self._read(image)
         if file_name is None and image is not None and image.filename:
             file_name = image.filename
         new_id, name, status = await self._add(data, parsed, file_name, names)
@@ -278,7 +285,6 @@ class Ingress:
     @app.post("/search/image")
     async def search_image(
         self,
-        request: Request,
         image: UploadFile | None = File(None),
         k: str | None = Form(None),
         features: str | None = Form(None),
@@ -289,7 +295,7 @@ class Ingress:
         names = self._features(features)
         dup = _float_field(phash_threshold, "phash_threshold")
         dup = self.args.fusion.duplicate_threshold if dup is None else dup
-        data = await self._read(request, image)
+        data = await self._read(image)
         queries, failed = await self._extract(data, names, query=True)
         if not queries:
             raise HTTPException(503, f"no feature could be computed: {failed}")
@@ -369,13 +375,12 @@ class Ingress:
     @app.post("/calculate_all_image_features")
     async def seed_calculate_all(
         self,
-        request: Request,
         image: UploadFile | None = File(None),
         image_id: str | None = Form(None),
     ) -> list[dict[str, Any]]:
         """Seed gateway: store every feature; one settled-promise-like entry per service."""
         parsed = _int_field(image_id, "image_id")
-        data = await self._read(request, image)
+        data = await self._read(image)
         _, _, status = await self._add(data, parsed, None, list(self.extractors))
         return [
             {"status": "fulfilled", "value": ""}
@@ -395,7 +400,6 @@ class Ingress:
     @app.post("/reverse_search")
     async def seed_reverse_search(
         self,
-        request: Request,
         image: UploadFile | None = File(None),
         find_duplicate: str | None = Form(None),
     ) -> dict[str, Any]:
@@ -405,7 +409,7 @@ class Ingress:
         threshold, mirrored included) under ``phash_res``, or ``{}`` when there are none.
         """
         dup_mode = _int_field(find_duplicate, "find_duplicate", required=False)
-        data = await self._read(request, image)
+        data = await self._read(image)
         threshold = self.args.fusion.duplicate_threshold
         if dup_mode:
             if "phash" not in self.extractors:
@@ -453,14 +457,13 @@ class Ingress:
     async def seed_calculate(
         self,
         svc: str,
-        request: Request,
         image: UploadFile | None = File(None),
         image_id: str | None = Form(None),
     ) -> Response:
         """Seed service: store one feature of an image (replaces on re-add)."""
         name = self._seed_feature(svc)
         parsed = _int_field(image_id, "image_id")
-        data = await self._read(request, image)
+        data = await self._read(image)
         _, _, status = await self._add(data, parsed, None, [name])
         if status[name] != "ok":
             raise HTTPException(503, status[name])
@@ -496,7 +499,6 @@ class Ingress:
     async def seed_by_image(
         self,
         svc: str,
-        request: Request,
         image: UploadFile | None = File(None),
         k: str | None = Form(None),
         distance_threshold: str | None = Form(None),
@@ -504,7 +506,7 @@ class Ingress:
         """Seed service: nearest stored images to an upload (phash: mirrored too)."""
         name = self._seed_feature(svc)
         kk, t = self._seed_mode(name, k, distance_threshold)
-        data = await self._read(request, image)
+        data = await self._read(image)
         queries, failed = await self._extract(data, [name], query=True)
         if name in failed:
             raise HTTPException(503, failed[name])

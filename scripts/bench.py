@@ -472,7 +472,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--only", default=",".join(SECTIONS), help="comma list of " + ",".join(SECTIONS))
     p.add_argument("--n-hashes", type=int, default=1_000_000, help="stored hashes for search")
     p.add_argument("--n-http", type=int, default=10_000, help="stored images for http")
-    p.add_argument("--n-ingest", type=int, default=300, help="files for ingest")
+    p.add_argument("--n-ingest", type=int, default=1200, help="files for ingest")
     p.add_argument("--repeat", type=int, default=5, help="best-of-N rounds for phash")
     p.add_argument("--searches", type=int, default=200, help="timed index searches")
     p.add_argument("--http-searches", type=int, default=100, help="timed HTTP searches")
