@@ -344,8 +344,9 @@ def ingest(
     if pending:
         by_path = {str(root / name): name for name in pending}
         # About one block per batch: a task per file costs more in overhead than the work.
+        blocks = -(-len(by_path) // batch_size)
         ds: ray.data.Dataset = ray.data.from_items(
-            [{"path": p} for p in by_path], override_num_blocks=-(-len(by_path) // batch_size)
+            [{"path": p} for p in by_path], override_num_blocks=blocks
         )
         # The weight-free features share one pool: each is a few ms per image, and one pass
         # per batch reads each file once. (Model extractors will get pools of their own.)
@@ -359,7 +360,7 @@ def ingest(
             batch_format="numpy",
             # A fixed pool: extractors (later, models) load once per actor. A fraction of a
             # CPU each, so that beside the app's own replicas the pool fits a 2-core laptop.
-            compute=ray.data.ActorPoolStrategy(size=pool_size),
+            compute=ray.data.ActorPoolStrategy(size=min(pool_size, blocks)),
             num_cpus=cpus_per_actor,
         )
         # One progress bar, of images written; Ray Data's per-operator bars (or, off a
