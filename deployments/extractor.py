@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 import numpy as np
@@ -28,9 +27,6 @@ class ExtractorDeployment:
     """
 
     def __init__(self, name: str, options: dict[str, Any] | None = None) -> None:
-        # One torch/BLAS thread per replica: replicas, not threads, are how this scales, and
-        # oversubscribed threads on a few cores only thrash.
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
         self.extractor = build_extractor(name, options)
         self.unavailable: str | None = None
         try:

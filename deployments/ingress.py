@@ -8,7 +8,7 @@ import numpy as np
 from fastapi import Body, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from ray import serve
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.config import SEED_NAMES, AppArgs
@@ -41,6 +41,15 @@ def _int_field(value: Any, field: str, required: bool = True) -> int | None:
     return parsed
 
 
+def _check_file_name(name: str) -> None:
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        raise HTTPException(422, "file_name is not valid Unicode text") from None
+    if not name.strip() or size > 255:
+        raise HTTPException(422, "file_name must be 1 to 255 bytes of UTF-8")
+
+
 def _float_field(value: Any, field: str) -> float | None:
     if value is None or value == "":
         return None
@@ -64,6 +73,14 @@ async def _refuse_large_bodies(request: Request, call_next: Any) -> Any:
             {"detail": f"upload is {int(length)} bytes, over the limit of {cap} bytes"}, 413
         )
     return await call_next(request)
+
+
+@app.exception_handler(RayError)
+async def _ray_error(request: Request, exc: RayError) -> JSONResponse:
+    """An index or extractor call failed for reasons not the client's: 503, with the cause."""
+    log.error("%s %s failed: %s", request.method, request.url.path, exc)
+    cause = getattr(exc, "cause", None) or exc
+    return JSONResponse({"detail": f"a backend call failed, retry: {cause}"}, 503)
 
 
 @serve.deployment(
@@ -200,22 +217,42 @@ class Ingress:
         ]
 
     async def _add(
-        self, data: bytes, image_id: int | None, file_name: str | None, names: list[str]
+        self,
+        data: bytes,
+        image_id: int | None,
+        file_name: str | None,
+        names: list[str],
+        name_is_label: bool = False,
+        replace_all: bool = False,
     ) -> tuple[int, str, dict[str, str]]:
-        """Extract, then register, then store every feature; nothing is stored for a bad image."""
-        if file_name is not None and (not file_name.strip() or len(file_name.encode()) > 255):
-            raise HTTPException(422, "file_name must be 1 to 255 bytes of UTF-8")
+        """Extract, then register, then store every feature.
+
+        Nothing is stored for a bad image. A failed index write answers 503: the client
+        retries, which is safe since re-adding replaces. ``name_is_label``: the name came
+        from the upload, not from the client, so it does not identify an image.
+        ``replace_all``: features this add does not compute are removed, since they
+        described whatever image the id held before.
+        """
+        if file_name is not None:
+            _check_file_name(file_name)
         feats, status = await self._extract(data, names, query=False)
         if not feats:
             raise HTTPException(503, f"no feature could be computed: {status}")
         try:
-            image_id, file_name = await self.catalog.register.remote(file_name, image_id)
+            image_id, file_name = await self.catalog.register.remote(
+                file_name, image_id, name_is_label
+            )
         except ValueError as exc:
             raise HTTPException(409, str(exc)) from None
-        adds = [self.indexes[n].add.remote([image_id], f[None, :]) for n, f in feats.items()]
-        results = await asyncio.gather(*adds, return_exceptions=True)
-        for name, result in zip(feats, results, strict=True):
+        writes = [self.indexes[n].add.remote([image_id], f[None, :]) for n, f in feats.items()]
+        if replace_all:
+            stale = [n for n in self.indexes if n not in feats]
+            writes += [self.indexes[n].remove.remote([image_id]) for n in stale]
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        for name, result in zip(feats, results, strict=False):
             status[name] = "ok" if not isinstance(result, BaseException) else f"error: {result}"
+        if any(isinstance(r, BaseException) for r in results):
+            raise HTTPException(503, f"image {image_id} was not stored completely, retry: {status}")
         return image_id, file_name, {n: status[n] for n in names}
 
     async def _delete(self, image_id: int, names: list[str] | None = None) -> None:
@@ -252,9 +289,13 @@ class Ingress:
         parsed = _int_field(image_id, "image_id", required=False)
         names = self._features(features)
         data = await self._read(image)
-        if file_name is None and image is not None and image.filename:
+        label = file_name is None and image is not None and bool(image.filename)
+        if label:
+            assert image is not None
             file_name = image.filename
-        new_id, name, status = await self._add(data, parsed, file_name, names)
+        new_id, name, status = await self._add(
+            data, parsed, file_name, names, name_is_label=label, replace_all=True
+        )
         return {"image_id": new_id, "file_name": name, "features": status}
 
     @app.get("/images/{image_id}")
@@ -289,17 +330,26 @@ class Ingress:
         k: str | None = Form(None),
         features: str | None = Form(None),
         phash_threshold: str | None = Form(None),
+        duplicates_only: str | None = Form(None),
     ) -> dict[str, Any]:
-        """Fused search by an uploaded image (phash also searches the mirrored image)."""
+        """Fused search by an uploaded image (phash also searches the mirrored image).
+
+        ``phash_threshold`` (default from the config, 64) is the Hamming distance at or under
+        which a result is a near-duplicate; ``duplicates_only=1`` returns just those.
+        """
         kk = self._k(k)
-        names = self._features(features)
+        only_dups = bool(_int_field(duplicates_only, "duplicates_only", required=False))
+        names = ["phash"] if only_dups else self._features(features)
+        if only_dups and "phash" not in self.extractors:
+            raise HTTPException(503, "duplicates_only needs the phash feature, which is disabled")
         dup = _float_field(phash_threshold, "phash_threshold")
         dup = self.args.fusion.duplicate_threshold if dup is None else dup
         data = await self._read(image)
         queries, failed = await self._extract(data, names, query=True)
         if not queries:
             raise HTTPException(503, f"no feature could be computed: {failed}")
-        lists = await self._search(queries, max(kk, self.args.fusion.candidates), {})
+        k_each = kk if only_dups else max(kk, self.args.fusion.candidates)
+        lists = await self._search(queries, k_each, {"phash": dup} if only_dups else {})
         return await self._fused(lists, kk, dup)
 
     async def _fused(self, lists: dict[str, list[Hit]], k: int, dup: float) -> dict[str, Any]:
@@ -324,13 +374,23 @@ class Ingress:
 
     @app.get("/search/similar/{image_id}")
     async def search_similar(
-        self, image_id: str, feature: str = Query("phash"), k: str | None = Query(None)
+        self,
+        image_id: str,
+        feature: str = Query("phash"),
+        k: str | None = Query(None),
+        threshold: str | None = Query(None),
     ) -> dict[str, Any]:
-        """Stored images nearest to a stored one, by one feature."""
+        """Stored images nearest to a stored one, by one feature.
+
+        With ``threshold``, only those within that distance (at most ``k`` of them).
+        """
         parsed = _int_field(image_id, "image_id")
         assert parsed is not None
-        name = self._features(feature)[0]
-        hits = await self._by_id(name, parsed, self._k(k), None)
+        names = self._features(feature)
+        if len(names) != 1:
+            raise HTTPException(422, f"give one feature, not {feature!r}")
+        t = _float_field(threshold, "threshold")
+        hits = await self._by_id(names[0], parsed, self._k(k), t)
         return {"results": await self._listing(hits)}
 
     async def _by_id(
@@ -419,9 +479,12 @@ class Ingress:
             queries, failed = await self._extract(data, ["phash"], query=True)
             if not queries:
                 raise HTTPException(503, f"phash could not be computed: {failed}")
-            hits = (await self._search(queries, 5, {"phash": threshold}))["phash"]
+            hits = (await self._search(queries, None, {"phash": threshold}))["phash"]
             return {"phash_res": await self._listing(hits)} if hits else {}
         queries, failed = await self._extract(data, list(self.extractors), query=True)
+        if not queries:
+            raise HTTPException(503, f"no feature could be computed: {failed}")
+        # The seed gateway's numbers: 200 candidates per service, 20 of each listed.
         lists = await self._search(queries, 200, {})
         fused = await self._fused(lists, 200, threshold)
         out: dict[str, Any] = {

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import atexit
+import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import ray
 
 from index_actors.indexes import Hit, StoredIndex, build_index
 from index_actors.store import Catalog
+
+log = logging.getLogger(__name__)
 
 
 class IndexActor:
@@ -24,14 +27,25 @@ class IndexActor:
         self, kind: str, path: str, dim: int, options: dict[str, Any], snapshot_interval_s: float
     ) -> None:
         self.index: StoredIndex = build_index(kind, Path(path), dim, **options)
-        self._stop = threading.Event()
+        self.settings = {"kind": kind, "path": path, "dim": dim, "options": options}
         self._interval = snapshot_interval_s
         threading.Thread(target=self._snapshot_loop, daemon=True).start()
-        atexit.register(self.index.snapshot)
 
     def _snapshot_loop(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.index.snapshot()
+        while True:
+            time.sleep(self._interval)
+            try:
+                self.index.snapshot()
+            except Exception:  # a full disk must not stop later snapshots
+                log.exception("snapshot of %s failed", self.settings["path"])
+
+    def __ray_shutdown__(self) -> None:
+        """Ray calls this on a graceful actor exit: a last snapshot saves a rebuild."""
+        self.index.close()
+
+    def config(self) -> dict[str, Any]:
+        """What this actor was created with (a reused detached actor may predate a change)."""
+        return self.settings
 
     def add(self, ids: list[int], features: Any) -> int:
         """See ``StoredIndex.add``."""
@@ -78,12 +92,13 @@ class IndexActor:
 
 # Actors survive the Serve application (detached), come back after a crash (max_restarts)
 # and replay a call that was in flight when they died (max_task_retries): every method is
-# safe to repeat, since re-adding an id replaces it.
+# safe to repeat, since re-adding an id replaces it. A few retries, not infinite ones: a call
+# that itself kills the actor (out of memory) must end in an error, not a restart loop.
 _ACTOR_OPTIONS: dict[str, Any] = {
     "lifetime": "detached",
     "get_if_exists": True,
     "max_restarts": -1,
-    "max_task_retries": -1,
+    "max_task_retries": 3,
 }
 
 

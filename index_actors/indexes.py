@@ -23,6 +23,14 @@ log = logging.getLogger(__name__)
 Hit = tuple[int, float]  # (image id, distance): smaller is closer for every metric
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class UnknownImage(KeyError):
     """The image id has no stored feature of this kind."""
 
@@ -83,10 +91,14 @@ class StoredIndex(ABC):
         if stamp == generation and self._snapshot_file.exists():
             try:
                 index = self._read(str(self._snapshot_file))
-                self._snapshot_generation = generation
-                return index
             except RuntimeError as exc:  # a damaged snapshot is only a slower start
                 log.warning("snapshot %s unreadable (%s); rebuilding", self._snapshot_file, exc)
+            else:
+                # A cheap guard against a snapshot file older than its stamp (a crash between
+                # the two renames on a file system that reordered them).
+                if index.ntotal == self.store.count():
+                    self._snapshot_generation = generation
+                    return index
         log.info(
             "rebuilding %s from LMDB (snapshot stamp %s, store %s)", self.path, stamp, generation
         )
@@ -118,11 +130,14 @@ class StoredIndex(ABC):
                 return False
             tmp = self._snapshot_file.with_suffix(".tmp")
             self._write(self.index, str(tmp))
+            _fsync(tmp)
             os.replace(tmp, self._snapshot_file)
             # The stamp goes last: a crash before it leaves an old stamp, hence a rebuild.
             stamp_tmp = self._stamp_file.with_suffix(".tmp")
             stamp_tmp.write_text(str(generation))
+            _fsync(stamp_tmp)
             os.replace(stamp_tmp, self._stamp_file)
+            _fsync(self.path)
             self._snapshot_generation = generation
             return True
 

@@ -102,55 +102,78 @@ class FeatureStore:
         self.env.close()
 
 
+MAX_NAME_BYTES = 500  # LMDB keys stop at 511 bytes
+MAX_ID = 2**63 - 1
+
+
 class Catalog:
     """The image ids and file names: id -> name, name -> id, and the next free id.
 
     An image is *known* when it is in the catalog; the ingress writes it here before any
     feature and removes it after every feature, so an index never holds an unknown id.
+    Ids are never reused: the next free id only grows, so a deleted image's id cannot come
+    back as another image's (a client may still hold it).
     """
 
     def __init__(self, path: Path, map_size: int = 1 << 32) -> None:
         self.env = open_env(path, map_size)
         self.names = self.env.open_db(b"id_to_name")
         self.ids = self.env.open_db(b"name_to_id")
+        self.meta = self.env.open_db(b"meta")
 
-    def register(self, file_name: str | None, image_id: int | None = None) -> tuple[int, str]:
+    def register(
+        self, file_name: str | None, image_id: int | None = None, unique_name: bool = False
+    ) -> tuple[int, str]:
         """Record an image; returns its (id, file name).
 
-        Without ``image_id`` the id is the one already given to ``file_name`` if that name is
-        known (so re-uploading a file replaces it), else one past the largest id. Without a
-        file name, the name is the id. Re-registering an id moves it to the new name; a name
-        that belongs to another id raises ``ValueError``.
+        Without ``image_id`` the id is the one already given to ``file_name`` (the name is the
+        image's identity, so re-adding a file replaces it), else a new one. With
+        ``unique_name`` the name is only a label: the image always gets a new id, and a name
+        taken by another image gets ``#<id>`` appended. Without a file name an image keeps
+        its name, or is named by its id. A name that belongs to another id, or one over
+        500 bytes, raises ``ValueError``.
         """
-        return self.register_many([(file_name, image_id)])[0]
+        return self.register_many([(file_name, image_id)], unique_name)[0]
 
-    def register_many(self, images: list[tuple[str | None, int | None]]) -> list[tuple[int, str]]:
+    def register_many(
+        self, images: list[tuple[str | None, int | None]], unique_names: bool = False
+    ) -> list[tuple[int, str]]:
         """``register`` for a batch, in one transaction (all or nothing)."""
-        out = []
         with self.env.begin(write=True) as txn:
-            for file_name, image_id in images:
-                out.append(self._register(txn, file_name, image_id))
-        return out
+            return [self._register(txn, name, i, unique_names) for name, i in images]
+
+    def _next_id(self, txn: lmdb.Transaction) -> int:
+        raw = txn.get(b"next_id", db=self.meta)
+        if raw is not None:
+            return int(raw)
+        cursor = txn.cursor(db=self.names)  # a catalog from before the counter existed
+        return key_id(cursor.key()) + 1 if cursor.last() else 1
 
     def _register(
-        self, txn: lmdb.Transaction, file_name: str | None, image_id: int | None
+        self, txn: lmdb.Transaction, file_name: str | None, image_id: int | None, unique: bool
     ) -> tuple[int, str]:
-        if image_id is None and file_name:
+        if file_name is not None and len(file_name.encode()) > MAX_NAME_BYTES:
+            raise ValueError(f"file name is over {MAX_NAME_BYTES} bytes: {file_name[:60]!r}...")
+        if image_id is None and file_name and not unique:
             raw = txn.get(file_name.encode(), db=self.ids)
             if raw is not None:
                 image_id = key_id(raw)
         if image_id is None:
-            cursor = txn.cursor(db=self.names)
-            image_id = key_id(cursor.key()) + 1 if cursor.last() else 1
-        name = file_name or str(image_id)
+            image_id = self._next_id(txn)
+            if image_id > MAX_ID:
+                raise ValueError("no image ids left")
+        old = txn.get(id_key(image_id), db=self.names)
+        name = file_name or (bytes(old).decode() if old is not None else str(image_id))
         other = txn.get(name.encode(), db=self.ids)
         if other is not None and key_id(other) != image_id:
-            raise ValueError(f"file name {name!r} already belongs to image {key_id(other)}")
-        old = txn.get(id_key(image_id), db=self.names)
+            if not unique:
+                raise ValueError(f"file name {name!r} already belongs to image {key_id(other)}")
+            name = f"{name}#{image_id}"
         if old is not None and bytes(old).decode() != name:
             txn.delete(old, db=self.ids)
         txn.put(id_key(image_id), name.encode(), db=self.names)
         txn.put(name.encode(), id_key(image_id), db=self.ids)
+        txn.put(b"next_id", str(max(self._next_id(txn), image_id + 1)).encode(), db=self.meta)
         return image_id, name
 
     def unregister(self, image_id: int) -> bool:
@@ -181,10 +204,6 @@ class Catalog:
         with self.env.begin(db=self.ids) as txn:
             raws = [txn.get(name.encode()) for name in file_names]
         return [key_id(raw) if raw is not None else None for raw in raws]
-
-    def ids_present(self, ids: Iterable[int]) -> list[int]:
-        """The subset of ``ids`` that is known."""
-        return list(self.name_of(ids))
 
     def count(self) -> int:
         """Number of known images."""

@@ -123,9 +123,6 @@ class FeatureBatch:
     """
 
     def __init__(self, features: list[str], options: dict[str, dict[str, Any]]) -> None:
-        # One BLAS thread per actor, as in the Serve deployment: on a few cores, actors are
-        # the parallelism and oversubscribed threads only thrash.
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
         self.extractors = [build_extractor(f, options[f]) for f in features]
         for extractor in self.extractors:
             extractor.load()
@@ -297,12 +294,18 @@ class _Writer:
         ids = [reg[0] for reg in registered if reg is not None]
         if not ids:
             return
-        ray.get(
-            [
-                actor.add.remote(ids, np.ascontiguousarray(batch[f"{f}_feature"][rows]))
-                for f, actor in self.indexes.items()
-            ]
-        )
+        try:
+            ray.get(
+                [
+                    actor.add.remote(ids, np.ascontiguousarray(batch[f"{f}_feature"][rows]))
+                    for f, actor in self.indexes.items()
+                ]
+            )
+        except ray.exceptions.RayError as exc:
+            # The batch stays registered with some features missing: the next run (resume)
+            # redoes exactly these files, so report them instead of stopping the whole run.
+            self.report.failed += [(names[j], f"index write failed: {_reason(exc)}") for j in rows]
+            return
         self.report.stored += len(ids)
 
 

@@ -85,7 +85,8 @@ def deploy(name: str, data_dir: Path, port: int, **overrides: object) -> Running
     from deployments.config import AppArgs
     from graph import build_app
 
-    args = AppArgs(name=name, data_dir=str(data_dir), snapshot_interval_s=1.0, **overrides)  # type: ignore[arg-type]
+    settings = {"name": name, "data_dir": str(data_dir), "snapshot_interval_s": 1.0, **overrides}
+    args = AppArgs.model_validate(settings)
     serve.run(build_app(args), name="test", route_prefix="/")
     return RunningApp(name, data_dir, f"http://127.0.0.1:{port}")
 

@@ -17,6 +17,12 @@ from tests.helpers import reencode
 pytestmark = pytest.mark.timeout(600)
 
 
+@pytest.fixture(scope="module")
+def app_overrides() -> dict[str, object]:
+    """No periodic snapshot: a restarted index actor must rebuild from LMDB alone."""
+    return {"snapshot_interval_s": 3600}
+
+
 def _variants(photos: dict[str, bytes], n: int) -> list[bytes]:
     """n distinct images made from the test photos (scaled and recompressed)."""
     base = list(photos.values())
@@ -54,15 +60,16 @@ def test_killed_index_actor_comes_back_with_every_acknowledged_add(
 
     thread = threading.Thread(target=writer)
     thread.start()
-    while len(acked) < 6:
+    deadline = time.monotonic() + 120
+    while len(acked) < 6 and not errors and time.monotonic() < deadline:
         time.sleep(0.05)
     import ray
 
     pid = ray.get(app.actor("index:phash").pid.remote())
     os.kill(pid, signal.SIGKILL)  # a crash, not a polite shutdown
     thread.join()
-    assert len(acked) >= 6
-    assert len(acked) + len(errors) == len(images)
+    # The in-flight call is retried on the restarted actor: no add fails, none is lost.
+    assert errors == [] and len(acked) == len(images)
     # The actor restarted (a new process) and rebuilt itself from LMDB.
     assert ray.get(app.actor("index:phash").pid.remote()) != pid
     _all_findable(c, acked)
@@ -72,7 +79,7 @@ def test_whole_app_restart_keeps_everything(
     ray_session: int, tmp_path: Path, photos: dict[str, bytes]
 ) -> None:
     name = f"r{uuid.uuid4().hex[:8]}"
-    first = deploy(name, tmp_path, ray_session)
+    first = deploy(name, tmp_path, ray_session, snapshot_interval_s=3600)
     c = httpx.Client(base_url=first.url, timeout=120)
     images = dict(enumerate(_variants(photos, 10), start=1))
     for i, data in images.items():

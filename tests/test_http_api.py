@@ -153,8 +153,11 @@ def test_readd_replaces_and_delete_removes_everywhere(
     r = client.post("/images", files={"image": ("copy2.jpg", small)}, data={"image_id": 500})
     assert r.json()["file_name"] == "copy2.jpg" and _counts(client) == tuple(n + 1 for n in base)
     assert client.get("/images", params={"file_name": "copy.jpg"}).status_code == 404
-    # Without an id, a known file name keeps its id.
-    assert client.post("/images", files={"image": ("copy2.jpg", small)}).json()["image_id"] == 500
+    # Without an id, a known file name (given as the file_name field) keeps its id.
+    again = client.post(
+        "/images", files={"image": ("x.jpg", small)}, data={"file_name": "copy2.jpg"}
+    )
+    assert again.json()["image_id"] == 500
     assert client.delete("/images/500").json() == {"image_id": 500, "deleted": True}
     assert _counts(client) == base
     assert client.delete("/images/500").status_code == 404
@@ -170,3 +173,71 @@ def test_ids_are_allocated_when_not_given(client: httpx.Client, photos: dict[str
         r.status_code == 200 and body["image_id"] > len(photos) and body["file_name"] == "new.jpg"
     )
     assert client.delete(f"/images/{body['image_id']}").status_code == 200
+
+
+def test_upload_names_are_labels_not_identities(
+    client: httpx.Client, photos: dict[str, bytes]
+) -> None:
+    """Phones and browsers name every upload alike: two "image.jpg" are two images."""
+    a = client.post("/images", files={"image": ("image.jpg", reencode(photos[WINE], scale=0.2))})
+    b = client.post("/images", files={"image": ("image.jpg", reencode(photos[WINE], scale=0.3))})
+    ida, idb = a.json()["image_id"], b.json()["image_id"]
+    assert ida != idb and b.json()["file_name"] == f"image.jpg#{idb}"
+    for i in (ida, idb):
+        assert client.delete(f"/images/{i}").status_code == 200
+    # Deleted ids are not handed out again.
+    c = client.post("/images", files={"image": ("other.jpg", reencode(photos[WINE], scale=0.2))})
+    assert c.json()["image_id"] > idb
+    assert client.delete(f"/images/{c.json()['image_id']}").status_code == 200
+
+
+def test_readd_with_fewer_features_drops_the_old_ones(
+    client: httpx.Client, photos: dict[str, bytes]
+) -> None:
+    small = reencode(photos[WINE], scale=0.3)
+    client.post("/images", files={"image": ("s.jpg", small)}, data={"image_id": 600})
+    r = client.post(
+        "/images", files={"image": ("s.jpg", small)}, data={"image_id": 600, "features": "phash"}
+    )
+    assert r.json()["features"] == {"phash": "ok"}
+    assert client.get("/images/600").json()["features"] == ["phash"]
+    assert client.delete("/images/600").status_code == 200
+
+
+def test_concurrent_uploads_batch_good_and_bad_apart(
+    client: httpx.Client, photos: dict[str, bytes]
+) -> None:
+    """Concurrent adds share @serve.batch batches; a bad file fails only itself."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    good = [reencode(d, scale=0.2) for d in photos.values()]
+    bad = [b"nope", good[0][:300], b"", b"GIF89a"]
+    jobs = [(700 + i, data) for i, data in enumerate(good + bad)]
+    before = _counts(client)
+
+    def post(job: tuple[int, bytes]) -> int:
+        image_id, data = job
+        files = {"image": (f"{image_id}.jpg", data)}
+        return client.post("/images", files=files, data={"image_id": image_id}).status_code
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        codes = list(pool.map(post, jobs))
+    assert codes[: len(good)] == [200] * len(good)
+    assert all(400 <= c < 500 for c in codes[len(good) :])
+    assert _counts(client) == tuple(n + len(good) for n in before)
+    for image_id, _ in jobs[: len(good)]:
+        assert client.delete(f"/images/{image_id}").status_code == 200
+
+
+def test_threshold_modes(client: httpx.Client, photos: dict[str, bytes]) -> None:
+    want = _id(photos, WINE)
+    q = {"image": ("q.jpg", reencode(photos[WINE], scale=0.5, quality=50))}
+    dups = client.post("/search/image", files=q, data={"duplicates_only": "1"}).json()
+    assert [r["image_id"] for r in dups["results"]] == [want]
+    assert set(dups["by_feature"]) == {"phash"}
+    sim = client.get(f"/search/similar/{want}", params={"feature": "phash", "threshold": 0})
+    assert sim.json() == {"results": []}
+    wide = client.get(f"/search/similar/{want}", params={"threshold": 576, "k": 1000}).json()
+    assert len(wide["results"]) == len(photos) - 1
+    two = client.get(f"/search/similar/{want}", params={"feature": "phash,color"})
+    assert two.status_code == 422

@@ -116,12 +116,37 @@ def test_catalog_ids_names_and_moves(tmp_path: Path) -> None:
     assert cat.register(None, 10) == (10, "10")
     assert cat.register("c.jpg") == (11, "c.jpg")
     assert cat.register("renamed.jpg", 1) == (1, "renamed.jpg")
+    assert cat.register(None, 1) == (1, "renamed.jpg")  # no name given: it keeps its name
     assert cat.id_of("a.jpg") is None and cat.id_of("renamed.jpg") == 1
     with pytest.raises(ValueError, match="belongs to image 2"):
         cat.register("b.jpg", 5)
     assert cat.name_of([1, 2, 99]) == {1: "renamed.jpg", 2: "b.jpg"}
     assert cat.unregister(2) and not cat.unregister(2)
     assert cat.id_of("b.jpg") is None and cat.count() == 3
+
+
+def test_catalog_never_reuses_ids(tmp_path: Path) -> None:
+    cat = Catalog(tmp_path)
+    assert cat.register("x.jpg") == (1, "x.jpg")
+    assert cat.register("y.jpg") == (2, "y.jpg")
+    cat.unregister(2)
+    assert cat.register("z.jpg") == (3, "z.jpg")
+    cat.close()
+    assert Catalog(tmp_path).register("w.jpg") == (4, "w.jpg")
+
+
+def test_catalog_label_names_never_merge_images(tmp_path: Path) -> None:
+    cat = Catalog(tmp_path)
+    assert cat.register("image.jpg", unique_name=True) == (1, "image.jpg")
+    assert cat.register("image.jpg", unique_name=True) == (2, "image.jpg#2")
+    assert cat.register("image.jpg") == (1, "image.jpg")  # as an identity, it is image 1
+
+
+def test_catalog_refuses_names_lmdb_cannot_key(tmp_path: Path) -> None:
+    cat = Catalog(tmp_path)
+    with pytest.raises(ValueError, match="500 bytes"):
+        cat.register("x" * 600 + ".jpg")
+    assert cat.count() == 0
 
 
 def test_catalog_batch_is_all_or_nothing(tmp_path: Path) -> None:

@@ -123,6 +123,20 @@ def test_calculate_and_delete_one_feature(client: httpx.Client, photos: dict[str
     )
 
 
+def test_seed_calculate_keeps_an_existing_name(
+    client: httpx.Client, photos: dict[str, bytes]
+) -> None:
+    small = reencode(photos[WINE], scale=0.3)
+    r = client.post("/images", files={"image": ("named.jpg", small)}, data={"image_id": 800})
+    assert r.json()["file_name"] == "named.jpg"
+    r = client.post(
+        "/calculate_color_features", files={"image": ("d", small)}, data={"image_id": 800}
+    )
+    assert r.status_code == 200
+    assert client.get("/images/800").json()["file_name"] == "named.jpg"
+    assert client.post("/delete_all_image_features", json={"image_id": 800}).status_code == 200
+
+
 def test_reverse_search_and_find_duplicate(client: httpx.Client, photos: dict[str, bytes]) -> None:
     want = _id(photos, WINE)
     body = client.post("/reverse_search", files={"image": ("q.jpg", photos[WINE])}).json()
