@@ -102,6 +102,20 @@ _ACTOR_OPTIONS: dict[str, Any] = {
 }
 
 
+def _current(make: Any, wanted: dict[str, Any]) -> Any:
+    """The named actor ``make()`` gets or creates, replaced if it was made with other settings.
+
+    Detached actors outlive the app: after a config change (another data_dir, metric or
+    index option) the old one would otherwise keep serving the old store. Replacing it loses
+    nothing, since every index is derived from its LMDB store.
+    """
+    actor = make()
+    if ray.get(actor.config.remote()) != wanted:
+        ray.kill(actor, no_restart=True)
+        actor = make()
+    return actor
+
+
 def index_actor(
     app_name: str,
     feature: str,
@@ -112,18 +126,28 @@ def index_actor(
     snapshot_interval_s: float = 30.0,
     num_cpus: float = 0.0,
 ) -> Any:
-    """Get or create the index actor of one feature of an app."""
-    return (
-        ray.remote(IndexActor)
-        .options(name=f"{app_name}:index:{feature}", num_cpus=num_cpus, **_ACTOR_OPTIONS)
-        .remote(kind, str(Path(data_dir) / feature), dim, options or {}, snapshot_interval_s)
+    """Get or create the index actor of one feature of an app, with these settings."""
+    path = str(Path(data_dir) / feature)
+    options = options or {}
+    wanted = {"kind": kind, "path": path, "dim": dim, "options": options}
+    return _current(
+        lambda: (
+            ray.remote(IndexActor)
+            .options(name=f"{app_name}:index:{feature}", num_cpus=num_cpus, **_ACTOR_OPTIONS)
+            .remote(kind, path, dim, options, snapshot_interval_s)
+        ),
+        wanted,
     )
 
 
 def catalog_actor(app_name: str, data_dir: str, num_cpus: float = 0.0) -> Any:
-    """Get or create the catalog actor (id <-> file name) of an app."""
-    return (
-        ray.remote(Catalog)
-        .options(name=f"{app_name}:catalog", num_cpus=num_cpus, **_ACTOR_OPTIONS)
-        .remote(Path(data_dir) / "catalog")
+    """Get or create the catalog actor (id <-> file name) of an app, on this data_dir."""
+    path = Path(data_dir) / "catalog"
+    return _current(
+        lambda: (
+            ray.remote(Catalog)
+            .options(name=f"{app_name}:catalog", num_cpus=num_cpus, **_ACTOR_OPTIONS)
+            .remote(path)
+        ),
+        {"path": str(path)},
     )

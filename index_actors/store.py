@@ -116,7 +116,8 @@ class Catalog:
     """
 
     def __init__(self, path: Path, map_size: int = 1 << 32) -> None:
-        self.env = open_env(path, map_size)
+        self.path = Path(path)
+        self.env = open_env(self.path, map_size)
         self.names = self.env.open_db(b"id_to_name")
         self.ids = self.env.open_db(b"name_to_id")
         self.meta = self.env.open_db(b"meta")
@@ -175,6 +176,10 @@ class Catalog:
         txn.put(name.encode(), id_key(image_id), db=self.ids)
         txn.put(b"next_id", str(max(self._next_id(txn), image_id + 1)).encode(), db=self.meta)
         return image_id, name
+
+    def config(self) -> dict[str, str]:
+        """Where this catalog lives (its actor may predate a config change)."""
+        return {"path": str(self.path)}
 
     def unregister(self, image_id: int) -> bool:
         """Forget an image; returns whether it was known."""

@@ -98,3 +98,25 @@ def test_whole_app_restart_keeps_everything(
     finally:
         serve.delete("test")
         kill_actors(name)
+
+
+def test_redeploy_on_another_data_dir_does_not_reuse_the_old_actors(
+    ray_session: int, tmp_path: Path, photos: dict[str, bytes]
+) -> None:
+    """The detached actors outlive the app; a config change must still take effect."""
+    name = f"m{uuid.uuid4().hex[:8]}"
+    images = dict(enumerate(_variants(photos, 2), start=1))
+    try:
+        c = httpx.Client(base_url=deploy(name, tmp_path / "a", ray_session).url, timeout=120)
+        for i, data in images.items():
+            c.post("/images", files={"image": (f"{i}.jpg", data)}, data={"image_id": i})
+        serve.delete("test")  # the actors stay up
+        c = httpx.Client(base_url=deploy(name, tmp_path / "b", ray_session).url, timeout=120)
+        health = c.get("/health").json()
+        assert health["images"] == 0 and health["indexes"]["phash"]["count"] == 0
+        serve.delete("test")
+        c = httpx.Client(base_url=deploy(name, tmp_path / "a", ray_session).url, timeout=120)
+        _all_findable(c, images)
+    finally:
+        serve.delete("test")
+        kill_actors(name)
