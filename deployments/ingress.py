@@ -62,17 +62,41 @@ def _float_field(value: Any, field: str) -> float | None:
     return parsed
 
 
-@app.middleware("http")
-async def _refuse_large_bodies(request: Request, call_next: Any) -> Any:
-    """413 from the Content-Length header, before a byte of an oversized body is parsed."""
-    cap = getattr(app.state, "max_upload_bytes", None)
-    length = request.headers.get("content-length", "")
-    # Multipart framing adds a little around the file itself.
-    if cap is not None and length.isdigit() and int(length) > cap + 64 * 1024:
-        return JSONResponse(
-            {"detail": f"upload is {int(length)} bytes, over the limit of {cap} bytes"}, 413
-        )
-    return await call_next(request)
+class _BodyLimit:
+    """413 for a body over the upload cap, before it is parsed or spooled to disk.
+
+    Checks Content-Length up front and counts the bytes of a chunked body as they arrive
+    (raising from ``receive``, which FastAPI's body parsing passes on as the 413).
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # The app from the scope, not this module's global: Serve ships the ingress class,
+        # FastAPI app included, by value, so the module's own `app` is another object.
+        cap = getattr(scope["app"].state, "max_upload_bytes", None) if "app" in scope else None
+        if scope["type"] != "http" or cap is None:
+            return await self.inner(scope, receive, send)
+        limit = cap + 64 * 1024  # multipart framing around the file itself
+        too_big = HTTPException(413, f"upload is over the limit of {cap} bytes")
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            return await JSONResponse({"detail": too_big.detail}, 413)(scope, receive, send)
+        seen = 0
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise HTTPException(413, f"{too_big.detail}: stopped reading after {seen} bytes")
+            return message
+
+        await self.inner(scope, counted, send)
+
+
+app.add_middleware(_BodyLimit)
 
 
 @app.exception_handler(RayError)
@@ -149,7 +173,7 @@ class Ingress:
         return value
 
     async def _read(self, image: UploadFile | None) -> bytes:
-        cap = app.state.max_upload_bytes
+        cap = int(self.args.max_upload_mb * 1024 * 1024)
         if image is None:
             raise HTTPException(422, "missing multipart file field 'image'")
         data = await image.read(cap + 1)

@@ -50,6 +50,7 @@ class StoredIndex(ABC):
         self.rebuild_chunk = rebuild_chunk
         self.store = FeatureStore(self.path / "lmdb")
         self._lock = threading.RLock()
+        self._snapshot_lock = threading.Lock()
         self._snapshot_generation = -1
         self.index = self._load_or_rebuild()
 
@@ -67,7 +68,7 @@ class StoredIndex(ABC):
     def _read(self, path: str) -> Any: ...
 
     @abstractmethod
-    def _write(self, index: Any, path: str) -> None: ...
+    def _serialize(self, index: Any) -> np.ndarray: ...
 
     def _distances(self, raw: np.ndarray) -> np.ndarray:
         """FAISS output -> distances where smaller is closer."""
@@ -124,12 +125,16 @@ class StoredIndex(ABC):
 
     def snapshot(self) -> bool:
         """Write the FAISS index to disk if it changed since the last snapshot."""
-        with self._lock:
-            generation = self.store.generation
-            if generation == self._snapshot_generation:
-                return False
+        with self._snapshot_lock:
+            with self._lock:
+                generation = self.store.generation
+                if generation == self._snapshot_generation:
+                    return False
+                # An in-memory copy under the lock, the slow disk write outside it: searches
+                # and adds wait for a memcpy, not for gigabytes going to disk.
+                blob = self._serialize(self.index)
             tmp = self._snapshot_file.with_suffix(".tmp")
-            self._write(self.index, str(tmp))
+            blob.tofile(tmp)
             _fsync(tmp)
             os.replace(tmp, self._snapshot_file)
             # The stamp goes last: a crash before it leaves an old stamp, hence a rebuild.
@@ -143,8 +148,8 @@ class StoredIndex(ABC):
 
     def close(self) -> None:
         """Snapshot and close the store."""
+        self.snapshot()
         with self._lock:
-            self.snapshot()
             self.store.close()
 
     # --- the index API ----------------------------------------------------------------
@@ -279,8 +284,8 @@ class BinaryIndex(StoredIndex):
     def _read(self, path: str) -> Any:
         return faiss.read_index_binary(path)
 
-    def _write(self, index: Any, path: str) -> None:
-        faiss.write_index_binary(index, path)
+    def _serialize(self, index: Any) -> np.ndarray:
+        return faiss.serialize_index_binary(index)
 
     def _range(
         self, rows: np.ndarray, threshold: float
@@ -317,8 +322,8 @@ class VectorIndex(StoredIndex):
     def _read(self, path: str) -> Any:
         return faiss.read_index(path)
 
-    def _write(self, index: Any, path: str) -> None:
-        faiss.write_index(index, path)
+    def _serialize(self, index: Any) -> np.ndarray:
+        return faiss.serialize_index(index)
 
     def _distances(self, raw: np.ndarray) -> np.ndarray:
         raw = raw.astype(np.float64)

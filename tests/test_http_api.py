@@ -241,3 +241,28 @@ def test_threshold_modes(client: httpx.Client, photos: dict[str, bytes]) -> None
     assert len(wide["results"]) == len(photos) - 1
     two = client.get(f"/search/similar/{want}", params={"feature": "phash,color"})
     assert two.status_code == 422
+
+
+def test_chunked_upload_over_the_cap_is_refused(client: httpx.Client) -> None:
+    """No Content-Length to trust: the body is counted as it streams in."""
+    boundary = "xyzzy"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
+
+    def body():  # type: ignore[no-untyped-def]
+        yield head
+        for _ in range(48):  # 3 MiB in 64 KiB chunks, over the test app's 2 MiB cap
+            yield b"\xff" * 65536
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    before = _counts(client)
+    r = client.post(
+        "/images",
+        content=body(),
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert "content-length" not in r.request.headers
+    assert r.status_code == 413 and "stopped reading" in r.json()["detail"]
+    assert _counts(client) == before
