@@ -8,7 +8,7 @@ import numpy as np
 from fastapi import Body, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from ray import serve
-from ray.exceptions import RayActorError, RayError
+from ray.exceptions import RayError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.config import SEED_NAMES, AppArgs
@@ -32,7 +32,7 @@ def _int_field(value: Any, field: str, required: bool = True) -> int | None:
         raise HTTPException(422, f"{field} must be an integer, got {value!r}")
     try:
         parsed = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise HTTPException(422, f"{field} must be an integer, got {value!r}") from None
     if isinstance(value, float) and value != parsed:
         raise HTTPException(422, f"{field} must be an integer, got {value!r}")
@@ -228,10 +228,7 @@ class Ingress:
     ) -> dict[str, list[Hit]]:
         names = list(queries)
         calls = [self.indexes[n].search.remote(queries[n], k, thresholds.get(n)) for n in names]
-        try:
-            results = await asyncio.gather(*calls)
-        except RayActorError as exc:
-            raise HTTPException(503, f"an index is restarting, retry shortly: {exc}") from None
+        results = await asyncio.gather(*calls)
         return dict(zip(names, results, strict=True))
 
     async def _listing(self, hits: list[Hit], names: dict[int, str] | None = None) -> list[dict]:
@@ -432,8 +429,10 @@ class Ingress:
         infos = await asyncio.gather(
             *(h.info.remote() for h in self.extractors.values()), return_exceptions=True
         )
-        counts = await asyncio.gather(
-            *(a.count.remote() for a in self.indexes.values()), return_exceptions=True
+        *counts, images = await asyncio.gather(
+            *(a.count.remote() for a in self.indexes.values()),
+            self.catalog.count.remote(),
+            return_exceptions=True,
         )
         extractors = {
             n: info
@@ -445,14 +444,16 @@ class Ingress:
             n: {"count": c} if not isinstance(c, BaseException) else {"error": str(c)}
             for n, c in zip(self.indexes, counts, strict=True)
         }
-        ok = all(e.get("available") for e in extractors.values()) and all(
-            "count" in i for i in indexes.values()
+        ok = (
+            all(e.get("available") for e in extractors.values())
+            and all("count" in i for i in indexes.values())
+            and not isinstance(images, BaseException)
         )
         return {
             "status": "ok" if ok else "degraded",
             "extractors": extractors,
             "indexes": indexes,
-            "images": await self.catalog.count.remote(),
+            "images": images if not isinstance(images, BaseException) else f"error: {images}",
         }
 
     # --- seed-compatible API ----------------------------------------------------------

@@ -117,6 +117,16 @@ def test_redeploy_on_another_data_dir_does_not_reuse_the_old_actors(
         serve.delete("test")
         c = httpx.Client(base_url=deploy(name, tmp_path / "a", ray_session).url, timeout=120)
         _all_findable(c, images)
+        # An index that is gone for good: a 503 that says so, not a bare 500.
+        import ray
+
+        ray.kill(ray.get_actor(f"{name}:index:color", namespace="serve"), no_restart=True)
+        r = c.post("/search/image", files={"image": ("q.jpg", images[1])})
+        assert r.status_code == 503 and "retry" in r.json()["detail"]
+        r = c.post("/images", files={"image": ("q.jpg", images[1])}, data={"image_id": 1})
+        assert r.status_code == 503
+        health = c.get("/health").json()
+        assert health["status"] == "degraded" and "error" in health["indexes"]["color"]
     finally:
         serve.delete("test")
         kill_actors(name)
