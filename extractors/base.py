@@ -87,7 +87,17 @@ class Extractor(ABC):
             except InvalidImage as exc:
                 results.append(exc)
         if images:
-            feats = self.query_variants(images) if query else self.extract(images)
-            for slot, feat in zip(slots, feats, strict=True):
+            for slot, feat in zip(slots, self._compute(images, query), strict=True):
                 results[slot] = feat
         return results
+
+    def _compute(self, images: list[Image.Image], query: bool) -> list[np.ndarray | InvalidImage]:
+        run = self.query_variants if query else self.extract
+        try:
+            return list(run(images))
+        except Exception as exc:
+            if len(images) == 1:
+                return [InvalidImage(f"{self.name} failed on this image: {exc}", 422)]
+        # One odd image must not fail the batch it shares with other uploads: redo one by
+        # one, and report the image that still fails as its own error.
+        return [self._compute([img], query)[0] for img in images]

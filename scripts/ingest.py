@@ -128,21 +128,6 @@ class FeatureBatch:
             extractor.load()
 
     @staticmethod
-    def _extract(extractor: Any, blobs: list[bytes]) -> list[np.ndarray | InvalidImage | Exception]:
-        try:
-            return list(extractor.extract_bytes(blobs))
-        except Exception:
-            # A failure outside decoding (an extractor bug on one odd image) would fail the
-            # whole dataset; redo the batch one file at a time to pin it on the file.
-            out: list[np.ndarray | InvalidImage | Exception] = []
-            for blob in blobs:
-                try:
-                    out.append(extractor.extract_bytes([blob])[0])
-                except Exception as exc:
-                    out.append(exc)
-            return out
-
-    @staticmethod
     def _read(path: str) -> bytes | InvalidImage:
         try:
             with open(path, "rb") as f:
@@ -154,17 +139,16 @@ class FeatureBatch:
         """Compute every feature of this pool for every file of the batch."""
         blobs = [self._read(str(p)) for p in batch["path"]]
         readable = [j for j, b in enumerate(blobs) if isinstance(b, bytes)]
+        data = [b for b in blobs if isinstance(b, bytes)]
         out = dict(batch)
         for extractor in self.extractors:
             dtype = np.dtype(extractor.dtype)
             rows = np.zeros((len(blobs), extractor.nbytes // dtype.itemsize), dtype=dtype)
             errors = np.array([str(b) if not isinstance(b, bytes) else "" for b in blobs], object)
-            results = self._extract(extractor, [blobs[j] for j in readable])  # type: ignore[misc]
+            results = extractor.extract_bytes(data)
             for j, result in zip(readable, results, strict=True):
                 if isinstance(result, InvalidImage):
                     errors[j] = str(result)
-                elif isinstance(result, Exception):
-                    errors[j] = f"{extractor.name} failed: {type(result).__name__}: {result}"
                 else:
                     rows[j] = result
             out[f"{extractor.name}_feature"] = rows

@@ -116,3 +116,22 @@ def test_colour_bins_are_rgb_major() -> None:
     img = Image.new("RGB", (10, 10), (255, 0, 0))
     (hist,) = ColorHistogram().extract([img])
     assert hist[7 * 64] == pytest.approx(1e7)
+
+
+class _Fragile(PHash):
+    """A phash that breaks on tiny images, standing in for an extractor bug."""
+
+    def extract(self, images: list[Image.Image]) -> list[np.ndarray]:
+        if any(min(img.size) < 16 for img in images):
+            raise RuntimeError("too small for me")
+        return super().extract(images)
+
+
+def test_an_extractor_failure_stays_with_its_image(photos: dict[str, bytes]) -> None:
+    good = list(photos.values())[:2]
+    tiny = encode(Image.new("RGB", (8, 8)), "PNG")
+    out = _Fragile().extract_bytes([good[0], tiny, good[1]])
+    assert isinstance(out[1], InvalidImage) and out[1].status == 422
+    assert "too small for me" in str(out[1])
+    expected = PHash().extract_bytes(good)
+    assert np.array_equal(out[0], expected[0]) and np.array_equal(out[2], expected[1])
