@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 # saves ~10 ms per request on 2 cores (scripts/bench.py measures the whole path).
 export RAY_SERVE_ENABLE_HA_PROXY := 1
 
-.PHONY: serve test lint bench ingest eval clean
+.PHONY: serve test lint bench ingest clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
