@@ -310,12 +310,10 @@ class Ingress:
         parsed = _int_field(image_id, "image_id", required=False)
         names = self._features(features)
         data = await self._read(image)
-        label = file_name is None and image is not None and bool(image.filename)
-        if label:
-            assert image is not None
-            file_name = image.filename
+        # Without a file_name field, the upload's own name labels the image.
+        label = None if file_name is not None or image is None else image.filename
         new_id, name, status = await self._add(
-            data, parsed, file_name, names, name_is_label=label, replace_all=True
+            data, parsed, file_name or label, names, name_is_label=bool(label), replace_all=True
         )
         return {"image_id": new_id, "file_name": name, "features": status}
 
