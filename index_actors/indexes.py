@@ -276,6 +276,7 @@ class BinaryIndex(StoredIndex):
 
     @property
     def width(self) -> int:
+        """Bytes per hash."""
         return self.dim // 8
 
     def _new_index(self) -> Any:
@@ -314,6 +315,7 @@ class VectorIndex(StoredIndex):
 
     @property
     def width(self) -> int:
+        """Floats per vector."""
         return self.dim
 
     def _new_index(self) -> Any:
