@@ -83,6 +83,14 @@ class AppArgs(BaseModel):
         choice = self.features[name].query_in_ingress
         return REGISTRY[name].light if choice is None else choice
 
+    def index_options(self, name: str) -> dict[str, Any]:
+        """Options of a feature's index; a vector index takes its extractor's metric."""
+        cls = REGISTRY[name]
+        options = dict(self.features[name].index)
+        if cls.kind == "vector":
+            options.setdefault("metric", cls.metric)
+        return options
+
     def extractor_options(self, name: str) -> dict[str, Any]:
         """Constructor options of a feature's extractor, with the app-wide pixel cap."""
         return {"max_pixels": self.max_pixels, **self.features[name].options}

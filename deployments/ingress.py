@@ -116,10 +116,8 @@ async def _ray_error(request: Request, exc: RayError) -> JSONResponse:
 class Ingress:
     """Composes the extractor deployments and index actors into ingest and search."""
 
-    def __init__(
-        self, args: AppArgs | dict[str, Any], extractors: dict[str, DeploymentHandle]
-    ) -> None:
-        self.args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
+    def __init__(self, args: AppArgs, extractors: dict[str, DeploymentHandle]) -> None:
+        self.args = args
         self.extractors = extractors
         app.state.max_upload_bytes = int(self.args.max_upload_mb * 1024 * 1024)
         # Query features of light extractors (no weights, a few ms of CPU) are computed here:
@@ -135,16 +133,13 @@ class Ingress:
         self.indexes = {}
         for name in self.extractors:
             cls = REGISTRY[name]
-            options = dict(self.args.features[name].index)
-            if cls.kind == "vector":
-                options.setdefault("metric", cls.metric)
             self.indexes[name] = index_actor(
                 self.args.name,
                 name,
                 cls.kind,
                 data,
                 cls.dim,
-                options,
+                self.args.index_options(name),
                 self.args.snapshot_interval_s,
                 self.args.index_actor_cpus,
             )

@@ -272,10 +272,9 @@ class LocalApp:
         self.extractors = {n: build_extractor(n, args.extractor_options(n)) for n in args.enabled}
         self.indexes: dict[str, StoredIndex] = {}
         for name, ex in self.extractors.items():
-            options = dict(args.features[name].index)
-            if ex.kind == "vector":
-                options.setdefault("metric", ex.metric)
-            self.indexes[name] = build_index(ex.kind, path / name, ex.dim, **options)
+            self.indexes[name] = build_index(
+                ex.kind, path / name, ex.dim, **args.index_options(name)
+            )
         self.catalog = Catalog(path / "catalog")
 
     def search(self, data: bytes, names: list[str], k: int = 20) -> str | None:

@@ -187,13 +187,11 @@ class _Writer:
 
     def __init__(
         self,
-        root: Path,
         catalog: Any,
         indexes: dict[str, Any],
         ids_from_filenames: bool,
         report: IngestReport,
     ) -> None:
-        self.root = root
         self.catalog = catalog
         self.indexes = indexes
         self.ids_from_filenames = ids_from_filenames
@@ -325,7 +323,7 @@ def ingest(
     report = IngestReport()
     catalog, indexes = _actors(args, features)
     pool_size = pool_size or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    writer = _Writer(root, catalog, indexes, ids_from_filenames, report)
+    writer = _Writer(catalog, indexes, ids_from_filenames, report)
     pending = writer.plan(list_images(root))
 
     if pending:
@@ -355,18 +353,13 @@ def ingest(
         ds.context.enable_progress_bars = False
         with tqdm(total=len(pending), unit="img", desc="ingest", disable=not progress) as bar:
             for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
-                names = [by_path.get(str(p)) or _relative(root, str(p)) for p in batch["path"]]
+                names = [by_path[str(p)] for p in batch["path"]]
                 writer.write(batch, names)
                 bar.update(len(names))
                 bar.set_postfix(failed=len(report.failed), refresh=False)
 
     report.seconds = time.perf_counter() - started
     return report
-
-
-def _relative(root: Path, path: str) -> str:
-    # Fallback should Ray Data ever hand back a path spelled differently from the one given.
-    return Path(os.path.abspath(path)).relative_to(root).as_posix()
 
 
 def load_app_args(config: str | Path, app: str) -> AppArgs:

@@ -211,7 +211,7 @@ def test_a_name_conflict_costs_only_its_own_file(ing_app: RunningApp) -> None:
     catalog = ing_app.actor("catalog")
     assert ray.get(catalog.register.remote("conflict-a.jpg", 7001)) == (7001, "conflict-a.jpg")
     report = IngestReport()
-    writer = _Writer(Path("."), catalog, {}, True, report)
+    writer = _Writer(catalog, {}, True, report)
     got = writer._register([("conflict-b.jpg", 7002), ("conflict-a.jpg", 7003)])
     assert got == [(7002, "conflict-b.jpg"), None]
     assert report.failed == [
