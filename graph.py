@@ -12,6 +12,9 @@ from deployments.ingress import Ingress
 def build_app(args: AppArgs | dict[str, Any]) -> Application:
     """One extractor deployment per enabled feature, composed by the ingress.
 
+    Each feature's width comes from its extractor's configuration (no weights loaded), so
+    the ingress can open the index of a model whose weights are still missing.
+
     ``serve run`` hands over the YAML ``args`` as a dict; tests pass an ``AppArgs``.
     """
     args = AppArgs.model_validate(args)
@@ -21,4 +24,4 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         )
         for name in args.enabled
     }
-    return Ingress.bind(args, extractors)  # type: ignore[attr-defined]
+    return Ingress.bind(args, extractors, args.dims())  # type: ignore[attr-defined]

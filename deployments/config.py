@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from extractors import REGISTRY
+from extractors import REGISTRY, WeightsUnavailable, build_extractor
 
 #: API feature name -> the seed's service name in its routes.
 SEED_NAMES = {
@@ -94,3 +94,17 @@ class AppArgs(BaseModel):
     def extractor_options(self, name: str) -> dict[str, Any]:
         """Constructor options of a feature's extractor, with the app-wide pixel cap."""
         return {"max_pixels": self.max_pixels, **self.features[name].options}
+
+    def dims(self) -> dict[str, int | str]:
+        """Each enabled feature's width, or why it cannot be known (an unknown model name).
+
+        Model extractors read it from the model's configuration, without weights: an index
+        can be opened for a model whose weights arrive later.
+        """
+        out: dict[str, int | str] = {}
+        for name in self.enabled:
+            try:
+                out[name] = build_extractor(name, self.extractor_options(name)).dim
+            except WeightsUnavailable as exc:
+                out[name] = str(exc)
+        return out

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import numpy as np
+import ray
 from ray import serve
 
-from extractors import InvalidImage, WeightsUnavailable, build_extractor
+from extractors import REGISTRY, Extractor, InvalidImage, WeightsUnavailable, build_extractor
 
 Result = np.ndarray | InvalidImage
 
@@ -27,9 +29,21 @@ class ExtractorDeployment:
     """
 
     def __init__(self, name: str, options: dict[str, Any] | None = None) -> None:
-        self.extractor = build_extractor(name, options)
+        self.name = name
+        options = dict(options or {})
+        if REGISTRY[name].uses_torch:
+            # A replica with a GPU share runs on it; torch uses as many threads as the cores
+            # the replica reserved (at least one), not every core of the machine.
+            if ray.get_gpu_ids():
+                options.setdefault("device", "cuda")
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+            options.setdefault("threads", max(1, math.ceil(cpus)))
+        self.extractor: Extractor | None = None
         self.unavailable: str | None = None
         try:
+            # A missing or broken model must not stop the app: the replica comes up, says
+            # why in info() (hence /health), and answers every call with that reason.
+            self.extractor = build_extractor(name, options)
             self.extractor.load()
         except WeightsUnavailable as exc:
             self.unavailable = str(exc)
@@ -43,11 +57,13 @@ class ExtractorDeployment:
     def info(self) -> dict[str, Any]:
         """What this extractor is and whether it can run."""
         ex = self.extractor
+        cls = REGISTRY[self.name]
         return {
-            "name": ex.name,
-            "kind": ex.kind,
-            "dim": ex.dim,
-            "metric": ex.metric,
+            "name": self.name,
+            "kind": cls.kind,
+            "dim": ex.dim if ex is not None else None,
+            "metric": cls.metric,
+            "device": getattr(ex, "device", "cpu"),
             "available": self.unavailable is None,
             "reason": self.unavailable,
         }
@@ -59,6 +75,7 @@ class ExtractorDeployment:
         return await asyncio.to_thread(self._run, items)
 
     def _run(self, items: list[tuple[bytes, bool]]) -> list[Result]:
+        assert self.extractor is not None
         out: list[Result] = [InvalidImage("not computed")] * len(items)
         for query in (False, True):
             slots = [i for i, (_, q) in enumerate(items) if q is query]
@@ -73,3 +90,12 @@ class ExtractorDeployment:
         if self.unavailable is not None:
             raise WeightsUnavailable(self.unavailable)
         return await self._batch((data, query))
+
+    async def embed_text(self, text: str) -> np.ndarray:
+        """Embedding of a text query (extractors that map text and images to one space)."""
+        if self.unavailable is not None:
+            raise WeightsUnavailable(self.unavailable)
+        embed = getattr(self.extractor, "embed_text", None)
+        if embed is None:
+            raise ValueError(f"{self.name} does not embed text")
+        return (await asyncio.to_thread(embed, [text]))[0]

@@ -18,6 +18,8 @@ from index_actors.actor import catalog_actor, index_actor
 from index_actors.indexes import Hit, UnknownImage
 
 log = logging.getLogger("ray.serve")
+#: Longest text query: CLIP reads 77 tokens; a page of text is a mistake, not a query.
+MAX_QUERY_CHARS = 1000
 app = FastAPI(title="Image retrieval engine")
 SEED_SERVICES = {seed: name for name, seed in SEED_NAMES.items()}
 
@@ -116,9 +118,17 @@ async def _ray_error(request: Request, exc: RayError) -> JSONResponse:
 class Ingress:
     """Composes the extractor deployments and index actors into ingest and search."""
 
-    def __init__(self, args: AppArgs, extractors: dict[str, DeploymentHandle]) -> None:
+    def __init__(
+        self,
+        args: AppArgs,
+        extractors: dict[str, DeploymentHandle],
+        dims: dict[str, int | str],
+    ) -> None:
         self.args = args
         self.extractors = extractors
+        #: Enabled features that have no index, and why: a model whose width is unknown
+        #: (its name is wrong). Their routes answer 503 with the reason; the rest runs.
+        self.missing = {n: d for n, d in dims.items() if isinstance(d, str)}
         app.state.max_upload_bytes = int(self.args.max_upload_mb * 1024 * 1024)
         # Query features of light extractors (no weights, a few ms of CPU) are computed here:
         # a hop to their deployment costs more than the work (measured in scripts/bench.py).
@@ -131,14 +141,15 @@ class Ingress:
         data = str(self.args.data_path())
         self.catalog = catalog_actor(self.args.name, data)
         self.indexes = {}
-        for name in self.extractors:
-            cls = REGISTRY[name]
+        for name, dim in dims.items():
+            if isinstance(dim, str):
+                continue
             self.indexes[name] = index_actor(
                 self.args.name,
                 name,
-                cls.kind,
+                REGISTRY[name].kind,
                 data,
-                cls.dim,
+                dim,
                 self.args.index_options(name),
                 self.args.snapshot_interval_s,
                 self.args.index_actor_cpus,
@@ -147,7 +158,7 @@ class Ingress:
     # --- shared steps -----------------------------------------------------------------
     def _features(self, requested: str | None) -> list[str]:
         if not requested:
-            return list(self.extractors)
+            return list(self.indexes)
         names = [n.strip() for n in requested.split(",") if n.strip()]
         unknown = [n for n in names if n not in self.extractors]
         if unknown or not names:
@@ -156,7 +167,27 @@ class Ingress:
                 f"unknown or disabled features {unknown or requested!r}; "
                 f"enabled: {', '.join(self.extractors)}",
             )
+        for name in names:
+            if name in self.missing:
+                raise HTTPException(503, f"{name} is unavailable: {self.missing[name]}")
         return list(dict.fromkeys(names))
+
+    def _aqe(self, n: Any, alpha: Any) -> dict[str, Any]:
+        """Alpha query expansion options of a request (for inner-product features)."""
+        out: dict[str, Any] = {}
+        parsed = _int_field(n, "aqe_n", required=False)
+        if parsed is not None:
+            if parsed > 100:
+                raise HTTPException(422, f"aqe_n must be between 0 and 100, got {parsed}")
+            out["aqe_n"] = parsed
+        a = _float_field(alpha, "aqe_alpha")
+        if a is not None:
+            out["aqe_alpha"] = a
+        return out
+
+    def _extra(self, names: list[str], aqe: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Per-feature search options: query expansion goes to inner-product features only."""
+        return {n: aqe if REGISTRY[n].metric == "ip" else {} for n in names}
 
     def _k(self, k: Any) -> int:
         value = _int_field(k, "k", required=False)
@@ -219,10 +250,18 @@ class Ingress:
         return names[image_id]
 
     async def _search(
-        self, queries: dict[str, np.ndarray], k: int | None, thresholds: dict[str, float | None]
+        self,
+        queries: dict[str, np.ndarray],
+        k: int | None,
+        thresholds: dict[str, float | None],
+        extra: dict[str, dict[str, Any]] | None = None,
     ) -> dict[str, list[Hit]]:
         names = list(queries)
-        calls = [self.indexes[n].search.remote(queries[n], k, thresholds.get(n)) for n in names]
+        extra = extra or {}
+        calls = [
+            self.indexes[n].search.remote(queries[n], k, thresholds.get(n), **extra.get(n, {}))
+            for n in names
+        ]
         results = await asyncio.gather(*calls)
         return dict(zip(names, results, strict=True))
 
@@ -345,12 +384,16 @@ class Ingress:
         features: str | None = Form(None),
         phash_threshold: str | None = Form(None),
         duplicates_only: str | None = Form(None),
+        aqe_n: str | None = Form(None),
+        aqe_alpha: str | None = Form(None),
     ) -> dict[str, Any]:
         """Fused search by an uploaded image (phash also searches the mirrored image).
 
         ``phash_threshold`` (default from the config, 64) is the Hamming distance at or under
         which a result is a near-duplicate; ``duplicates_only=1`` returns just those.
+        ``aqe_n`` / ``aqe_alpha``: alpha query expansion of the global and clip queries.
         """
+        aqe = self._aqe(aqe_n, aqe_alpha)
         kk = self._k(k)
         only_dups = bool(_int_field(duplicates_only, "duplicates_only", required=False))
         names = ["phash"] if only_dups else self._features(features)
@@ -363,7 +406,8 @@ class Ingress:
         if not queries:
             raise HTTPException(503, f"no feature could be computed: {failed}")
         k_each = kk if only_dups else max(kk, self.args.fusion.candidates)
-        lists = await self._search(queries, k_each, {"phash": dup} if only_dups else {})
+        thresholds: dict[str, float | None] = {"phash": dup} if only_dups else {}
+        lists = await self._search(queries, k_each, thresholds, self._extra(names, aqe))
         return await self._fused(lists, kk, dup)
 
     async def _fused(self, lists: dict[str, list[Hit]], k: int, dup: float) -> dict[str, Any]:
@@ -393,10 +437,13 @@ class Ingress:
         feature: str = Query("phash"),
         k: str | None = Query(None),
         threshold: str | None = Query(None),
+        aqe_n: str | None = Query(None),
+        aqe_alpha: str | None = Query(None),
     ) -> dict[str, Any]:
         """Stored images nearest to a stored one, by one feature.
 
-        With ``threshold``, only those within that distance (at most ``k`` of them).
+        With ``threshold``, only those within that distance (at most ``k`` of them);
+        ``aqe_n`` / ``aqe_alpha``: alpha query expansion (global, clip).
         """
         parsed = _int_field(image_id, "image_id")
         assert parsed is not None
@@ -404,17 +451,59 @@ class Ingress:
         if len(names) != 1:
             raise HTTPException(422, f"give one feature, not {feature!r}")
         t = _float_field(threshold, "threshold")
-        hits = await self._by_id(names[0], parsed, self._k(k), t)
+        aqe = self._extra(names, self._aqe(aqe_n, aqe_alpha))[names[0]]
+        hits = await self._by_id(names[0], parsed, self._k(k), t, aqe)
         return {"results": await self._listing(hits)}
 
     async def _by_id(
-        self, name: str, image_id: int, k: int | None, threshold: float | None
+        self,
+        name: str,
+        image_id: int,
+        k: int | None,
+        threshold: float | None,
+        extra: dict[str, Any] | None = None,
     ) -> list[Hit]:
         await self._known(image_id)
         try:
-            return await self.indexes[name].search_by_id.remote(image_id, k, threshold)
+            return await self.indexes[name].search_by_id.remote(
+                image_id, k, threshold, **(extra or {})
+            )
         except UnknownImage:
             raise HTTPException(404, f"image {image_id} has no {name} feature") from None
+
+    async def _text_hits(
+        self, text: Any, k: int | None, threshold: float | None, extra: dict[str, Any]
+    ) -> list[Hit]:
+        """CLIP's nearest stored images to a text query."""
+        if not isinstance(text, str) or not text.strip():
+            raise HTTPException(422, "the text query is empty")
+        if len(text) > MAX_QUERY_CHARS:
+            raise HTTPException(
+                422, f"the text query is {len(text)} characters; the limit is {MAX_QUERY_CHARS}"
+            )
+        if "clip" not in self.extractors:
+            raise HTTPException(503, "text search needs the clip feature, which is disabled")
+        self._features("clip")
+        try:
+            query = await self.extractors["clip"].embed_text.remote(text)
+        except WeightsUnavailable as exc:
+            raise HTTPException(503, f"clip is unavailable: {exc}") from None
+        hits = await self._search({"clip": query}, k, {"clip": threshold}, {"clip": extra})
+        return hits["clip"]
+
+    @app.get("/search/text")
+    async def search_text(
+        self,
+        q: str = Query(""),
+        k: str | None = Query(None),
+        aqe_n: str | None = Query(None),
+        aqe_alpha: str | None = Query(None),
+    ) -> dict[str, Any]:
+        """Stored images matching a text, by CLIP's shared image-text space."""
+        kk = self._k(k)
+        hits = await self._text_hits(q, kk, None, self._aqe(aqe_n, aqe_alpha))
+        listing = await self._listing(hits)
+        return {"results": listing, "by_feature": {"clip": listing}}
 
     @app.get("/health")
     async def health(self) -> dict[str, Any]:
@@ -423,23 +512,26 @@ class Ingress:
             *(h.info.remote() for h in self.extractors.values()), return_exceptions=True
         )
         *counts, images = await asyncio.gather(
-            *(a.count.remote() for a in self.indexes.values()),
+            *(a.describe.remote() for a in self.indexes.values()),
             self.catalog.count.remote(),
             return_exceptions=True,
         )
         extractors = {
             n: info
             if not isinstance(info, BaseException)
-            else {"available": False, "reason": str(info)}
+            else {"available": False, "reason": f"error: {info}", "error": True}
             for n, info in zip(self.extractors, infos, strict=True)
         }
-        indexes = {
-            n: {"count": c} if not isinstance(c, BaseException) else {"error": str(c)}
+        indexes: dict[str, Any] = {
+            n: c if not isinstance(c, BaseException) else {"error": str(c)}
             for n, c in zip(self.indexes, counts, strict=True)
         }
+        indexes.update({n: {"error": f"no index: {why}"} for n, why in self.missing.items()})
+        # An extractor without weights is a known state of this install (its reason says
+        # how to fix it), not a fault: "degraded" is for what should work and does not.
         ok = (
-            all(e.get("available") for e in extractors.values())
-            and all("count" in i for i in indexes.values())
+            not any(e.get("error") for e in extractors.values())
+            and all("count" in i for n, i in indexes.items() if n not in self.missing)
             and not isinstance(images, BaseException)
         )
         return {
@@ -459,7 +551,7 @@ class Ingress:
         """Seed gateway: store every feature; one settled-promise-like entry per service."""
         parsed = _int_field(image_id, "image_id")
         data = await self._read(image)
-        _, _, status = await self._add(data, parsed, None, list(self.extractors))
+        _, _, status = await self._add(data, parsed, None, list(self.indexes))
         return [
             {"status": "fulfilled", "value": ""}
             if s == "ok"
@@ -499,7 +591,7 @@ class Ingress:
                 raise HTTPException(503, f"phash could not be computed: {failed}")
             hits = (await self._search(queries, None, {"phash": threshold}))["phash"]
             return {"phash_res": await self._listing(hits)} if hits else {}
-        queries, failed = await self._extract(data, list(self.extractors), query=True)
+        queries, failed = await self._extract(data, list(self.indexes), query=True)
         if not queries:
             raise HTTPException(503, f"no feature could be computed: {failed}")
         # The seed gateway's numbers: 200 candidates per service, 20 of each listed.
@@ -522,7 +614,7 @@ class Ingress:
                 f"no service {svc!r} here; enabled: "
                 f"{', '.join(SEED_NAMES[n] for n in self.extractors)}",
             )
-        return name
+        return self._features(name)[0]
 
     def _seed_mode(self, name: str, k: Any, threshold: Any) -> tuple[int | None, float | None]:
         """The seed's exactly-one-of k / distance_threshold; its threshold is strict (<)."""
@@ -573,7 +665,16 @@ class Ingress:
         image_id = _int_field(body.get("image_id"), "image_id")
         assert image_id is not None
         k, t = self._seed_mode(name, body.get("k"), body.get("distance_threshold"))
-        hits = await self._by_id(name, image_id, k, t)
+        aqe = self._extra([name], self._aqe(body.get("aqe_n"), body.get("aqe_alpha")))[name]
+        hits = await self._by_id(name, image_id, k, t, aqe)
+        return JSONResponse(await self._listing(hits))
+
+    @app.post("/image_text_features_get_similar_images_by_text")
+    async def seed_by_text(self, body: dict[str, Any] = Body(...)) -> JSONResponse:
+        """Seed service: ``[{"image_id", "distance", "file_name"}]`` matching a text (CLIP)."""
+        k, t = self._seed_mode("clip", body.get("k"), body.get("distance_threshold"))
+        aqe = self._aqe(body.get("aqe_n"), body.get("aqe_alpha"))
+        hits = await self._text_hits(body.get("text"), k, t, aqe)
         return JSONResponse(await self._listing(hits))
 
     @app.post("/{svc}_get_similar_images_by_image_buffer")
@@ -583,13 +684,16 @@ class Ingress:
         image: UploadFile | None = File(None),
         k: str | None = Form(None),
         distance_threshold: str | None = Form(None),
+        aqe_n: str | None = Form(None),
+        aqe_alpha: str | None = Form(None),
     ) -> JSONResponse:
         """Seed service: nearest stored images to an upload (phash: mirrored too)."""
         name = self._seed_feature(svc)
         kk, t = self._seed_mode(name, k, distance_threshold)
+        extra = self._extra([name], self._aqe(aqe_n, aqe_alpha))
         data = await self._read(image)
         queries, failed = await self._extract(data, [name], query=True)
         if name in failed:
             raise HTTPException(503, failed[name])
-        hits = (await self._search(queries, kk, {name: t}))[name]
+        hits = (await self._search(queries, kk, {name: t}, extra))[name]
         return JSONResponse(await self._listing(hits))

@@ -5,11 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from extractors.base import Extractor, WeightsUnavailable
+from extractors.clip import ClipFeatures
 from extractors.color import ColorHistogram
+from extractors.global_features import GlobalFeatures
 from extractors.images import InvalidImage, decode
 from extractors.phash import PHash
 
-REGISTRY: dict[str, type[Extractor]] = {cls.name: cls for cls in (PHash, ColorHistogram)}
+REGISTRY: dict[str, type[Extractor]] = {
+    cls.name: cls for cls in (PHash, ColorHistogram, GlobalFeatures, ClipFeatures)
+}
 
 
 def build_extractor(name: str, options: dict[str, Any] | None = None) -> Extractor:
@@ -23,8 +27,10 @@ def build_extractor(name: str, options: dict[str, Any] | None = None) -> Extract
 
 __all__ = [
     "REGISTRY",
+    "ClipFeatures",
     "ColorHistogram",
     "Extractor",
+    "GlobalFeatures",
     "InvalidImage",
     "PHash",
     "WeightsUnavailable",

@@ -26,7 +26,9 @@ class Extractor(ABC):
 
     name: ClassVar[str]
     kind: ClassVar[Kind]
-    dim: ClassVar[int]
+    #: Bits for binary features, values for vectors; a class constant for weight-free
+    #: extractors, set from the model's configuration (no weights needed) for the others.
+    dim: int
     dtype: ClassVar[type]
     metric: ClassVar[str]
     #: Longest side the extractor needs; the decoder may use JPEG draft mode down to it.
@@ -37,6 +39,11 @@ class Extractor(ABC):
     #: No weights and a few ms of CPU per image: cheap enough to run inline where a remote
     #: call would cost more than the work (the ingress computes light query features).
     light: ClassVar[bool] = False
+    #: Whether the same image gives bit-identical features alone and in a batch. Networks
+    #: compute in float and differ in the last bits between batch sizes.
+    exact: ClassVar[bool] = True
+    #: Runs torch: the deployment picks its device and thread count.
+    uses_torch: ClassVar[bool] = False
 
     def __init__(self, max_pixels: int = 100_000_000) -> None:
         self.max_pixels = max_pixels

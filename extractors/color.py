@@ -21,7 +21,7 @@ class ColorHistogram(Extractor):
 
     name: ClassVar[str] = "color"
     kind: ClassVar[Kind] = "vector"
-    dim: ClassVar[int] = BINS**3
+    dim = BINS**3
     dtype: ClassVar[type] = np.float32
     metric: ClassVar[str] = "l1"
     light: ClassVar[bool] = True

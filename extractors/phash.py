@@ -23,7 +23,7 @@ class PHash(Extractor):
 
     name: ClassVar[str] = "phash"
     kind: ClassVar[Kind] = "binary"
-    dim: ClassVar[int] = HASH_SIZE * HASH_SIZE
+    dim = HASH_SIZE * HASH_SIZE
     dtype: ClassVar[type] = np.uint8
     metric: ClassVar[str] = "hamming"
     light: ClassVar[bool] = True

@@ -10,7 +10,7 @@ from typing import Any
 
 import ray
 
-from index_actors.indexes import Hit, StoredIndex, build_index
+from index_actors.indexes import Hit, StoredIndex, VectorIndex, build_index
 from index_actors.store import Catalog
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ class IndexActor:
         self, kind: str, path: str, dim: int, options: dict[str, Any], snapshot_interval_s: float
     ) -> None:
         self.index: StoredIndex = build_index(kind, Path(path), dim, **options)
-        self.settings = {"kind": kind, "path": path, "dim": dim, "options": options}
+        self.settings = {"kind": kind, "path": path, "dim": dim, "options": fixed(options)}
         self._interval = snapshot_interval_s
         threading.Thread(target=self._snapshot_loop, daemon=True).start()
 
@@ -65,15 +65,45 @@ class IndexActor:
         k: int | None,
         threshold: float | None = None,
         exclude: int | None = None,
+        **extra: Any,
     ) -> list[Hit]:
-        """See ``StoredIndex.search``."""
-        return self.index.search(queries, k=k, threshold=threshold, exclude=exclude)
+        """See ``StoredIndex.search``; ``extra``: per-search options of the kind (aqe_n)."""
+        return self.index.search(queries, k=k, threshold=threshold, exclude=exclude, **extra)
 
     def search_by_id(
-        self, image_id: int, k: int | None, threshold: float | None = None
+        self, image_id: int, k: int | None, threshold: float | None = None, **extra: Any
     ) -> list[Hit]:
         """See ``StoredIndex.search_by_id``; raises ``UnknownImage``."""
-        return self.index.search_by_id(image_id, k=k, threshold=threshold)
+        return self.index.search_by_id(image_id, k=k, threshold=threshold, **extra)
+
+    def configure(self, live: dict[str, Any]) -> None:
+        """Apply live settings (vector indexes: nprobe, rerank, aqe_n, aqe_alpha)."""
+        if live:
+            self._vector().configure(**live)
+
+    def sample(self, n: int, seed: int = 0) -> Any:
+        """Up to ``n`` stored vectors at random (``scripts/train_index.py``)."""
+        return self._vector().sample(n, seed)
+
+    def adopt(self, trained: bytes | None, whitening: bytes | None) -> dict[str, Any]:
+        """Switch to a trained index / whitening; searches and adds go on meanwhile."""
+        return self._vector().adopt(trained, whitening)
+
+    def describe(self) -> dict[str, Any]:
+        """Count, and for vector indexes whether trained or whitened and the live settings."""
+        out: dict[str, Any] = {"count": self.index.count}
+        if isinstance(self.index, VectorIndex):
+            out.update(
+                trained=self.index.trained,
+                whitened=self.index.whitening is not None,
+                **self.index.live,
+            )
+        return out
+
+    def _vector(self) -> VectorIndex:
+        if not isinstance(self.index, VectorIndex):
+            raise ValueError(f"{self.settings['path']} is not a vector index")
+        return self.index
 
     def count(self) -> int:
         """Number of indexed features."""
@@ -100,6 +130,11 @@ _ACTOR_OPTIONS: dict[str, Any] = {
     "max_restarts": -1,
     "max_task_retries": 3,
 }
+
+
+def fixed(options: dict[str, Any]) -> dict[str, Any]:
+    """Index options that need a new actor when they change: all but the live settings."""
+    return {k: v for k, v in options.items() if k not in VectorIndex.LIVE}
 
 
 def _current(make: Any, wanted: dict[str, Any]) -> Any:
@@ -129,15 +164,25 @@ def index_actor(
     """Get or create the index actor of one feature of an app, with these settings."""
     path = str(Path(data_dir) / feature)
     options = options or {}
-    wanted = {"kind": kind, "path": path, "dim": dim, "options": options}
-    return _current(
+    wanted = {"kind": kind, "path": path, "dim": dim, "options": fixed(options)}
+    actor = _current(
         lambda: (
             ray.remote(IndexActor)
-            .options(name=f"{app_name}:index:{feature}", num_cpus=num_cpus, **_ACTOR_OPTIONS)
+            .options(
+                name=f"{app_name}:index:{feature}",
+                num_cpus=num_cpus,
+                # Threads, so that searches and adds go on while adopt() fills a trained
+                # index; the index's own lock keeps it a single writer.
+                max_concurrency=8,
+                **_ACTOR_OPTIONS,
+            )
             .remote(kind, path, dim, options, snapshot_interval_s)
         ),
         wanted,
     )
+    # A reused actor keeps its index; a changed live setting (nprobe, aqe) applies in place.
+    ray.get(actor.configure.remote({k: v for k, v in options.items() if k in VectorIndex.LIVE}))
+    return actor
 
 
 def catalog_actor(app_name: str, data_dir: str, num_cpus: float = 0.0) -> Any:

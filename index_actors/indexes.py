@@ -31,6 +31,20 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def transform_to_bytes(transform: Any) -> bytes:
+    """A FAISS VectorTransform (such as PCA-whitening) as bytes, to ship between processes."""
+    writer = faiss.VectorIOWriter()
+    faiss.write_VectorTransform(transform, writer)  # type: ignore[arg-type]
+    return faiss.vector_to_array(writer.data).tobytes()
+
+
+def transform_from_bytes(data: bytes) -> Any:
+    """The inverse of ``transform_to_bytes``."""
+    reader = faiss.VectorIOReader()
+    faiss.copy_array_to_vector(np.frombuffer(data, dtype=np.uint8), reader.data)
+    return faiss.read_VectorTransform(reader)  # type: ignore[arg-type]
+
+
 class UnknownImage(KeyError):
     """The image id has no stored feature of this kind."""
 
@@ -52,6 +66,8 @@ class StoredIndex(ABC):
         self._lock = threading.RLock()
         self._snapshot_lock = threading.Lock()
         self._snapshot_generation = -1
+        #: Ids written while a replacement index is being built (None: no build running).
+        self._changed: set[int] | None = None
         self.index = self._load_or_rebuild()
 
     # --- what each kind defines -------------------------------------------------------
@@ -105,23 +121,29 @@ class StoredIndex(ABC):
         )
         return self._rebuild()
 
-    def _rebuild(self) -> Any:
-        index = self._new_index()
+    def _rebuild(self, index: Any = None, prepare: Any = None) -> Any:
+        """Fill ``index`` (default: a new empty one) from LMDB, rows through ``prepare``."""
+        index = self._new_index() if index is None else index
+        prepare = prepare or self._indexable
         ids: list[int] = []
         rows: list[bytes] = []
         for image_id, value in self.store.items():
             ids.append(image_id)
             rows.append(value)
             if len(ids) >= self.rebuild_chunk:
-                self._add_rows(index, ids, rows)
+                self._add_rows(index, ids, rows, prepare)
                 ids, rows = [], []
         if ids:
-            self._add_rows(index, ids, rows)
+            self._add_rows(index, ids, rows, prepare)
         return index
 
-    def _add_rows(self, index: Any, ids: list[int], rows: list[bytes]) -> None:
+    def _add_rows(self, index: Any, ids: list[int], rows: list[bytes], prepare: Any) -> None:
         arr = np.frombuffer(b"".join(rows), dtype=self.dtype).reshape(len(rows), self.width)
-        index.add_with_ids(arr, np.asarray(ids, dtype=np.int64))
+        index.add_with_ids(prepare(arr), np.asarray(ids, dtype=np.int64))
+
+    def _indexable(self, rows: np.ndarray) -> np.ndarray:
+        """Stored rows -> what the FAISS index holds (vectors: after any whitening)."""
+        return rows
 
     def snapshot(self) -> bool:
         """Write the FAISS index to disk if it changed since the last snapshot."""
@@ -175,7 +197,9 @@ class StoredIndex(ABC):
             replaced = self.store.put(zip(ids, (row.tobytes() for row in arr), strict=True))
             if replaced:
                 self.index.remove_ids(np.asarray(replaced, dtype=np.int64))
-            self.index.add_with_ids(arr, np.asarray(ids, dtype=np.int64))
+            self.index.add_with_ids(self._indexable(arr), np.asarray(ids, dtype=np.int64))
+            if self._changed is not None:
+                self._changed.update(ids)
         return len(ids)
 
     def remove(self, ids: list[int]) -> list[int]:
@@ -184,6 +208,8 @@ class StoredIndex(ABC):
             removed = self.store.delete(ids)
             if removed:
                 self.index.remove_ids(np.asarray(removed, dtype=np.int64))
+            if self._changed is not None:
+                self._changed.update(removed)
             return removed
 
     def get(self, image_id: int) -> np.ndarray:
@@ -216,6 +242,13 @@ class StoredIndex(ABC):
         otherwise the ``k`` nearest. ``exclude`` drops one id (the query image itself).
         """
         rows = self._as_rows(queries)
+        with self._lock:
+            return self._search_prepared(self._indexable(rows), k, threshold, exclude)
+
+    def _search_prepared(
+        self, rows: np.ndarray, k: int | None, threshold: float | None, exclude: int | None
+    ) -> list[Hit]:
+        """``search`` on rows already in the index's space."""
         if k is None and threshold is None:
             raise ValueError("give k, threshold or both")
         best: dict[int, float] = {}
@@ -223,30 +256,39 @@ class StoredIndex(ABC):
             if self.index.ntotal == 0:
                 return []
             if threshold is not None:
-                lims, raw, labels = self._range(rows, threshold)
-                dists = self._distances(raw)
-                for q in range(len(rows)):
-                    for j in range(lims[q], lims[q + 1]):
-                        # The range is a little loose (FAISS's bound is strict); exact here.
-                        if dists[j] <= threshold:
-                            self._keep(best, int(labels[j]), float(dists[j]))
+                pairs = self._within(rows, threshold)
             else:
                 assert k is not None
-                want = min(k + (exclude is not None), self.index.ntotal)
-                raw, labels = self.index.search(rows, want)
-                dists = self._distances(raw)
-                for q in range(len(rows)):
-                    for label, dist in zip(labels[q], dists[q], strict=True):
-                        if label >= 0:
-                            self._keep(best, int(label), float(dist))
+                pairs = self._nearest(rows, min(k + (exclude is not None), self.index.ntotal))
+        for label, dist in pairs:
+            if dist < best.get(label, float("inf")):
+                best[label] = dist
         best.pop(exclude, None)  # type: ignore[arg-type]
         hits = sorted(best.items(), key=lambda h: (h[1], h[0]))
         return hits[:k] if k is not None else hits
 
-    @staticmethod
-    def _keep(best: dict[int, float], label: int, dist: float) -> None:
-        if dist < best.get(label, float("inf")):
-            best[label] = dist
+    def _nearest(self, rows: np.ndarray, want: int) -> list[Hit]:
+        """(id, distance) of the ``want`` nearest per (prepared) query row."""
+        raw, labels = self.index.search(rows, want)
+        dists = self._distances(raw)
+        return [
+            (int(label), float(d))
+            for q in range(len(rows))
+            for label, d in zip(labels[q], dists[q], strict=True)
+            if label >= 0
+        ]
+
+    def _within(self, rows: np.ndarray, threshold: float) -> list[Hit]:
+        """(id, distance) of everything at distance <= threshold of a (prepared) query row."""
+        lims, raw, labels = self._range(rows, threshold)
+        dists = self._distances(raw)
+        # The range is a little loose (FAISS's bound is strict); exact here.
+        return [
+            (int(labels[j]), float(dists[j]))
+            for q in range(len(rows))
+            for j in range(lims[q], lims[q + 1])
+            if dists[j] <= threshold
+        ]
 
     def _range(
         self, rows: np.ndarray, threshold: float
@@ -295,31 +337,92 @@ class BinaryIndex(StoredIndex):
         return self.index.range_search(rows, int(threshold) + 1)
 
 
+#: FAISS's id -> inverted-list-entry hash map (its type stubs lack DirectMap).
+HASHTABLE = faiss.DirectMap.Hashtable  # type: ignore[attr-defined]
+
 METRICS = {"l1": faiss.METRIC_L1, "l2": faiss.METRIC_L2, "ip": faiss.METRIC_INNER_PRODUCT}
 
 
 class VectorIndex(StoredIndex):
-    """Float vector index: exact (Flat) search under L1, L2 or inner product.
+    """Float vector index under L1, L2 or inner product: exact Flat, or a trained index.
 
     Inner-product scores are reported as distances ``1 - score`` so that smaller is closer
-    everywhere.
+    everywhere. Two optional artefacts next to the store, written by ``adopt`` (from
+    ``scripts/train_index.py``) and read on every start:
+
+    - ``whitening.faiss``: a FAISS PCA-whitening transform; stored vectors stay raw, and the
+      index holds (and queries are matched as) whitened, re-normalised vectors;
+    - ``trained.faiss``: an empty trained index from a factory string (IVF-PQ, OPQ, ...),
+      filled from LMDB. Its candidates are re-ranked by exact distances to the raw vectors
+      in LMDB (``rerank`` candidates), which buys back the recall that PQ codes lose.
+
+    Live settings (``configure``, no rebuild): ``nprobe``, ``rerank``, and the defaults of
+    alpha query expansion ``aqe_n`` / ``aqe_alpha`` (inner product only).
     """
 
     dtype = np.dtype(np.float32)
+    LIVE = ("nprobe", "rerank", "aqe_n", "aqe_alpha")
 
-    def __init__(self, path: str | Path, dim: int, metric: str = "l2", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        dim: int,
+        metric: str = "l2",
+        nprobe: int = 16,
+        rerank: int = 100,
+        aqe_n: int = 0,
+        aqe_alpha: float = 3.0,
+        **kwargs: Any,
+    ) -> None:
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
         self.metric = metric
+        self.whitening: Any = None
+        self.trained = False
+        self.live: dict[str, Any] = {}
+        path = Path(path)
+        if (path / "whitening.faiss").exists():
+            self.whitening = faiss.read_VectorTransform(str(path / "whitening.faiss"))
         super().__init__(path, dim, **kwargs)
+        self.configure(nprobe=nprobe, rerank=rerank, aqe_n=aqe_n, aqe_alpha=aqe_alpha)
 
     @property
     def width(self) -> int:
-        """Floats per vector."""
+        """Floats per stored vector."""
         return self.dim
 
+    @property
+    def _trained_file(self) -> Path:
+        return self.path / "trained.faiss"
+
+    @property
+    def _whitening_file(self) -> Path:
+        return self.path / "whitening.faiss"
+
     def _new_index(self) -> Any:
-        return faiss.IndexIDMap2(faiss.IndexFlat(self.dim, METRICS[self.metric]))
+        if self._trained_file.exists():
+            self.trained = True
+            return self._ready(faiss.read_index(str(self._trained_file)))
+        self.trained = False
+        width = self.whitening.d_out if self.whitening is not None else self.dim
+        return faiss.IndexIDMap2(faiss.IndexFlat(width, METRICS[self.metric]))
+
+    @staticmethod
+    def _ready(index: Any) -> Any:
+        """An empty trained index made ready for ids: IVF keeps them, others get an id map."""
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is None:
+            return faiss.IndexIDMap2(index)
+        # A hash table from id to list entry: remove_ids without scanning every list.
+        ivf.set_direct_map_type(HASHTABLE)
+        return index
+
+    def _load_or_rebuild(self) -> Any:
+        index = super()._load_or_rebuild()
+        self.trained = self._trained_file.exists()
+        if self.trained and (ivf := faiss.try_extract_index_ivf(index)) is not None:
+            ivf.set_direct_map_type(HASHTABLE)
+        return index
 
     def _read(self, path: str) -> Any:
         return faiss.read_index(path)
@@ -331,6 +434,14 @@ class VectorIndex(StoredIndex):
         raw = raw.astype(np.float64)
         return 1.0 - raw if self.metric == "ip" else raw
 
+    def _indexable(self, rows: np.ndarray, whitening: Any = None) -> np.ndarray:
+        whitening = whitening if whitening is not None else self.whitening
+        if whitening is None:
+            return rows
+        out = whitening.apply(np.ascontiguousarray(rows, dtype=np.float32))
+        faiss.normalize_L2(out)
+        return out
+
     def _range(
         self, rows: np.ndarray, threshold: float
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -339,6 +450,182 @@ class VectorIndex(StoredIndex):
         slack = 1e-5 * max(1.0, abs(threshold))
         radius = 1.0 - threshold - slack if self.metric == "ip" else threshold + slack
         return self.index.range_search(rows, radius)
+
+    # --- exact distances from LMDB: re-ranking and query expansion --------------------
+    def _stored(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Indexable vectors of the stored ids among ``ids`` (ids, rows)."""
+        values = self.store.get_many(int(i) for i in ids)
+        keep = [j for j, v in enumerate(values) if v is not None]
+        if not keep:
+            return np.empty(0, np.int64), np.empty((0, self.index.d), np.float32)
+        raw = np.frombuffer(b"".join(values[j] for j in keep), dtype=np.float32)  # type: ignore[misc]
+        return ids[keep], self._indexable(raw.reshape(len(keep), self.dim))
+
+    def _exact(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        if self.metric == "ip":
+            return 1.0 - rows.astype(np.float64) @ query.astype(np.float64)
+        diff = rows.astype(np.float64) - query.astype(np.float64)
+        return np.abs(diff).sum(1) if self.metric == "l1" else (diff * diff).sum(1)
+
+    def _nearest(self, rows: np.ndarray, want: int) -> list[Hit]:
+        if not self.trained:
+            return super()._nearest(rows, want)
+        queries = rows
+        n = min(max(want, int(self.live["rerank"])), self.index.ntotal)
+        _, labels = self.index.search(queries, n)
+        hits: list[Hit] = []
+        for q in range(len(rows)):
+            ids, vecs = self._stored(labels[q][labels[q] >= 0])
+            dists = self._exact(queries[q], vecs)
+            best = np.argsort(dists, kind="stable")[:want]
+            hits += [(int(ids[j]), float(dists[j])) for j in best]
+        return hits
+
+    def _within(self, rows: np.ndarray, threshold: float) -> list[Hit]:
+        hits = super()._within(rows, threshold + (0.05 if self.trained else 0.0))
+        if not self.trained or not hits:
+            return hits
+        # Approximate distances widen the net a little; exact ones decide.
+        queries = rows
+        out: list[Hit] = []
+        ids, vecs = self._stored(np.asarray(sorted({i for i, _ in hits}), dtype=np.int64))
+        for q in range(len(rows)):
+            dists = self._exact(queries[q], vecs)
+            out += [(int(i), float(d)) for i, d in zip(ids, dists, strict=True) if d <= threshold]
+        return out
+
+    def _expand(self, rows: np.ndarray, n: int, alpha: float) -> np.ndarray:
+        """Alpha query expansion (Radenovic et al.) of prepared rows: each query plus its
+        ``n`` nearest stored vectors weighted by similarity^alpha, re-normalised."""
+        if self.metric != "ip":
+            raise ValueError("query expansion (aqe_n) needs an inner-product feature")
+        out = rows.astype(np.float64).copy()
+        for q, query in enumerate(rows):
+            found = self._nearest(query[None, :], min(n, self.index.ntotal))
+            _, vecs = self._stored(np.asarray([i for i, _ in found], dtype=np.int64))
+            sims = np.clip(vecs.astype(np.float64) @ query.astype(np.float64), 0.0, None)
+            out[q] += (sims**alpha) @ vecs.astype(np.float64)
+        out /= np.linalg.norm(out, axis=1, keepdims=True)
+        return out.astype(np.float32)
+
+    def search(
+        self,
+        queries: Any,
+        k: int | None = 20,
+        threshold: float | None = None,
+        exclude: int | None = None,
+        aqe_n: int | None = None,
+        aqe_alpha: float | None = None,
+    ) -> list[Hit]:
+        """``StoredIndex.search``, with alpha query expansion when ``aqe_n`` (or the live
+        default) is > 0."""
+        n = int(self.live["aqe_n"] if aqe_n is None else aqe_n)
+        alpha = float(self.live["aqe_alpha"] if aqe_alpha is None else aqe_alpha)
+        rows = self._as_rows(queries)
+        with self._lock:
+            prepared = self._indexable(rows)
+            if n > 0 and self.index.ntotal:
+                prepared = self._expand(prepared, n, alpha)
+            return self._search_prepared(prepared, k, threshold, exclude)
+
+    def search_by_id(
+        self,
+        image_id: int,
+        k: int | None = 20,
+        threshold: float | None = None,
+        aqe_n: int | None = None,
+        aqe_alpha: float | None = None,
+    ) -> list[Hit]:
+        """``StoredIndex.search_by_id`` with optional alpha query expansion."""
+        return self.search(
+            self.query_of(image_id), k, threshold, image_id, aqe_n=aqe_n, aqe_alpha=aqe_alpha
+        )
+
+    # --- live settings and trained artefacts ------------------------------------------
+    def configure(self, **live: Any) -> None:
+        """Change live settings (``nprobe``, ``rerank``, ``aqe_n``, ``aqe_alpha``)."""
+        unknown = set(live) - set(self.LIVE)
+        if unknown:
+            raise ValueError(f"not live settings: {sorted(unknown)}; live: {self.LIVE}")
+        with self._lock:
+            self.live.update(live)
+            if "nprobe" in live and faiss.try_extract_index_ivf(self.index) is not None:
+                faiss.ParameterSpace().set_index_parameter(
+                    self.index, "nprobe", int(live["nprobe"])
+                )
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        """Up to ``n`` stored raw vectors, chosen at random: training data."""
+        _, values = self.store.sample(n, seed)
+        if not values:
+            return np.empty((0, self.dim), np.float32)
+        return np.frombuffer(b"".join(values), dtype=np.float32).reshape(len(values), self.dim)
+
+    def adopt(self, trained: bytes | None, whitening: bytes | None) -> dict[str, Any]:
+        """Switch to a trained index and/or whitening (None: Flat / none), losing no write.
+
+        The new index is filled from LMDB while adds and removes go on against the old
+        one; the ids they touch meanwhile are replayed into the new one before the swap.
+        """
+        white = None
+        if whitening is not None:
+            white = transform_from_bytes(whitening)
+            if white.d_in != self.dim:
+                raise ValueError(f"whitening takes {white.d_in}-d vectors, not {self.dim}-d")
+        width = white.d_out if white is not None else self.dim
+        if trained is not None:
+            template = faiss.deserialize_index(np.frombuffer(trained, np.uint8))
+            if template.d != width or not template.is_trained or template.ntotal:
+                raise ValueError(
+                    f"need an empty trained {width}-d index, got {template.d}-d "
+                    f"(trained={template.is_trained}, ntotal={template.ntotal})"
+                )
+            fresh = self._ready(faiss.clone_index(template))
+        else:
+            template = None
+            fresh = faiss.IndexIDMap2(faiss.IndexFlat(width, METRICS[self.metric]))
+        with self._lock:
+            self._changed = set()
+        try:
+            self._rebuild(fresh, lambda rows: self._indexable(rows, white) if white else rows)
+            with self._lock:
+                replay = sorted(self._changed)
+                if replay:
+                    fresh.remove_ids(np.asarray(replay, dtype=np.int64))
+                    values = self.store.get_many(replay)
+                    kept = [i for i, v in zip(replay, values, strict=True) if v is not None]
+                    if kept:
+                        raw = np.frombuffer(b"".join(v for v in values if v), np.float32)
+                        rows = raw.reshape(len(kept), self.dim)
+                        fresh.add_with_ids(
+                            self._indexable(rows, white) if white else rows,
+                            np.asarray(kept, dtype=np.int64),
+                        )
+                self._write_artefacts(template, white)
+                self.index, self.whitening = fresh, white
+                self.trained = template is not None
+                self._snapshot_generation = -1  # the old snapshot is of the old index
+                self.configure(**self.live)
+        finally:
+            self._changed = None
+        self.snapshot()
+        return {"count": self.count, "trained": self.trained, "width": width}
+
+    def _write_artefacts(self, template: Any, white: Any) -> None:
+        # The stamp goes first: a crash between the files leaves a rebuild, never a mix.
+        self._stamp_file.unlink(missing_ok=True)
+        for target, obj, write in (
+            (self._trained_file, template, faiss.write_index),
+            (self._whitening_file, white, faiss.write_VectorTransform),
+        ):
+            if obj is None:
+                target.unlink(missing_ok=True)
+                continue
+            tmp = target.with_suffix(".tmp")
+            write(obj, str(tmp))
+            _fsync(tmp)
+            os.replace(tmp, target)
+        _fsync(self.path)
 
 
 KINDS: dict[str, type[StoredIndex]] = {"binary": BinaryIndex, "vector": VectorIndex}

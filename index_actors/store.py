@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import lmdb
+import numpy as np
 
 _ID = struct.Struct(">q")  # big-endian, so LMDB's key order is id order
 _GEN_KEY = b"generation"
@@ -80,6 +81,20 @@ class FeatureStore:
         """The stored value of ``image_id``, or None."""
         with self.env.begin(db=self.features) as txn:
             return txn.get(id_key(image_id))
+
+    def get_many(self, ids: Iterable[int]) -> list[bytes | None]:
+        """Stored values of ``ids`` (None where absent), in one read transaction."""
+        with self.env.begin(db=self.features) as txn:
+            return [txn.get(id_key(i)) for i in ids]
+
+    def sample(self, n: int, seed: int = 0) -> tuple[list[int], list[bytes]]:
+        """Up to ``n`` (ids, values) chosen uniformly at random, in id order."""
+        with self.env.begin(db=self.features) as txn:
+            keys = [key_id(k) for k in txn.cursor().iternext(keys=True, values=False)]
+            if len(keys) > n:
+                rng = np.random.default_rng(seed)
+                keys = sorted(rng.choice(keys, n, replace=False).tolist())
+            return keys, [bytes(txn.get(id_key(i)) or b"") for i in keys]
 
     def present(self, ids: Iterable[int]) -> list[int]:
         """The subset of ``ids`` that has a stored value."""

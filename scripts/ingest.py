@@ -31,7 +31,7 @@ import yaml
 from tqdm import tqdm
 
 from deployments.config import AppArgs
-from extractors import InvalidImage, build_extractor
+from extractors import REGISTRY, InvalidImage, WeightsUnavailable, build_extractor
 
 #: File suffixes taken as images (compared lower-cased); everything else is not even listed.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
@@ -58,6 +58,8 @@ class IngestReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     #: Wall-clock seconds of the whole run, resume check and actor start-up included.
     seconds: float = 0.0
+    #: Enabled features left out because their model is unavailable, with the reason.
+    unavailable: dict[str, str] = field(default_factory=dict)
 
     @property
     def images_per_s(self) -> float:
@@ -71,6 +73,7 @@ class IngestReport:
             f"failed {len(self.failed)} in {self.seconds:.1f} s "
             f"({self.images_per_s:.1f} images/s)"
         ]
+        lines += [f"skipped feature {n}: {why}" for n, why in self.unavailable.items()]
         if self.failed:
             lines.append("not stored:")
             lines += [f"  {name}: {reason}" for name, reason in sorted(self.failed)]
@@ -300,6 +303,7 @@ def ingest(
     pool_size: int | None = None,
     cpus_per_actor: float = 0.25,
     progress: bool = True,
+    model_pool_size: int = 1,
 ) -> IngestReport:
     """Ingest every image under ``directory`` into the running app described by ``args``.
 
@@ -308,11 +312,14 @@ def ingest(
     skipped when its name is in the catalog and its id in each of their indexes. With
     ``ids_from_filenames`` the integer file stem is the image id. ``pool_size`` actors (by
     default one per CPU of the cluster), each reserving ``cpus_per_actor`` CPUs, compute
-    batches of ``batch_size`` files.
+    batches of ``batch_size`` files; ``model_pool_size`` actors compute the model features
+    (global, clip), their torch threads sharing the cluster's CPUs. A feature whose model is
+    unavailable is left out (reported) unless it was asked for by name.
     """
     if not ray.is_initialized():
         raise IngestError("connect to the app's Ray cluster first (ray.init(address=...))")
     started = time.perf_counter()
+    requested = bool(features)
     features = list(dict.fromkeys(features or args.enabled))
     wrong = [f for f in features if f not in args.enabled]
     if wrong or not features:
@@ -321,6 +328,17 @@ def ingest(
         )
     root = Path(directory).expanduser().resolve()
     report = IngestReport()
+    for name in list(features):
+        try:
+            build_extractor(name, args.extractor_options(name)).load()
+        except WeightsUnavailable as exc:
+            # Asked for by name: an error. By default: the other features still go in.
+            if requested:
+                raise IngestError(f"{name} is unavailable: {exc}") from None
+            report.unavailable[name] = str(exc)
+            features.remove(name)
+    if not features:
+        raise IngestError(f"no feature can be computed: {report.unavailable}")
     catalog, indexes = _actors(args, features)
     pool_size = pool_size or max(1, int(ray.cluster_resources().get("CPU", 1)))
     writer = _Writer(catalog, indexes, ids_from_filenames, report)
@@ -334,20 +352,31 @@ def ingest(
             [{"path": p} for p in by_path], override_num_blocks=blocks
         )
         # The weight-free features share one pool: each is a few ms per image, and one pass
-        # per batch reads each file once. (Model extractors will get pools of their own.)
-        ds = ds.map_batches(
-            FeatureBatch,
-            fn_constructor_kwargs={
-                "features": features,
-                "options": {f: args.extractor_options(f) for f in features},
-            },
-            batch_size=batch_size,
-            batch_format="numpy",
-            # A fixed pool: extractors (later, models) load once per actor. A fraction of a
-            # CPU each, so that beside the app's own replicas the pool fits a 2-core laptop.
-            compute=ray.data.ActorPoolStrategy(size=min(pool_size, blocks)),
-            num_cpus=cpus_per_actor,
-        )
+        # per batch reads each file once. Models get a pool of their own, sized apart: a
+        # network per actor costs memory, and torch spreads one actor over several cores.
+        light = [f for f in features if not REGISTRY[f].uses_torch]
+        models = [f for f in features if REGISTRY[f].uses_torch]
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        for group, size, threads in (
+            (light, pool_size, None),
+            (models, model_pool_size, max(1, cpus // model_pool_size)),
+        ):
+            if not group:
+                continue
+            options = {f: args.extractor_options(f) for f in group}
+            for f in group:
+                if threads and REGISTRY[f].uses_torch:
+                    options[f].setdefault("threads", threads)
+            ds = ds.map_batches(
+                FeatureBatch,
+                fn_constructor_kwargs={"features": group, "options": options},
+                batch_size=batch_size,
+                batch_format="numpy",
+                # A fixed pool: extractors load once per actor. A fraction of a CPU each,
+                # so that beside the app's own replicas the pools fit a 2-core laptop.
+                compute=ray.data.ActorPoolStrategy(size=min(size, blocks)),
+                num_cpus=cpus_per_actor,
+            )
         # One progress bar, of images written; Ray Data's per-operator bars (or, off a
         # terminal, its progress log lines every few seconds) would interleave with it.
         ds.context.enable_progress_bars = False
@@ -392,6 +421,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--pool-size", type=int, default=None, help="extractor actors (default: one per CPU)"
     )
     p.add_argument(
+        "--model-pool-size", type=int, default=1, help="actors for model features (default 1)"
+    )
+    p.add_argument(
         "--cpus-per-actor",
         type=float,
         default=0.25,
@@ -403,9 +435,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if (
         ns.batch_size < 1
         or (ns.pool_size is not None and ns.pool_size < 1)
+        or ns.model_pool_size < 1
         or ns.cpus_per_actor <= 0
     ):
-        p.error("--batch-size and --pool-size must be >= 1, --cpus-per-actor > 0")
+        p.error("--batch-size and the pool sizes must be >= 1, --cpus-per-actor > 0")
     return ns
 
 
@@ -432,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=ns.batch_size,
             pool_size=ns.pool_size,
             cpus_per_actor=ns.cpus_per_actor,
+            model_pool_size=ns.model_pool_size,
         )
     except (IngestError, NotADirectoryError) as exc:
         # A wrong directory or feature, or an app that is not running: one line, no traceback.

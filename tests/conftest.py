@@ -15,6 +15,8 @@ import pytest
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+# No test may reach for a model hub: missing weights must show as "unavailable", not hang.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Test apps are deleted many times per run; production keeps the 30 s connection drain.
 os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
 
@@ -95,7 +97,9 @@ def kill_actors(name: str) -> None:
     """Kill every actor of an app for good (the detached actors outlive the Serve app)."""
     import ray
 
-    for role in ("catalog", "index:phash", "index:color"):
+    from extractors import REGISTRY
+
+    for role in ("catalog", *(f"index:{f}" for f in REGISTRY)):
         with contextlib.suppress(ValueError):
             ray.kill(ray.get_actor(f"{name}:{role}", namespace="serve"), no_restart=True)
 

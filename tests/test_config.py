@@ -16,9 +16,18 @@ def test_shipped_configs_validate(config: Path) -> None:
     cfg = yaml.safe_load(config.read_text())
     for entry in cfg["applications"]:
         args = AppArgs.model_validate(entry["args"])
-        assert args.enabled == ["phash", "color"]
+        assert args.enabled == ["phash", "color", "global", "clip"]
         names = {d["name"] for d in entry["deployments"]}
         assert names == {"Ingress"} | {f"extract_{f}" for f in args.enabled}
+        # Every model name is one its library knows (the weights may still be missing).
+        dims = args.dims()
+        assert all(isinstance(d, int) for d in dims.values()), dims
+        assert dims["clip"] == 512 and dims["global"] in (1280, 768)
+
+
+def test_a_wrong_model_name_is_a_reason_not_a_crash() -> None:
+    args = AppArgs.model_validate({"features": {"global": {"options": {"model": "nope"}}}})
+    assert args.dims() == {"global": "global: timm has no model 'nope'"}
 
 
 def test_unknown_feature_is_refused() -> None:
