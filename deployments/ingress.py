@@ -607,7 +607,9 @@ class Ingress:
         return out
 
     def _seed_feature(self, svc: str) -> str:
-        name = SEED_SERVICES.get(svc)
+        # /calculate_{svc}_features: "color" for color, but "global" for global_features
+        # (the seed's route is /calculate_global_features).
+        name = SEED_SERVICES.get(svc) or SEED_SERVICES.get(f"{svc}_features")
         if name is None or name not in self.extractors:
             raise HTTPException(
                 404,

@@ -86,9 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--factory", help='FAISS index factory string, e.g. "OPQ32,IVF1024,PQ32"')
     p.add_argument("--whiten", type=int, help="PCA-whiten to this many dimensions")
     p.add_argument("--flat", action="store_true", help="back to exact Flat, no whitening")
-    p.add_argument(
-        "--sample", type=int, default=100_000, help="training vectors (default 100000)"
-    )
+    p.add_argument("--sample", type=int, default=100_000, help="training vectors (default 100000)")
     p.add_argument("--config", default="configs/serve.yaml", help="the app's Serve config")
     p.add_argument("--app", default="imgsearch", help="application name in the config")
     p.add_argument("--address", default="auto", help="Ray cluster address the app runs on")

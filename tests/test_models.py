@@ -1,6 +1,7 @@
 """The model extractors (no Ray): weights resolution, real outputs, and every bad model input."""
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +93,7 @@ def test_weights_from_an_explicit_file(tmp_path: Path, photos: dict[str, bytes])
     ],
 )
 def test_global_model_problems_are_clear(options: dict, message: str) -> None:
-    with pytest.raises(WeightsUnavailable, match=message.replace(".", r"\.")):
+    with pytest.raises(WeightsUnavailable, match=re.escape(message)):
         build_extractor("global", options).load()
 
 
@@ -120,7 +121,7 @@ def test_clip_problems_are_clear(tmp_path: Path) -> None:
         ClipFeatures(model="ViT-Nope")
     with pytest.raises(WeightsUnavailable, match="no pretrained tag 'nope'"):
         ClipFeatures(pretrained="nope").load()
-    with pytest.raises(WeightsUnavailable, match="scripts/fetch_models.py clip"):
+    with pytest.raises(WeightsUnavailable, match=r"scripts/fetch_models\.py clip"):
         ClipFeatures().load()  # the default ViT-B-16 / openai: not in this machine's cache
     folder = tiny_clip_dir(tmp_path / "clip")
     (folder / "open_clip_pytorch_model.bin").write_bytes(b"truncated")

@@ -1,0 +1,82 @@
+"""Models that cannot run: the app starts, says why, and keeps every other feature working."""
+
+import httpx
+import pytest
+
+from tests.conftest import RunningApp
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def app_overrides() -> dict[str, object]:
+    """A wrong global model name, and CLIP's default weights, which this machine lacks."""
+    return {"features": {"phash": {}, "global": {"options": {"model": "nope"}}, "clip": {}}}
+
+
+@pytest.fixture(scope="module")
+def client(app: RunningApp) -> httpx.Client:
+    return httpx.Client(base_url=app.url, timeout=60)
+
+
+def test_health_says_what_is_missing_and_how_to_fix_it(client: httpx.Client) -> None:
+    body = client.get("/health").json()
+    assert body["status"] == "ok"  # a known state of this install, not a fault
+    ext = body["extractors"]
+    assert ext["phash"]["available"]
+    assert not ext["global"]["available"] and "timm has no model 'nope'" in ext["global"]["reason"]
+    assert not ext["clip"]["available"]
+    assert "scripts/fetch_models.py clip" in ext["clip"]["reason"]
+    assert "no index" in body["indexes"]["global"]["error"]
+    assert body["indexes"]["clip"]["count"] == 0
+
+
+def test_uploads_store_what_can_be_computed(client: httpx.Client, photos: dict[str, bytes]) -> None:
+    data = next(iter(photos.values()))
+    r = client.post("/images", files={"image": ("a.jpg", data)}, data={"image_id": 1})
+    assert r.status_code == 200, r.text
+    status = r.json()["features"]
+    assert status["phash"] == "ok" and status["clip"].startswith("unavailable:")
+    assert "global" not in status
+    assert client.get("/images/1").json()["features"] == ["phash"]
+    r = client.post("/calculate_all_image_features", files={"image": data}, data={"image_id": 2})
+    assert r.status_code == 200 and r.json()[0] == {"status": "fulfilled", "value": ""}
+
+
+def test_asking_for_an_unavailable_model_is_503_and_stores_nothing(
+    client: httpx.Client, photos: dict[str, bytes]
+) -> None:
+    data = next(iter(photos.values()))
+    before = client.get("/health").json()["images"]
+    r = client.post("/images", files={"image": data}, data={"features": "global"})
+    assert r.status_code == 503 and "timm has no model" in r.json()["detail"]
+    r = client.post("/images", files={"image": data}, data={"features": "clip"})
+    assert r.status_code == 503 and "fetch_models.py clip" in r.json()["detail"]
+    r = client.post("/calculate_image_text_features", files={"image": data}, data={"image_id": 9})
+    assert r.status_code == 503
+    assert client.get("/health").json()["images"] == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs"),
+    [
+        ("get", "/search/text", {"params": {"q": "a bridge"}}),
+        ("post", "/image_text_features_get_similar_images_by_text", {"json": {"text": "a"}}),
+        ("post", "/global_features_get_similar_images_by_id", {"json": {"image_id": 1}}),
+        ("get", "/search/similar/1", {"params": {"feature": "global"}}),
+    ],
+)
+def test_searches_that_need_a_missing_model_are_503(
+    client: httpx.Client, method: str, path: str, kwargs: dict
+) -> None:
+    r = getattr(client, method)(path, **kwargs)
+    assert r.status_code == 503, r.text
+    assert "fetch_models.py clip" in r.json()["detail"] or "no model" in r.json()["detail"]
+
+
+def test_other_searches_still_work(client: httpx.Client, photos: dict[str, bytes]) -> None:
+    data = next(iter(photos.values()))
+    r = client.post("/search/image", files={"image": data})
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["image_id"] in (1, 2)
+    assert set(r.json()["by_feature"]) == {"phash"}
