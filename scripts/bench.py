@@ -9,6 +9,14 @@ things timed side by side (interleaved, best-of-N or medians). Sections, in the 
 - memory: RSS of every Ray process of the idle app (the dashboard included unless
           ``--no-dashboard``).
 - ingest: Ray Data ingest (``scripts/ingest.py``) against a joblib loop over the same files.
+- models: images/s of the global-features network at batch 1 and at larger batches, beside
+          phash and colour (in-process, all cores, decoding included).
+- vectors: search at ``--n-vectors`` synthetic 1280-d embeddings: exact Flat against a
+          trained IVF-PQ index (``scripts/train_index.py``'s training, LMDB re-ranking),
+          latency and recall@10 against Flat.
+- quality: recall@1 of the original for transformed copies of the photos (resize 25 %,
+          JPEG 30, centre crop 70 %, mirror, +30 % brightness) among synthetic distractors:
+          global features against phash and colour.
 
 A quick smoke run: ``.venv/bin/python scripts/bench.py --n-hashes 20000 --n-http 1000``.
 """
@@ -16,6 +24,7 @@ A quick smoke run: ``.venv/bin/python scripts/bench.py --n-hashes 20000 --n-http
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import logging
@@ -51,11 +60,12 @@ from deployments.fusion import fuse
 from extractors import Extractor, InvalidImage, PHash, build_extractor
 from graph import build_app
 from index_actors.actor import index_actor
-from index_actors.indexes import StoredIndex, build_index
+from index_actors.indexes import StoredIndex, VectorIndex, build_index
 from index_actors.store import Catalog
+from scripts.train_index import train
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("phash", "search", "http", "memory", "ingest")
+SECTIONS = ("phash", "search", "http", "memory", "ingest", "models", "vectors", "quality")
 GiB = 1 << 30
 
 Row = dict[str, Any]
@@ -226,6 +236,194 @@ def bench_search(query: np.ndarray, n: int, searches: int, tmp: Path) -> list[Ro
         row(f"search p95 ms @{n}", ms(ours, 95), ms(peer, 95), "info", None),
         row("actor add hashes/s (100k chunks)", add_rate, None, "info", None),
     ]
+
+
+# --- models: extractor throughput by batch size --------------------------------------------
+def bench_models(photos: dict[str, bytes], repeat: int, batches: list[int]) -> list[Row]:
+    """images/s of each extractor at batch 1 and at ``batches``; global must gain >= 1.5x."""
+    blobs = list(photos.values())
+    blobs = (blobs * (-(-64 // len(blobs))))[:64]  # enough for the largest batch
+    rows: list[Row] = []
+    for name in ("global", "phash", "color"):
+        ex = build_extractor(name)
+        ex.load()
+        features(ex, blobs[:2])  # warm-up: first calls allocate
+
+        def run(size: int, ex: Extractor = ex) -> None:
+            for lo in range(0, len(blobs), size):
+                features(ex, blobs[lo : lo + size])
+
+        best = best_of({str(b): functools.partial(run, b) for b in [1, *batches]}, repeat)
+        rate = {int(b): len(blobs) / t for b, t in best.items()}
+        top = max(batches, key=lambda b: rate[b])
+        print(
+            f"models: {name} images/s by batch size: "
+            + ", ".join(f"{b}: {r:.1f}" for b, r in rate.items())
+        )
+        gain = rate[top] / rate[1]
+        target, met = (">= 1.5x", gain >= 1.5) if name == "global" else ("info", None)
+        rows += [
+            row(f"{name} images/s, batch 1", rate[1], None, "info", None),
+            row(f"{name} images/s, batch {top} / batch 1", rate[top], rate[1], target, met),
+        ]
+    return rows
+
+
+# --- vectors: Flat against trained IVF-PQ at scale ------------------------------------------
+def embeddings(n: int, dim: int, seed: int, centers: np.ndarray) -> np.ndarray:
+    """Unit vectors like real embeddings: a mixture of clusters in a low-dimensional
+    subspace plus noise (uniform random 1280-d vectors have no neighbours worth finding)."""
+    rng = np.random.default_rng(seed)
+    latent = centers[rng.integers(0, len(centers), n)] + 0.5 * rng.normal(
+        size=(n, centers.shape[1])
+    )
+    basis = np.random.default_rng(12345).normal(size=(centers.shape[1], dim))
+    x = latent @ basis + 2.0 * rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def bench_vectors(n: int, factory: str, nprobe: int, rerank: int, tmp: Path) -> list[Row]:
+    """p50 latency and recall@10 of the trained index against exact Flat, same class."""
+    dim = 1280
+    centers = np.random.default_rng(7).normal(size=(2000, 64)) * 2.0
+    idx = VectorIndex(tmp / "vectors", dim, metric="ip")
+    chunk = 50_000
+    start = time.perf_counter()
+    for lo in range(0, n, chunk):
+        hi = min(lo + chunk, n)
+        idx.add(list(range(lo, hi)), embeddings(hi - lo, dim, lo + 1, centers))
+        print(f"vectors: stored {hi}/{n}", flush=True)
+    print(f"vectors: stored in {time.perf_counter() - start:.0f} s")
+    queries = embeddings(100, dim, 999_999, centers)
+    truth = [{i for i, _ in idx.search(q, k=10)} for q in queries]
+    flat_lat = []
+    for q in queries[:30]:
+        t0 = time.perf_counter()
+        idx.search(q, k=10)
+        flat_lat.append(time.perf_counter() - t0)
+    start = time.perf_counter()
+    trained, _ = train(idx.sample(min(n, 50_000)), "ip", factory, None)
+    train_s = time.perf_counter() - start
+    start = time.perf_counter()
+    idx.adopt(trained, None)
+    fill_s = time.perf_counter() - start
+    rows: list[Row] = []
+    for probe, rr in ((nprobe, rerank), (nprobe, 0)):
+        idx.configure(nprobe=probe, rerank=rr)
+        lat, found = [], []
+        for q in queries:
+            t0 = time.perf_counter()
+            hits = idx.search(q, k=10)
+            lat.append(time.perf_counter() - t0)
+            found.append({i for i, _ in hits})
+        recall = statistics.fmean(len(a & b) / 10 for a, b in zip(truth, found, strict=True))
+        p50, flat50 = ms(lat, 50), ms(flat_lat, 50)
+        print(
+            f"vectors at {n}: {factory} nprobe {probe} rerank {rr}: p50 {p50:.2f} ms, "
+            f"recall@10 {recall:.3f}; Flat p50 {flat50:.1f} ms; "
+            f"train {train_s:.0f} s, fill {fill_s:.0f} s"
+        )
+        label = f"{factory} nprobe {probe} rerank {rr}"
+        rows += [
+            row(f"vector p50 ms @{n}, {label} vs Flat", p50, flat50, "<= 0.1x", p50 * 10 <= flat50),
+            row(f"vector recall@10, {label}", recall, None, ">= 0.9", recall >= 0.9),
+        ]
+    rows.append(row("vector IVF-PQ train + fill s", train_s + fill_s, None, "info", None))
+    idx.close()
+    return rows
+
+
+# --- quality: which feature finds the original of an edited copy ---------------------------
+def distractors(n: int) -> list[bytes]:
+    """Synthetic scenes (gradients, shapes): images that are no photo's original."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(3)
+    out = []
+    for _ in range(n):
+        w, h = int(rng.integers(480, 1024)), int(rng.integers(360, 768))
+        a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        ramp = np.linspace(0, 1, w)[None, :, None]
+        base = (a * (1 - ramp) + b * ramp) * np.ones((h, 1, 1))
+        img = Image.fromarray(base.astype(np.uint8))
+        draw = ImageDraw.Draw(img)
+        for _ in range(int(rng.integers(3, 12))):
+            x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+            x1, y1 = x0 + int(rng.integers(20, w // 2)), y0 + int(rng.integers(20, h // 2))
+            fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+            shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+            shape((x0, y0, x1, y1), fill=fill)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=85)
+        out.append(buf.getvalue())
+    return out
+
+
+def edits(data: bytes) -> dict[str, bytes]:
+    """The issue's five transforms of a photo, as JPEG bytes."""
+    from PIL import ImageEnhance, ImageOps
+
+    img = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    w, h = img.size
+    cw, ch = int(w * 0.7**0.5), int(h * 0.7**0.5)
+
+    def jpeg(im: Image.Image, quality: int = 90) -> bytes:
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=quality)
+        return buf.getvalue()
+
+    return {
+        "resize 25 %": jpeg(img.resize((w // 4, h // 4), Image.Resampling.LANCZOS)),
+        "JPEG q30": jpeg(img, 30),
+        "centre crop 70 %": jpeg(
+            img.crop(((w - cw) // 2, (h - ch) // 2, (w + cw) // 2, (h + ch) // 2))
+        ),
+        "mirror": jpeg(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)),
+        "brightness +30 %": jpeg(ImageEnhance.Brightness(img).enhance(1.3)),
+    }
+
+
+def bench_quality(photos: dict[str, bytes], n_distractors: int, tmp: Path) -> list[Row]:
+    """recall@1 of the original per transform and feature, with the real index classes."""
+    originals = list(photos.values())
+    stored = originals + distractors(n_distractors)
+    queries = [edits(d) for d in originals]
+    kinds = list(queries[0])
+    rows: list[Row] = []
+    recall: dict[str, dict[str, float]] = {}
+    for name in ("global", "phash", "color"):
+        ex = build_extractor(name)
+        ex.load()
+        idx = build_index(
+            ex.kind,
+            tmp / f"quality-{name}",
+            ex.dim,
+            **AppArgs.model_validate({"features": {name: {}}}).index_options(name),
+        )
+        for lo in range(0, len(stored), 32):
+            chunk = stored[lo : lo + 32]
+            idx.add(list(range(lo, lo + len(chunk))), np.stack(features(ex, chunk)))
+        recall[name] = {}
+        for kind in kinds:
+            hits = [idx.search(features(ex, [q[kind]], query=True)[0], k=1)[0][0] for q in queries]
+            recall[name][kind] = statistics.fmean(h == i for i, h in enumerate(hits))
+        idx.close()
+    print(f"quality: {len(originals)} photos among {n_distractors} synthetic distractors")
+    for kind in kinds:
+        print(
+            f"quality: {kind}: recall@1 " + ", ".join(f"{n} {recall[n][kind]:.2f}" for n in recall)
+        )
+        rows += [
+            row(
+                f"recall@1 {kind}: global (peer phash)",
+                recall["global"][kind],
+                recall["phash"][kind] or None,
+                "info",
+                None,
+            ),
+            row(f"recall@1 {kind}: colour", recall["color"][kind], None, "info", None),
+        ]
+    return rows
 
 
 # --- the deployed app (http, memory, ingest) ------------------------------------------------
@@ -510,6 +708,12 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--idle-s", type=float, default=10.0, help="idle time before memory")
     p.add_argument("--no-dashboard", action="store_true", help="start Ray without dashboard")
+    p.add_argument("--batches", default="4,8,16,32", help="batch sizes for models (batch 1 always)")
+    p.add_argument("--n-vectors", type=int, default=1_000_000, help="stored vectors")
+    p.add_argument("--factory", default="IVF1024,PQ64", help="trained index for vectors")
+    p.add_argument("--nprobe", type=int, default=16, help="nprobe for vectors")
+    p.add_argument("--rerank", type=int, default=100, help="re-ranked candidates for vectors")
+    p.add_argument("--distractors", type=int, default=500, help="distractors for quality")
     p.add_argument("--json", type=Path, help="also write the table here as JSON")
     args = p.parse_args()
     args.only = {s.strip() for s in args.only.split(",") if s.strip()}
@@ -527,6 +731,13 @@ def main() -> None:
         tmp = Path(tmp_dir)
         if "phash" in opts.only:
             rows += bench_phash(photos, opts.repeat)
+        if "models" in opts.only:
+            batches = [int(b) for b in opts.batches.split(",") if b.strip()]
+            rows += bench_models(photos, min(opts.repeat, 3), batches)
+        if "quality" in opts.only:
+            rows += bench_quality(photos, opts.distractors, tmp)
+        if "vectors" in opts.only:
+            rows += bench_vectors(opts.n_vectors, opts.factory, opts.nprobe, opts.rerank, tmp)
         if opts.only & {"search", "http", "memory", "ingest"}:
             isolate_ports()
             # The real `make serve` runs the dashboard, so the memory figure includes it.
