@@ -86,17 +86,27 @@ class Extractor(ABC):
         results: list[np.ndarray | InvalidImage] = []
         images: list[Image.Image] = []
         slots: list[int] = []
-        for data in blobs:
-            try:
-                images.append(self.decode(data))
+        for decoded in self._decode_all(blobs):
+            if isinstance(decoded, InvalidImage):
+                results.append(decoded)
+            else:
+                images.append(decoded)
                 slots.append(len(results))
                 results.append(InvalidImage("not computed"))
-            except InvalidImage as exc:
-                results.append(exc)
         if images:
             for slot, feat in zip(slots, self._compute(images, query), strict=True):
                 results[slot] = feat
         return results
+
+    def _decode_one(self, data: bytes) -> Image.Image | InvalidImage:
+        try:
+            return self.decode(data)
+        except InvalidImage as exc:
+            return exc
+
+    def _decode_all(self, blobs: list[bytes]) -> list[Image.Image | InvalidImage]:
+        """Decode a batch; each failure is returned in its place."""
+        return [self._decode_one(data) for data in blobs]
 
     def _compute(self, images: list[Image.Image], query: bool) -> list[np.ndarray | InvalidImage]:
         run = self.query_variants if query else self.extract

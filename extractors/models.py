@@ -7,14 +7,17 @@ for the few hundred MB that torch costs a process.
 
 from __future__ import annotations
 
+import os
 import threading
 from abc import abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from PIL import Image
 
 from extractors.base import Extractor, Kind, WeightsUnavailable
+from extractors.images import InvalidImage
 
 if TYPE_CHECKING:
     import torch
@@ -47,6 +50,9 @@ class ModelExtractor(Extractor):
         self.model: Any = None
         self.preprocess: Any = None
         self._load_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._on_pil: Any = None
+        self._on_tensor: Any = None
 
     @abstractmethod
     def _build(self) -> tuple[torch.nn.Module, Any]:
@@ -69,12 +75,35 @@ class ModelExtractor(Extractor):
                 raise WeightsUnavailable(f"{self.name}: device {self.device} but no CUDA here")
             model, preprocess = self._build()
             self.preprocess = preprocess
-            self.model = model.to(self.device).eval()
+            self._on_pil, self._on_tensor = _split(preprocess)
+            # NHWC: oneDNN's fast convolution layout on CPUs (measured on EfficientNet-Lite0,
+            # 2 cores: 1.5x at batch 1, 2.2x at batch 4); a no-op for transformer blocks.
+            model = model.to(self.device).to(memory_format=torch.channels_last)
+            self.model = model.eval()
+
+    def _map(self, fn: Any, items: list[Any]) -> list[Any]:
+        """``fn`` over a batch on a few threads: decoding and resizing release the GIL, so
+        a batch of images spreads over the cores where a lone image cannot.
+
+        Only PIL work goes to these threads: a torch op on a thread other than the one that
+        runs the model gives that thread an OpenMP team of its own, and the extra spinning
+        threads cost a lone image 30 % (measured on 2 cores).
+        """
+        if len(items) < 2:
+            return [fn(item) for item in items]
+        if self._pool is None:
+            workers = self.threads or os.cpu_count() or 1
+            self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"{self.name}-prep")
+        return list(self._pool.map(fn, items))
+
+    def _decode_all(self, blobs: list[bytes]) -> list[Image.Image | InvalidImage]:
+        return self._map(self._decode_one, blobs)
 
     def _tensor(self, images: list[Image.Image]) -> torch.Tensor:
         import torch
 
-        return torch.stack([self.preprocess(img) for img in images]).to(self.device)
+        batch = torch.stack([self._on_tensor(im) for im in self._map(self._on_pil, images)])
+        return batch.to(self.device, memory_format=torch.channels_last)
 
     @staticmethod
     def _normalised(x: torch.Tensor) -> list[np.ndarray]:
@@ -90,3 +119,14 @@ class ModelExtractor(Extractor):
         self.load()
         with torch.inference_mode():
             return self._normalised(self._embed(self._tensor(images)))
+
+
+def _split(preprocess: Any) -> tuple[Any, Any]:
+    """A torchvision ``Compose`` cut before its first to-tensor step: (PIL part, rest)."""
+    from torchvision.transforms import Compose
+
+    steps = list(getattr(preprocess, "transforms", []))
+    cut = next((i for i, t in enumerate(steps) if "Tensor" in type(t).__name__), None)
+    if not isinstance(preprocess, Compose) or cut is None:
+        return (lambda img: img), preprocess
+    return Compose(steps[:cut]), Compose(steps[cut:])
