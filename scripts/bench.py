@@ -282,7 +282,7 @@ def embeddings(n: int, dim: int, seed: int, centers: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def bench_vectors(n: int, factory: str, nprobe: int, rerank: int, tmp: Path) -> list[Row]:
+def bench_vectors(n: int, factory: str, settings: list[tuple[int, int]], tmp: Path) -> list[Row]:
     """p50 latency and recall@10 of the trained index against exact Flat, same class."""
     dim = 1280
     centers = np.random.default_rng(7).normal(size=(2000, 64)) * 2.0
@@ -308,7 +308,7 @@ def bench_vectors(n: int, factory: str, nprobe: int, rerank: int, tmp: Path) -> 
     idx.adopt(trained, None)
     fill_s = time.perf_counter() - start
     rows: list[Row] = []
-    for probe, rr in ((nprobe, rerank), (nprobe, 0)):
+    for probe, rr in settings:
         idx.configure(nprobe=probe, rerank=rr)
         lat, found = [], []
         for q in queries:
@@ -335,12 +335,27 @@ def bench_vectors(n: int, factory: str, nprobe: int, rerank: int, tmp: Path) -> 
 
 # --- quality: which feature finds the original of an edited copy ---------------------------
 def distractors(n: int) -> list[bytes]:
-    """Synthetic scenes (gradients, shapes): images that are no photo's original."""
+    """Images that are no photo's original: random crops of the real photos in
+    ../shared/photos/pairs (graffiti, a box in a scene), then synthetic scenes (gradients
+    and shapes) for the rest."""
     from PIL import ImageDraw
 
     rng = np.random.default_rng(3)
     out = []
-    for _ in range(n):
+
+    def jpeg(img: Image.Image) -> bytes:
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, "JPEG", quality=85)
+        return buf.getvalue()
+
+    pairs = sorted((ROOT.parent / "shared" / "photos" / "pairs").glob("*.png"))
+    for i in range(min(n // 2, 40 * len(pairs))):
+        photo = Image.open(pairs[i % len(pairs)])
+        w, h = photo.size
+        cw, ch = int(w * rng.uniform(0.3, 0.8)), int(h * rng.uniform(0.3, 0.8))
+        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        out.append(jpeg(photo.crop((x, y, x + cw, y + ch))))
+    while len(out) < n:
         w, h = int(rng.integers(480, 1024)), int(rng.integers(360, 768))
         a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
         ramp = np.linspace(0, 1, w)[None, :, None]
@@ -353,9 +368,7 @@ def distractors(n: int) -> list[bytes]:
             fill = tuple(int(c) for c in rng.integers(0, 256, 3))
             shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
             shape((x0, y0, x1, y1), fill=fill)
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=85)
-        out.append(buf.getvalue())
+        out.append(jpeg(img))
     return out
 
 
@@ -408,7 +421,7 @@ def bench_quality(photos: dict[str, bytes], n_distractors: int, tmp: Path) -> li
             hits = [idx.search(features(ex, [q[kind]], query=True)[0], k=1)[0][0] for q in queries]
             recall[name][kind] = statistics.fmean(h == i for i, h in enumerate(hits))
         idx.close()
-    print(f"quality: {len(originals)} photos among {n_distractors} synthetic distractors")
+    print(f"quality: {len(originals)} photos among {n_distractors} distractors")
     for kind in kinds:
         print(
             f"quality: {kind}: recall@1 " + ", ".join(f"{n} {recall[n][kind]:.2f}" for n in recall)
@@ -711,8 +724,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batches", default="4,8,16,32", help="batch sizes for models (batch 1 always)")
     p.add_argument("--n-vectors", type=int, default=1_000_000, help="stored vectors")
     p.add_argument("--factory", default="IVF1024,PQ64", help="trained index for vectors")
-    p.add_argument("--nprobe", type=int, default=16, help="nprobe for vectors")
-    p.add_argument("--rerank", type=int, default=100, help="re-ranked candidates for vectors")
+    p.add_argument(
+        "--probes",
+        default="16:100,16:0,32:400",
+        help="nprobe:rerank settings for vectors (rerank 0: PQ's own order)",
+    )
     p.add_argument("--distractors", type=int, default=500, help="distractors for quality")
     p.add_argument("--json", type=Path, help="also write the table here as JSON")
     args = p.parse_args()
@@ -737,7 +753,8 @@ def main() -> None:
         if "quality" in opts.only:
             rows += bench_quality(photos, opts.distractors, tmp)
         if "vectors" in opts.only:
-            rows += bench_vectors(opts.n_vectors, opts.factory, opts.nprobe, opts.rerank, tmp)
+            settings = [(int(a), int(b)) for a, b in (x.split(":") for x in opts.probes.split(","))]
+            rows += bench_vectors(opts.n_vectors, opts.factory, settings, tmp)
         if opts.only & {"search", "http", "memory", "ingest"}:
             isolate_ports()
             # The real `make serve` runs the dashboard, so the memory figure includes it.

@@ -130,3 +130,25 @@ def test_clip_problems_are_clear(tmp_path: Path) -> None:
     (folder / "open_clip_pytorch_model.bin").unlink()
     with pytest.raises(WeightsUnavailable, match="no checkpoint file"):
         ClipFeatures(model=f"local-dir:{folder}").load()
+
+
+def test_fetch_models_check_reports_each_model(capsys: pytest.CaptureFixture[str]) -> None:
+    from scripts import fetch_models
+
+    # Offline: the packaged global weights are there, CLIP's are not (exit status 1).
+    assert fetch_models.main(["--check"]) == 1
+    out = capsys.readouterr().out
+    assert "global: ok (efficientnet_lite0)" in out
+    assert "clip: missing:" in out and "fetch_models.py clip" in out
+    assert fetch_models.main(["--check", "global"]) == 0
+    assert fetch_models.main(["--check", "phash"]) == 2  # not a model feature
+
+
+def test_train_index_command_line_is_checked() -> None:
+    from scripts.train_index import parse_args
+
+    for argv in (["global"], ["global", "--flat", "--whiten", "8"], ["global", "--sample", "0"]):
+        with pytest.raises(SystemExit):
+            parse_args([*argv, *(["--factory", "Flat"] if "--sample" in argv else [])])
+    ns = parse_args(["clip", "--factory", "IVF64,PQ16", "--whiten", "128"])
+    assert (ns.feature, ns.factory, ns.whiten, ns.flat) == ("clip", "IVF64,PQ16", 128, False)

@@ -210,3 +210,21 @@ def test_ray_data_ingest_computes_model_features(
     assert stored["features"] == ["phash", "global"]
     hits = client.get(f"/search/similar/{stored['image_id']}", params={"feature": "global"})
     assert hits.json()["results"][0]["file_name"] == next(iter(photos))
+
+
+def test_live_index_settings_change_without_a_new_actor(app: RunningApp) -> None:
+    """What a redeploy with other nprobe / aqe settings does: the same actor, new settings;
+    another fixed option (the metric) replaces the actor, which rebuilds from LMDB."""
+    from index_actors.actor import index_actor
+
+    before = app.actor("index:global")
+    pid = ray.get(before.pid.remote())
+    args = (app.name, "global", "vector", str(app.data_dir), 1280)
+    same = index_actor(*args, {"metric": "ip", "nprobe": 4, "aqe_n": 2})
+    assert ray.get(same.pid.remote()) == pid
+    described = ray.get(same.describe.remote())
+    assert (described["nprobe"], described["aqe_n"]) == (4, 2)
+    replaced = index_actor(*args, {"metric": "l2"})
+    assert ray.get(replaced.pid.remote()) != pid
+    assert ray.get(replaced.count.remote()) >= 8
+    index_actor(*args, {"metric": "ip"})  # as the app was deployed
