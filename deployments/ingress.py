@@ -43,6 +43,12 @@ def _int_field(value: Any, field: str, required: bool = True) -> int | None:
     return parsed
 
 
+def _reason(exc: BaseException) -> str:
+    """The message of an error from a deployment or actor, without Ray's traceback."""
+    cause = getattr(exc, "cause", None)
+    return str(cause if isinstance(cause, BaseException) else exc)
+
+
 def _check_file_name(name: str) -> None:
     try:
         size = len(name.encode())
@@ -229,10 +235,10 @@ class Ingress:
             if isinstance(result, InvalidImage):
                 raise HTTPException(result.status, str(result))
             if isinstance(result, WeightsUnavailable):
-                failed[name] = f"unavailable: {result}"
+                failed[name] = f"unavailable: {_reason(result)}"
             elif isinstance(result, BaseException):
                 log.exception("extractor %s failed", name, exc_info=result)
-                failed[name] = f"error: {type(result).__name__}: {result}"
+                failed[name] = f"error: {_reason(result)}"
             else:
                 feats[name] = result
         return feats, failed
@@ -305,7 +311,9 @@ class Ingress:
             writes += [self.indexes[n].remove.remote([image_id]) for n in stale]
         results = await asyncio.gather(*writes, return_exceptions=True)
         for name, result in zip(feats, results, strict=False):
-            status[name] = "ok" if not isinstance(result, BaseException) else f"error: {result}"
+            status[name] = (
+                "ok" if not isinstance(result, BaseException) else f"error: {_reason(result)}"
+            )
         if any(isinstance(r, BaseException) for r in results):
             raise HTTPException(503, f"image {image_id} was not stored completely, retry: {status}")
         return image_id, file_name, {n: status[n] for n in names}
@@ -487,7 +495,7 @@ class Ingress:
         try:
             query = await self.extractors["clip"].embed_text.remote(text)
         except WeightsUnavailable as exc:
-            raise HTTPException(503, f"clip is unavailable: {exc}") from None
+            raise HTTPException(503, f"clip is unavailable: {_reason(exc)}") from None
         hits = await self._search({"clip": query}, k, {"clip": threshold}, {"clip": extra})
         return hits["clip"]
 
@@ -519,7 +527,7 @@ class Ingress:
         extractors = {
             n: info
             if not isinstance(info, BaseException)
-            else {"available": False, "reason": f"error: {info}", "error": True}
+            else {"available": False, "reason": f"error: {_reason(info)}", "error": True}
             for n, info in zip(self.extractors, infos, strict=True)
         }
         indexes: dict[str, Any] = {

@@ -55,8 +55,8 @@ def test_health_shows_models_and_their_indexes(client: httpx.Client) -> None:
         "count": 8,
         "trained": False,
         "whitened": False,
-        "nprobe": 16,
-        "rerank": 100,
+        "nprobe": 32,
+        "rerank": 400,
         "aqe_n": 0,
         "aqe_alpha": 3.0,
     }
