@@ -102,8 +102,16 @@ class ModelExtractor(Extractor):
     def _tensor(self, images: list[Image.Image]) -> torch.Tensor:
         import torch
 
-        batch = torch.stack([self._on_tensor(im) for im in self._map(self._on_pil, images)])
-        return batch.to(self.device, memory_format=torch.channels_last)
+        ready = self._map(self._on_pil, images)
+        if not isinstance(self._on_tensor, tuple):
+            batch = torch.stack([self._on_tensor(im) for im in ready])
+            return batch.to(self.device, memory_format=torch.channels_last)
+        # To-tensor and normalise as one operation on the whole uint8 batch, on the model's
+        # device: 4x fewer bytes to a GPU, and NHWC pixels are channels-last as they are.
+        mean, std = self._on_tensor
+        pixels = torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in ready]))
+        x = pixels.to(self.device).permute(0, 3, 1, 2).float().div_(255)
+        return x.sub_(mean.to(x.device)).div_(std.to(x.device))
 
     @staticmethod
     def _normalised(x: torch.Tensor) -> list[np.ndarray]:
@@ -122,11 +130,20 @@ class ModelExtractor(Extractor):
 
 
 def _split(preprocess: Any) -> tuple[Any, Any]:
-    """A torchvision ``Compose`` cut before its first to-tensor step: (PIL part, rest)."""
-    from torchvision.transforms import Compose
+    """A torchvision ``Compose`` cut before its first to-tensor step: (PIL part, rest).
+
+    When the rest is just to-tensor then ``Normalize`` (timm's and open_clip's transforms
+    are), the rest is returned as its (mean, std), shaped to broadcast over NCHW batches.
+    """
+    import torch
+    from torchvision.transforms import Compose, Normalize
 
     steps = list(getattr(preprocess, "transforms", []))
     cut = next((i for i, t in enumerate(steps) if "Tensor" in type(t).__name__), None)
     if not isinstance(preprocess, Compose) or cut is None:
         return (lambda img: img), preprocess
-    return Compose(steps[:cut]), Compose(steps[cut:])
+    rest = steps[cut:]
+    if len(rest) == 2 and isinstance(rest[1], Normalize):
+        mean, std = (torch.as_tensor(v, dtype=torch.float32) for v in (rest[1].mean, rest[1].std))
+        return Compose(steps[:cut]), (mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1))
+    return Compose(steps[:cut]), Compose(rest)
