@@ -62,6 +62,7 @@ from graph import build_app
 from index_actors.actor import index_actor
 from index_actors.indexes import StoredIndex, VectorIndex, build_index
 from index_actors.store import Catalog
+from scripts.ingest import ingest, load_app_args
 from scripts.train_index import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -463,12 +464,17 @@ def isolate_ports() -> None:
         os.environ.setdefault(var, str(free_port()))
 
 
-def deploy(tmp: Path) -> tuple[AppArgs, str]:
+def deploy(tmp: Path, feature_names: list[str]) -> tuple[AppArgs, str]:
     """Start Serve and deploy the real app on a fresh data dir; returns its args and URL."""
     port = free_port()
     # Serve must know its port before the first serve.run.
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = AppArgs(name=f"bench{uuid.uuid4().hex[:8]}", data_dir=str(tmp / "app"))
+    shipped = load_app_args(ROOT / "configs" / "serve.yaml", "imgsearch").features
+    args = AppArgs(
+        name=f"bench{uuid.uuid4().hex[:8]}",
+        data_dir=str(tmp / "app"),
+        features={n: shipped[n] for n in feature_names},
+    )
     start = time.perf_counter()
     serve.run(build_app(args), name=args.name, route_prefix="/")
     print(f"app {args.name} deployed in {time.perf_counter() - start:.1f} s on port {port}")
@@ -637,11 +643,6 @@ def bench_ingest(
     args: AppArgs, photos: dict[str, bytes], n_files: int, pool_size: int, tmp: Path
 ) -> list[Row]:
     """Ray Data ingest into the running app against joblib over the same files."""
-    try:
-        from scripts.ingest import ingest
-    except ImportError as exc:
-        print(f"ingest: skipped, scripts/ingest.py is not importable yet ({exc})")
-        return []
     folder = tmp / "ingest"
     folder.mkdir()
     items = list(photos.items())
@@ -719,6 +720,11 @@ def parse_args() -> argparse.Namespace:
         default=os.cpu_count() or 1,
         help="Ray Data extractor actors (default: one per core, as joblib's n_jobs=2 on 2)",
     )
+    p.add_argument(
+        "--features",
+        default="phash,color",
+        help="features of the deployed app (http, memory, ingest), as in configs/serve.yaml",
+    )
     p.add_argument("--idle-s", type=float, default=10.0, help="idle time before memory")
     p.add_argument("--no-dashboard", action="store_true", help="start Ray without dashboard")
     p.add_argument("--batches", default="2,4,8,16", help="batch sizes for models (batch 1 always)")
@@ -772,7 +778,7 @@ def main() -> None:
                     query = features(PHash(), [next(iter(photos.values()))], query=True)[0]
                     rows += bench_search(query, opts.n_hashes, opts.searches, tmp / "search")
                 if opts.only & {"http", "memory", "ingest"}:
-                    args, url = deploy(tmp)
+                    args, url = deploy(tmp, opts.features.split(","))
                     if "http" in opts.only:
                         rows += bench_http(args, url, photos, opts.n_http, opts.http_searches, tmp)
                     if "memory" in opts.only:
