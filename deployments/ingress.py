@@ -150,16 +150,20 @@ class Ingress:
         for name, dim in dims.items():
             if isinstance(dim, str):
                 continue
-            self.indexes[name] = index_actor(
-                self.args.name,
-                name,
-                REGISTRY[name].kind,
-                data,
-                dim,
-                self.args.index_options(name),
-                self.args.snapshot_interval_s,
-                self.args.index_actor_cpus,
-            )
+            try:
+                self.indexes[name] = index_actor(
+                    self.args.name,
+                    name,
+                    REGISTRY[name].kind,
+                    data,
+                    dim,
+                    self.args.index_options(name),
+                    self.args.snapshot_interval_s,
+                    self.args.index_actor_cpus,
+                )
+            except RayError as exc:  # a store of another model's features, say
+                log.error("index of %s unavailable: %s", name, exc)
+                self.missing[name] = f"index unavailable: {_reason(exc)}"
 
     # --- shared steps -----------------------------------------------------------------
     def _features(self, requested: str | None) -> list[str]:

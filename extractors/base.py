@@ -44,6 +44,10 @@ class Extractor(ABC):
     exact: ClassVar[bool] = True
     #: Runs torch: the deployment picks its device and thread count.
     uses_torch: ClassVar[bool] = False
+    #: HTTP status for an image the extractor itself failed on: 422 where that can only be
+    #: the image (weight-free code), 503 for networks, whose failures are the server's
+    #: (out of memory, a device error) and worth a retry.
+    failure_status: ClassVar[int] = 422
 
     def __init__(self, max_pixels: int = 100_000_000) -> None:
         self.max_pixels = max_pixels
@@ -114,7 +118,9 @@ class Extractor(ABC):
             return list(run(images))
         except Exception as exc:
             if len(images) == 1:
-                return [InvalidImage(f"{self.name} failed on this image: {exc}", 422)]
+                return [
+                    InvalidImage(f"{self.name} failed on this image: {exc}", self.failure_status)
+                ]
         # One odd image must not fail the batch it shares with other uploads: redo one by
         # one, and report the image that still fails as its own error.
         return [self._compute([img], query)[0] for img in images]

@@ -92,7 +92,11 @@ class ClipFeatures(ModelExtractor):
                 f"{what}: weights {self.pretrained!r} not in {where}; fetch them with "
                 f"{FETCH.format(feature='clip')}, or set options.weights to a file"
             ) from None
-        self.tokenizer = open_clip.get_tokenizer(self.model_name)
+        try:
+            # Hugging Face tokenizers (SigLIP, ...) come from the hub cache too.
+            self.tokenizer = open_clip.get_tokenizer(self.model_name)
+        except Exception as exc:
+            raise WeightsUnavailable(f"{what}: tokenizer unavailable: {exc}") from None
         return model, preprocess
 
     def _embed(self, batch: torch.Tensor) -> torch.Tensor:

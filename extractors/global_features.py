@@ -66,7 +66,9 @@ class GlobalFeatures(ModelExtractor):
         # The architecture on the meta device: its width and input size, no memory, no weights.
         with torch.device("meta"):
             arch: Any = timm.create_model(model, pretrained=False)
-        self.dim = int(arch.num_features)
+        # What forward_head(pre_logits=True) returns: for some models (MobileNetV3) a
+        # hidden layer after pooling, wider or narrower than the backbone's features.
+        self.dim = int(getattr(arch, "head_hidden_size", None) or arch.num_features)
         self._cfg = dict(arch.pretrained_cfg)
         size = self._cfg.get("input_size", (3, 224, 224))[-1]
         # Short side resized to size / crop_pct: both sides must reach it before any crop.

@@ -6,6 +6,8 @@ the store's generation, and rebuilt whenever that stamp does not match on start.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import threading
@@ -68,6 +70,7 @@ class StoredIndex(ABC):
         self._snapshot_generation = -1
         #: Ids written while a replacement index is being built (None: no build running).
         self._changed: set[int] | None = None
+        self._check_stored_width()
         self.index = self._load_or_rebuild()
 
     # --- what each kind defines -------------------------------------------------------
@@ -91,6 +94,27 @@ class StoredIndex(ABC):
         return raw.astype(np.float64)
 
     # --- loading and persistence ------------------------------------------------------
+    def _check_stored_width(self) -> None:
+        """Refuse a store whose features have another width (the model was changed)."""
+        first = next(self.store.items(), None)
+        want = self.width * self.dtype.itemsize
+        if first is not None and len(first[1]) != want:
+            raise ValueError(
+                f"{self.path} holds features of {len(first[1])} bytes, this index wants "
+                f"{want} (was the model changed?): use another data_dir, or delete {self.path} "
+                "and ingest again"
+            )
+
+    @property
+    def _stamp_tag(self) -> str:
+        """What besides the store's generation a snapshot must match (trained artefacts)."""
+        return ""
+
+    @property
+    def _index_width(self) -> int:
+        """The FAISS index's own ``d``."""
+        return self.dim
+
     @property
     def _snapshot_file(self) -> Path:
         return self.path / "index.faiss"
@@ -102,10 +126,11 @@ class StoredIndex(ABC):
     def _load_or_rebuild(self) -> Any:
         generation = self.store.generation
         try:
-            stamp = int(self._stamp_file.read_text())
+            number, _, tag = self._stamp_file.read_text().partition(" ")
+            stamp = int(number)
         except (OSError, ValueError):
-            stamp = -1
-        if stamp == generation and self._snapshot_file.exists():
+            stamp, tag = -1, ""
+        if stamp == generation and tag == self._stamp_tag and self._snapshot_file.exists():
             try:
                 index = self._read(str(self._snapshot_file))
             except RuntimeError as exc:  # a damaged snapshot is only a slower start
@@ -113,7 +138,7 @@ class StoredIndex(ABC):
             else:
                 # A cheap guard against a snapshot file older than its stamp (a crash between
                 # the two renames on a file system that reordered them).
-                if index.ntotal == self.store.count():
+                if index.ntotal == self.store.count() and index.d == self._index_width:
                     self._snapshot_generation = generation
                     return index
         log.info(
@@ -155,13 +180,14 @@ class StoredIndex(ABC):
                 # An in-memory copy under the lock, the slow disk write outside it: searches
                 # and adds wait for a memcpy, not for gigabytes going to disk.
                 blob = self._serialize(self.index)
+                tag = self._stamp_tag
             tmp = self._snapshot_file.with_suffix(".tmp")
             blob.tofile(tmp)
             _fsync(tmp)
             os.replace(tmp, self._snapshot_file)
             # The stamp goes last: a crash before it leaves an old stamp, hence a rebuild.
             stamp_tmp = self._stamp_file.with_suffix(".tmp")
-            stamp_tmp.write_text(str(generation))
+            stamp_tmp.write_text(f"{generation} {tag}".rstrip())
             _fsync(stamp_tmp)
             os.replace(stamp_tmp, self._stamp_file)
             _fsync(self.path)
@@ -198,7 +224,7 @@ class StoredIndex(ABC):
             if replaced:
                 self.index.remove_ids(np.asarray(replaced, dtype=np.int64))
             self.index.add_with_ids(self._indexable(arr), np.asarray(ids, dtype=np.int64))
-            if self._changed is not None:
+            if self._changed is not None:  # an adopt() is filling a new index
                 self._changed.update(ids)
         return len(ids)
 
@@ -347,17 +373,18 @@ class VectorIndex(StoredIndex):
     """Float vector index under L1, L2 or inner product: exact Flat, or a trained index.
 
     Inner-product scores are reported as distances ``1 - score`` so that smaller is closer
-    everywhere. Two optional artefacts next to the store, written by ``adopt`` (from
-    ``scripts/train_index.py``) and read on every start:
+    everywhere. ``adopt`` (from ``scripts/train_index.py``) installs trained artefacts, kept
+    in one file next to the store (``trained.npz``, replaced atomically) and read on start:
 
-    - ``whitening.faiss``: a FAISS PCA-whitening transform; stored vectors stay raw, and the
-      index holds (and queries are matched as) whitened, re-normalised vectors;
-    - ``trained.faiss``: an empty trained index from a factory string (IVF-PQ, OPQ, ...),
-      filled from LMDB. Its candidates are re-ranked by exact distances to the raw vectors
-      in LMDB (``rerank`` candidates), which buys back the recall that PQ codes lose.
+    - a FAISS PCA-whitening transform: stored vectors stay raw; the index holds (and queries
+      are matched as) whitened, re-normalised vectors;
+    - an empty trained index from a factory string (IVF-PQ, OPQ, ...), filled from LMDB. Its
+      candidates are re-ranked by exact distances to the raw vectors in LMDB (``rerank``
+      candidates), which buys back the recall that PQ codes lose.
 
-    Live settings (``configure``, no rebuild): ``nprobe``, ``rerank``, and the defaults of
-    alpha query expansion ``aqe_n`` / ``aqe_alpha`` (inner product only).
+    Live settings (``configure``, no rebuild, kept in ``live.json`` across restarts):
+    ``nprobe``, ``rerank``, and the defaults of alpha query expansion ``aqe_n`` /
+    ``aqe_alpha`` (inner product only).
     """
 
     dtype = np.dtype(np.float32)
@@ -377,14 +404,16 @@ class VectorIndex(StoredIndex):
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
         self.metric = metric
-        self.whitening: Any = None
-        self.trained = False
         self.live: dict[str, Any] = {}
-        path = Path(path)
-        if (path / "whitening.faiss").exists():
-            self.whitening = faiss.read_VectorTransform(str(path / "whitening.faiss"))
+        self.path = Path(path)
+        self.template, self.whitening, self._tag = self._read_artefacts()
         super().__init__(path, dim, **kwargs)
-        self.configure(nprobe=nprobe, rerank=rerank, aqe_n=aqe_n, aqe_alpha=aqe_alpha)
+        try:
+            saved = json.loads((self.path / "live.json").read_text())
+        except (OSError, ValueError):
+            saved = {}
+        defaults = {"nprobe": nprobe, "rerank": rerank, "aqe_n": aqe_n, "aqe_alpha": aqe_alpha}
+        self.configure(**{**defaults, **{k: v for k, v in saved.items() if k in self.LIVE}})
 
     @property
     def width(self) -> int:
@@ -392,20 +421,50 @@ class VectorIndex(StoredIndex):
         return self.dim
 
     @property
-    def _trained_file(self) -> Path:
-        return self.path / "trained.faiss"
+    def trained(self) -> bool:
+        """Whether a trained (approximate) index is in use."""
+        return self.template is not None
 
     @property
-    def _whitening_file(self) -> Path:
-        return self.path / "whitening.faiss"
+    def _index_width(self) -> int:
+        return int(self.whitening.d_out) if self.whitening is not None else self.dim
+
+    @property
+    def _stamp_tag(self) -> str:
+        return self._tag
+
+    @property
+    def _artefact_file(self) -> Path:
+        return self.path / "trained.npz"
+
+    @staticmethod
+    def _tag_of(parts: dict[str, bytes]) -> str:
+        if not parts:
+            return ""
+        digest = hashlib.sha1(usedforsecurity=False)
+        for key in sorted(parts):
+            digest.update(key.encode() + b"\0" + parts[key])
+        return digest.hexdigest()[:16]
+
+    def _read_artefacts(self) -> tuple[Any, Any, str]:
+        """(empty trained index or None, whitening or None, their tag) from disk."""
+        if not self._artefact_file.exists():
+            return None, None, ""
+        with np.load(self._artefact_file) as saved:
+            parts = {key: saved[key].tobytes() for key in saved.files}
+        return self._decode_artefacts(parts)
+
+    def _decode_artefacts(self, parts: dict[str, bytes]) -> tuple[Any, Any, str]:
+        white = transform_from_bytes(parts["whitening"]) if "whitening" in parts else None
+        template = None
+        if "index" in parts:
+            template = faiss.deserialize_index(np.frombuffer(parts["index"], np.uint8))
+        return template, white, self._tag_of(parts)
 
     def _new_index(self) -> Any:
-        if self._trained_file.exists():
-            self.trained = True
-            return self._ready(faiss.read_index(str(self._trained_file)))
-        self.trained = False
-        width = self.whitening.d_out if self.whitening is not None else self.dim
-        return faiss.IndexIDMap2(faiss.IndexFlat(width, METRICS[self.metric]))
+        if self.template is not None:
+            return self._ready(faiss.clone_index(self.template))
+        return faiss.IndexIDMap2(faiss.IndexFlat(self._index_width, METRICS[self.metric]))
 
     @staticmethod
     def _ready(index: Any) -> Any:
@@ -419,7 +478,6 @@ class VectorIndex(StoredIndex):
 
     def _load_or_rebuild(self) -> Any:
         index = super()._load_or_rebuild()
-        self.trained = self._trained_file.exists()
         if self.trained and (ivf := faiss.try_extract_index_ivf(index)) is not None:
             ivf.set_direct_map_type(HASHTABLE)
         return index
@@ -482,17 +540,13 @@ class VectorIndex(StoredIndex):
         return hits
 
     def _within(self, rows: np.ndarray, threshold: float) -> list[Hit]:
-        hits = super()._within(rows, threshold + (0.05 if self.trained else 0.0))
-        if not self.trained or not hits:
-            return hits
-        # Approximate distances widen the net a little; exact ones decide.
-        queries = rows
-        out: list[Hit] = []
-        ids, vecs = self._stored(np.asarray(sorted({i for i, _ in hits}), dtype=np.int64))
-        for q in range(len(rows)):
-            dists = self._exact(queries[q], vecs)
-            out += [(int(i), float(d)) for i, d in zip(ids, dists, strict=True) if d <= threshold]
-        return out
+        if not self.trained:
+            return super()._within(rows, threshold)
+        # Approximate distances (PQ, PCA) are too rough for a radius: the ``rerank`` nearest
+        # candidates, by exact distance, are filtered instead. So a trained index returns at
+        # most ``rerank`` results per query for a threshold search.
+        want = min(max(int(self.live["rerank"]), 1), self.index.ntotal)
+        return [(i, d) for i, d in self._nearest(rows, want) if d <= threshold]
 
     def _expand(self, rows: np.ndarray, n: int, alpha: float) -> np.ndarray:
         """Alpha query expansion (Radenovic et al.) of prepared rows: each query plus its
@@ -548,11 +602,18 @@ class VectorIndex(StoredIndex):
         if unknown:
             raise ValueError(f"not live settings: {sorted(unknown)}; live: {self.LIVE}")
         with self._lock:
+            changed = {k: v for k, v in live.items() if self.live.get(k) != v}
             self.live.update(live)
             if "nprobe" in live and faiss.try_extract_index_ivf(self.index) is not None:
                 faiss.ParameterSpace().set_index_parameter(
                     self.index, "nprobe", int(live["nprobe"])
                 )
+            if changed:
+                # Kept for a restart after a crash: Ray re-creates the actor with the
+                # options it was first made with, not the ones configured since.
+                tmp = self.path / "live.json.tmp"
+                tmp.write_text(json.dumps(self.live))
+                os.replace(tmp, self.path / "live.json")
 
     def sample(self, n: int, seed: int = 0) -> np.ndarray:
         """Up to ``n`` stored raw vectors, chosen at random: training data."""
@@ -567,62 +628,78 @@ class VectorIndex(StoredIndex):
         The new index is filled from LMDB while adds and removes go on against the old
         one; the ids they touch meanwhile are replayed into the new one before the swap.
         """
-        white = None
-        if whitening is not None:
-            white = transform_from_bytes(whitening)
-            if white.d_in != self.dim:
-                raise ValueError(f"whitening takes {white.d_in}-d vectors, not {self.dim}-d")
+        parts = {k: v for k, v in (("index", trained), ("whitening", whitening)) if v}
+        template, white, tag = self._decode_artefacts(parts)
+        if white is not None and white.d_in != self.dim:
+            raise ValueError(f"whitening takes {white.d_in}-d vectors, not {self.dim}-d")
         width = white.d_out if white is not None else self.dim
-        if trained is not None:
-            template = faiss.deserialize_index(np.frombuffer(trained, np.uint8))
-            if template.d != width or not template.is_trained or template.ntotal:
-                raise ValueError(
-                    f"need an empty trained {width}-d index, got {template.d}-d "
-                    f"(trained={template.is_trained}, ntotal={template.ntotal})"
-                )
+        if template is not None:
+            self._check_template(template, width)
             fresh = self._ready(faiss.clone_index(template))
         else:
-            template = None
             fresh = faiss.IndexIDMap2(faiss.IndexFlat(width, METRICS[self.metric]))
+        changed: set[int] = set()
         with self._lock:
-            self._changed = set()
+            if self._changed is not None:
+                raise ValueError("another index switch is running; retry when it is done")
+            self._changed = changed
         try:
             self._rebuild(fresh, lambda rows: self._indexable(rows, white) if white else rows)
-            with self._lock:
-                replay = sorted(self._changed)
-                if replay:
-                    fresh.remove_ids(np.asarray(replay, dtype=np.int64))
-                    values = self.store.get_many(replay)
-                    kept = [i for i, v in zip(replay, values, strict=True) if v is not None]
-                    if kept:
-                        raw = np.frombuffer(b"".join(v for v in values if v), np.float32)
-                        rows = raw.reshape(len(kept), self.dim)
-                        fresh.add_with_ids(
-                            self._indexable(rows, white) if white else rows,
-                            np.asarray(kept, dtype=np.int64),
-                        )
-                self._write_artefacts(template, white)
-                self.index, self.whitening = fresh, white
-                self.trained = template is not None
+            # The snapshot lock first (as snapshot() takes them): a snapshot of the old
+            # index being written now finishes before the swap, not after it.
+            with self._snapshot_lock, self._lock:
+                self._replay(fresh, sorted(changed), white)
+                self._write_artefacts(parts)
+                self.index, self.whitening, self.template, self._tag = fresh, white, template, tag
                 self._snapshot_generation = -1  # the old snapshot is of the old index
                 self.configure(**self.live)
         finally:
-            self._changed = None
+            with self._lock:
+                self._changed = None
         self.snapshot()
         return {"count": self.count, "trained": self.trained, "width": width}
 
-    def _write_artefacts(self, template: Any, white: Any) -> None:
-        # The stamp goes first: a crash between the files leaves a rebuild, never a mix.
-        self._stamp_file.unlink(missing_ok=True)
-        for target, obj, write in (
-            (self._trained_file, template, faiss.write_index),
-            (self._whitening_file, white, faiss.write_VectorTransform),
-        ):
-            if obj is None:
-                target.unlink(missing_ok=True)
-                continue
-            tmp = target.with_suffix(".tmp")
-            write(obj, str(tmp))
+    def _check_template(self, template: Any, width: int) -> None:
+        """A trained index must be empty, of the right width and metric, and able to
+        remove ids (re-adding an image replaces it)."""
+        if template.d != width or not template.is_trained or template.ntotal:
+            raise ValueError(
+                f"need an empty trained {width}-d index, got {template.d}-d "
+                f"(trained={template.is_trained}, ntotal={template.ntotal})"
+            )
+        if template.metric_type != METRICS[self.metric]:
+            raise ValueError(f"the trained index's metric is not this feature's {self.metric}")
+        probe = self._ready(faiss.clone_index(template))
+        try:
+            probe.add_with_ids(np.ones((1, width), np.float32), np.zeros(1, np.int64))
+            probe.remove_ids(np.zeros(1, np.int64))
+        except RuntimeError as exc:
+            raise ValueError(f"this index type cannot remove entries: {exc}") from None
+
+    def _replay(self, fresh: Any, ids: list[int], white: Any) -> None:
+        """Bring ``fresh`` up to date with LMDB for ``ids`` (written during its fill)."""
+        if not ids:
+            return
+        fresh.remove_ids(np.asarray(ids, dtype=np.int64))
+        values = self.store.get_many(ids)
+        kept = [i for i, v in zip(ids, values, strict=True) if v is not None]
+        if kept:
+            raw = np.frombuffer(b"".join(v for v in values if v), np.float32)
+            rows = raw.reshape(len(kept), self.dim)
+            fresh.add_with_ids(
+                self._indexable(rows, white) if white else rows, np.asarray(kept, np.int64)
+            )
+
+    def _write_artefacts(self, parts: dict[str, bytes]) -> None:
+        # One file, replaced in one rename: a crash leaves the old artefacts or the new ones,
+        # never a mix; the stamp names them, so a snapshot of the other index is not loaded.
+        target = self._artefact_file
+        if not parts:
+            target.unlink(missing_ok=True)
+        else:
+            tmp = self.path / "trained.tmp.npz"
+            arrays = {k: np.frombuffer(v, np.uint8) for k, v in parts.items()}
+            np.savez(tmp, **arrays)  # type: ignore[arg-type]
             _fsync(tmp)
             os.replace(tmp, target)
         _fsync(self.path)

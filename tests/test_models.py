@@ -152,3 +152,14 @@ def test_train_index_command_line_is_checked() -> None:
             parse_args([*argv, *(["--factory", "Flat"] if "--sample" in argv else [])])
     ns = parse_args(["clip", "--factory", "IVF64,PQ16", "--whiten", "128"])
     assert (ns.feature, ns.factory, ns.whiten, ns.flat) == ("clip", "IVF64,PQ16", 128, False)
+
+
+def test_width_is_what_the_head_returns(tmp_path: Path, photos: dict[str, bytes]) -> None:
+    import timm
+
+    # MobileNetV3 pools 576 channels, then a 1024-wide layer: that is the feature.
+    model = timm.create_model("mobilenetv3_small_100", pretrained=False)
+    torch.save(model.state_dict(), tmp_path / "m.pth")
+    ex = GlobalFeatures(model="mobilenetv3_small_100", weights=str(tmp_path / "m.pth"))
+    (feat,) = ex.extract_bytes([photos["Wine_by_Jakkub_Mede.jpg"]])
+    assert isinstance(feat, np.ndarray) and ex.dim == feat.shape[0] == 1024

@@ -119,3 +119,66 @@ def test_bad_training_inputs(filled: tuple[VectorIndex, np.ndarray], tmp_path: P
     l1.add([1, 2], x[:2])
     with pytest.raises(ValueError, match="inner-product"):
         l1.search(x[0], k=1, aqe_n=2)
+
+
+def test_threshold_search_on_a_trained_index_is_exact(
+    filled: tuple[VectorIndex, np.ndarray],
+) -> None:
+    idx, x = filled
+    flat = {q: _ids(idx.search(x[q], k=None, threshold=0.3)) for q in range(10)}
+    trained, _ = train(idx.sample(4000), "ip", "PCAR16,IVF16,PQ8", None)
+    idx.adopt(trained, None)
+    idx.configure(nprobe=16, rerank=400)
+    for q, want in flat.items():
+        assert len(want) < 400  # within what the re-ranking looks at
+        assert _ids(idx.search(x[q], k=None, threshold=0.3)) == want
+
+
+def test_index_types_that_cannot_serve_are_refused(
+    filled: tuple[VectorIndex, np.ndarray],
+) -> None:
+    idx, x = filled
+    hnsw, _ = train(x, "ip", "HNSW16", None)
+    with pytest.raises(ValueError, match="cannot remove"):
+        idx.adopt(hnsw, None)
+    l2, _ = train(x, "l2", "IVF8,Flat", None)
+    with pytest.raises(ValueError, match="metric"):
+        idx.adopt(l2, None)
+    # One switch at a time: a second one while the first fills would lose its writes.
+    idx._changed = set()
+    with pytest.raises(ValueError, match="another index switch"):
+        idx.adopt(None, None)
+    idx._changed = None
+    assert not idx.trained and idx.count == 4000
+
+
+def test_a_snapshot_of_the_old_index_is_not_loaded_with_new_artefacts(tmp_path: Path) -> None:
+    """What a snapshot written during adopt() would leave: the old index, a current stamp."""
+    x = _embeddings(1000)
+    idx = VectorIndex(tmp_path, 64, metric="ip")
+    idx.add(list(range(1000)), x)
+    assert idx.snapshot()
+    old = {f: (tmp_path / f).read_bytes() for f in ("index.faiss", "index.stamp")}
+    trained, white = train(idx.sample(1000), "ip", "IVF8,Flat", 16)
+    idx.adopt(trained, white)
+    idx.close()
+    for name, data in old.items():
+        (tmp_path / name).write_bytes(data)
+    again = VectorIndex(tmp_path, 64, metric="ip")
+    assert again.trained and again.index.d == 16 and again.count == 1000
+    assert again.search(x[3], k=1)[0][0] == 3
+
+
+def test_live_settings_survive_a_restart(filled: tuple[VectorIndex, np.ndarray]) -> None:
+    idx, _ = filled
+    idx.configure(nprobe=5, aqe_n=2)
+    idx.close()
+    again = VectorIndex(idx.path, 64, metric="ip")  # as Ray re-creates a crashed actor
+    assert (again.live["nprobe"], again.live["aqe_n"]) == (5, 2)
+
+
+def test_a_store_of_another_width_is_refused(filled: tuple[VectorIndex, np.ndarray]) -> None:
+    idx, _ = filled
+    idx.close()
+    with pytest.raises(ValueError, match="was the model changed"):
+        VectorIndex(idx.path, 32, metric="ip")
