@@ -3,6 +3,7 @@
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageEnhance
 
@@ -12,6 +13,15 @@ def encode(img: Image.Image, fmt: str = "JPEG", **params: object) -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt, **params)
     return buf.getvalue()
+
+
+def store_photos(client: Any, photos: dict[str, bytes], features: dict[str, str]) -> None:
+    """POST every photo as ids 1..n in name order; each must store exactly ``features``."""
+    for i, (name, data) in enumerate(sorted(photos.items()), start=1):
+        upload = {"image": (name, data, "image/jpeg")}
+        r = client.post("/images", files=upload, data={"image_id": i})
+        assert r.status_code == 200, r.text
+        assert r.json() == {"image_id": i, "file_name": name, "features": features}
 
 
 def png_bomb(side: int = 20000) -> bytes:

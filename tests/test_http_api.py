@@ -4,7 +4,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningApp
-from tests.helpers import png_bomb, reencode
+from tests.helpers import png_bomb, reencode, store_photos
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -15,14 +15,7 @@ WINE = "Wine_by_Jakkub_Mede.jpg"
 def client(app: RunningApp, photos: dict[str, bytes]) -> httpx.Client:
     """A client of an app that holds every test photo, with ids 1..n in name order."""
     c = httpx.Client(base_url=app.url, timeout=60)
-    for i, (name, data) in enumerate(sorted(photos.items()), start=1):
-        r = c.post("/images", files={"image": (name, data, "image/jpeg")}, data={"image_id": i})
-        assert r.status_code == 200, r.text
-        assert r.json() == {
-            "image_id": i,
-            "file_name": name,
-            "features": {"phash": "ok", "color": "ok"},
-        }
+    store_photos(c, photos, {"phash": "ok", "color": "ok"})
     return c
 
 

@@ -10,7 +10,7 @@ from deployments.config import AppArgs
 from scripts.ingest import ingest
 from scripts.train_index import run as train_and_adopt
 from tests.conftest import RunningApp
-from tests.helpers import reencode, tiny_clip_dir, transformed
+from tests.helpers import reencode, store_photos, tiny_clip_dir, transformed
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -34,10 +34,7 @@ def app_overrides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]
 def client(app: RunningApp, photos: dict[str, bytes]) -> httpx.Client:
     """A client of an app that holds every test photo, with ids 1..n in name order."""
     c = httpx.Client(base_url=app.url, timeout=60)
-    for i, (name, data) in enumerate(sorted(photos.items()), start=1):
-        r = c.post("/images", files={"image": (name, data, "image/jpeg")}, data={"image_id": i})
-        assert r.status_code == 200, r.text
-        assert r.json()["features"] == {"phash": "ok", "global": "ok", "clip": "ok"}
+    store_photos(c, photos, {"phash": "ok", "global": "ok", "clip": "ok"})
     return c
 
 
