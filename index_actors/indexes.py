@@ -115,6 +115,10 @@ class StoredIndex(ABC):
         """The FAISS index's own ``d``."""
         return self.dim
 
+    def _expected_total(self) -> int:
+        """Entries the FAISS index must hold to match the store (one per image here)."""
+        return self.store.count()
+
     @property
     def _snapshot_file(self) -> Path:
         return self.path / "index.faiss"
@@ -138,7 +142,7 @@ class StoredIndex(ABC):
             else:
                 # A cheap guard against a snapshot file older than its stamp (a crash between
                 # the two renames on a file system that reordered them).
-                if index.ntotal == self.store.count() and index.d == self._index_width:
+                if index.ntotal == self._expected_total() and index.d == self._index_width:
                     self._snapshot_generation = generation
                     return index
         log.info(

@@ -1,0 +1,318 @@
+"""The keypoint index: find stored images that contain a crop of the query (Ray-free).
+
+Each image's keypoints and descriptors are one LMDB value (``extractors.local.pack`` with an
+8-byte header: the first descriptor id of the image). Its descriptors get consecutive ids in
+one FAISS index, so descriptor id -> image id is a binary search over sorted id ranges kept
+in memory (``RangeMap``), rebuilt from LMDB on start. A search votes per image over the k
+nearest descriptors of each query descriptor, then re-matches the best candidates mutually
+(kornia ``match_smnn``) and counts the RANSAC (MAGSAC++) inliers of a homography.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import faiss
+import numpy as np
+
+from extractors.local import DESC, pack, unpack
+from index_actors.indexes import Hit, StoredIndex, UnknownImage
+from index_actors.store import id_key
+
+_START = struct.Struct(">q")
+_NEXT_KEY = b"next_descriptor"
+
+
+class RangeMap:
+    """Descriptor id -> image id over sorted, disjoint ranges [start, end)."""
+
+    def __init__(self) -> None:
+        self.starts = np.empty(0, np.int64)
+        self.ends = np.empty(0, np.int64)
+        self.images = np.empty(0, np.int64)
+
+    def load(self, entries: Iterable[tuple[int, int, int]]) -> None:
+        """Replace everything by (image id, start, count) entries."""
+        rows = sorted((s, s + n, i) for i, s, n in entries if n)
+        arr = np.array(rows, np.int64).reshape(-1, 3)
+        self.starts, self.ends, self.images = arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy()
+
+    def add(self, image_id: int, start: int, count: int) -> None:
+        """A new range (ids only grow, so it goes last)."""
+        if count:
+            assert not len(self.starts) or start >= self.ends[-1]
+            self.starts = np.append(self.starts, start)
+            self.ends = np.append(self.ends, start + count)
+            self.images = np.append(self.images, image_id)
+
+    def remove(self, start: int) -> None:
+        """Forget the range that begins at ``start``."""
+        at = np.searchsorted(self.starts, start)
+        if at < len(self.starts) and self.starts[at] == start:
+            keep = np.arange(len(self.starts)) != at
+            self.starts, self.ends, self.images = (
+                self.starts[keep],
+                self.ends[keep],
+                self.images[keep],
+            )
+
+    def lookup(self, ids: np.ndarray) -> np.ndarray:
+        """Image id of each descriptor id; -1 where none (deleted, or FAISS's -1)."""
+        at = np.searchsorted(self.starts, ids, side="right") - 1
+        ok = (at >= 0) & (ids >= 0)
+        at = np.clip(at, 0, max(len(self.starts) - 1, 0))
+        if len(self.starts):
+            ok &= ids < self.ends[at]
+            return np.where(ok, self.images[at], -1)
+        return np.full(len(ids), -1, np.int64)
+
+    @property
+    def descriptors(self) -> int:
+        """How many descriptor ids the ranges cover."""
+        return int((self.ends - self.starts).sum())
+
+
+class KeypointIndex(StoredIndex):
+    """Images by their local features; ``search`` scores by geometrically verified matches.
+
+    The distance of a hit is ``1 / (1 + inliers)``: smaller is closer, as everywhere.
+    """
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, path: str | Path, dim: int = DESC, **kwargs: Any) -> None:
+        self.ranges = RangeMap()
+        super().__init__(path, dim, **kwargs)
+
+    @property
+    def width(self) -> int:
+        """Bytes of one descriptor."""
+        return self.dim
+
+    def _check_stored_width(self) -> None:
+        pass  # variable-length values; the descriptor width is fixed by the format
+
+    def _new_index(self) -> Any:
+        # Descriptors are bytes already: the 8-bit "direct" quantiser stores them as they
+        # are (128 B each, exact L2), a quarter of a float index.
+        sq = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_8bit_direct)
+        return faiss.IndexIDMap(sq)
+
+    def _read(self, path: str) -> Any:
+        return faiss.read_index(path)
+
+    def _serialize(self, index: Any) -> np.ndarray:
+        return faiss.serialize_index(index)
+
+    @staticmethod
+    def _split(value: bytes | memoryview) -> tuple[int, np.ndarray]:
+        start = _START.unpack_from(value, 0)[0]
+        return start, np.frombuffer(value, np.uint8, offset=_START.size)
+
+    def _load_or_rebuild(self) -> Any:
+        entries = []
+        for image_id, value in self.store.items():
+            start, packed = self._split(value)
+            entries.append((image_id, start, int(packed[:4].view("<u4")[0])))
+        self.ranges.load(entries)
+        return super()._load_or_rebuild()
+
+    def _rebuild(self, index: Any = None, prepare: Any = None) -> Any:
+        index = self._new_index() if index is None else index
+        for _, value in self.store.items():
+            start, packed = self._split(value)
+            _, desc = unpack(packed)
+            if len(desc):
+                index.add_with_ids(desc.astype(np.float32), np.arange(start, start + len(desc)))
+        return index
+
+    def _expected_total(self) -> int:
+        return self.ranges.descriptors
+
+    # --- writes ---------------------------------------------------------------------
+    def add(self, ids: list[int], features: Any) -> int:
+        """Store packed keypoint features (one per id); re-adding an id replaces it."""
+        if len(ids) != len(features):
+            raise ValueError(f"{len(ids)} ids for {len(features)} features")
+        if len(set(ids)) != len(ids):
+            raise ValueError("duplicate ids in one add")
+        parsed = [unpack(np.asarray(f, np.uint8)) for f in features]
+        with self._lock:
+            env, store = self.store.env, self.store
+            with env.begin(write=True) as txn:
+                raw = txn.get(_NEXT_KEY, db=store.meta)
+                next_id = int(raw) if raw else 0
+                starts, old = [], []
+                for image_id, (points, desc) in zip(ids, parsed, strict=True):
+                    value = _START.pack(next_id) + pack(points, desc).tobytes()
+                    previous = txn.replace(id_key(image_id), value, db=store.features)
+                    if previous is not None:
+                        old.append(self._split(previous))
+                    starts.append(next_id)
+                    next_id += len(desc)
+                txn.put(_NEXT_KEY, str(next_id).encode(), db=store.meta)
+                store._bump(txn)
+            # LMDB committed: the add is durable; now the derived index and ranges.
+            for start, packed in old:
+                self._drop(start, packed)
+            for image_id, start, (_, desc) in zip(ids, starts, parsed, strict=True):
+                if len(desc):
+                    ids_ = np.arange(start, start + len(desc), dtype=np.int64)
+                    self.index.add_with_ids(desc.astype(np.float32), ids_)
+                self.ranges.add(image_id, start, len(desc))
+        return len(ids)
+
+    def _drop(self, start: int, packed: np.ndarray) -> None:
+        count = int(packed[:4].view("<u4")[0])
+        if count:
+            self.index.remove_ids(faiss.IDSelectorRange(start, start + count))
+        self.ranges.remove(start)
+
+    def remove(self, ids: list[int]) -> list[int]:
+        """Delete images; returns the ids that were stored."""
+        with self._lock:
+            values = self.store.get_many(ids)
+            removed = self.store.delete(ids)
+            for value in values:
+                if value is not None:
+                    self._drop(*self._split(value))
+            return removed
+
+    def get(self, image_id: int) -> np.ndarray:
+        """The packed keypoints and descriptors of a stored image."""
+        raw = self.store.get(image_id)
+        if raw is None:
+            raise UnknownImage(image_id)
+        return self._split(raw)[1].copy()
+
+    @property
+    def count(self) -> int:
+        """Stored images (with or without keypoints)."""
+        return self.store.count()
+
+    # --- search -----------------------------------------------------------------------
+    def search(
+        self,
+        queries: Any,
+        k: int | None = 20,
+        threshold: float | None = None,
+        exclude: int | None = None,
+        k_clusters: int = 5,
+        knn_min_matches: int = 1,
+        matching_threshold: float = 120.0,
+        candidates: int = 20,
+        use_smnn_matching: bool = True,
+        smnn_match_threshold: float = 0.85,
+        use_ransac: bool = True,
+    ) -> list[Hit]:
+        """Stored images containing the query (one or more packed variants, as rows).
+
+        Per query descriptor its ``k_clusters`` nearest stored descriptors within
+        ``matching_threshold`` (L2) vote for their image; the ``candidates`` images with the
+        most votes (at least ``knn_min_matches``) are re-matched mutually and verified by a
+        homography. Each image keeps its best variant. ``threshold`` keeps hits with a
+        distance ``1 / (1 + inliers)`` at most that.
+        """
+        rows = np.atleast_2d(np.asarray(queries, np.uint8))
+        scores: dict[int, int] = {}
+        for row in rows:
+            points, desc = unpack(row)
+            if not len(desc):
+                continue
+            for image_id, score in self._score(
+                points,
+                desc,
+                k_clusters,
+                knn_min_matches,
+                matching_threshold,
+                candidates,
+                use_smnn_matching,
+                smnn_match_threshold,
+                use_ransac,
+                exclude,
+            ):
+                scores[image_id] = max(scores.get(image_id, 0), score)
+        hits = sorted(
+            ((i, 1.0 / (1 + s)) for i, s in scores.items() if s > 0), key=lambda h: (h[1], h[0])
+        )
+        if threshold is not None:
+            hits = [h for h in hits if h[1] <= threshold]
+        return hits[:k] if k is not None else hits
+
+    def _score(
+        self,
+        points: np.ndarray,
+        desc: np.ndarray,
+        k_clusters: int,
+        knn_min_matches: int,
+        matching_threshold: float,
+        candidates: int,
+        use_smnn: bool,
+        smnn_threshold: float,
+        use_ransac: bool,
+        exclude: int | None,
+    ) -> list[tuple[int, int]]:
+        with self._lock:
+            if self.index.ntotal == 0:
+                return []
+            dists, labels = self.index.search(
+                desc.astype(np.float32), min(k_clusters, self.index.ntotal)
+            )
+            owners = self.ranges.lookup(labels.ravel()).reshape(labels.shape)
+        close = (np.sqrt(np.maximum(dists, 0)) < matching_threshold) & (owners >= 0)
+        # One vote per query descriptor and image, however many of its neighbours agree.
+        voted = {(q, int(owners[q, j])) for q, j in zip(*np.nonzero(close), strict=True)}
+        votes: dict[int, int] = {}
+        for _, image_id in voted:
+            if image_id != exclude:
+                votes[image_id] = votes.get(image_id, 0) + 1
+        ranked = sorted(
+            ((i, v) for i, v in votes.items() if v >= knn_min_matches), key=lambda iv: -iv[1]
+        )[:candidates]
+        if not use_smnn:
+            return ranked
+        out = []
+        for image_id, _ in ranked:
+            raw = self.store.get(image_id)
+            if raw is None:
+                continue
+            their_points, their_desc = unpack(self._split(raw)[1])
+            matches = _mutual_matches(desc, their_desc, smnn_threshold)
+            if use_ransac:
+                score = _inliers(points[matches[:, 0]], their_points[matches[:, 1]])
+            else:
+                score = len(matches)
+            out.append((image_id, score))
+        return out
+
+
+def _mutual_matches(a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
+    """Index pairs of mutual nearest neighbours passing the second-nearest ratio test."""
+    import torch
+    from kornia.feature import match_smnn
+
+    if len(a) < 2 or len(b) < 2:
+        return np.empty((0, 2), np.int64)
+    ta = torch.from_numpy(a.astype(np.float32))
+    tb = torch.from_numpy(b.astype(np.float32))
+    _, idx = match_smnn(ta, tb, threshold)
+    return idx.numpy().astype(np.int64).reshape(-1, 2)
+
+
+def _inliers(src: np.ndarray, dst: np.ndarray) -> int:
+    """Inliers of a MAGSAC++ homography between matched points (0 under 4 matches)."""
+    if len(src) < 4:
+        return 0
+    _, mask = cv2.findHomography(
+        src.astype(np.float32),
+        dst.astype(np.float32),
+        cv2.USAC_MAGSAC,
+        4.0,
+        confidence=0.999,
+        maxIters=2000,
+    )
+    return int(mask.sum()) if mask is not None else 0

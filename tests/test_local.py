@@ -1,0 +1,133 @@
+"""Local features (issue 4, first step, no Ray): keypoint selection, RootSIFT, the keypoint
+index with its descriptor-id ranges, and finding crops and the classic pairs."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from extractors.local import LocalFeatures, pack, unpack
+from index_actors.keypoints import KeypointIndex, RangeMap
+from tests.helpers import encode
+
+PAIRS = Path(__file__).resolve().parent.parent.parent / "shared" / "photos" / "pairs"
+needs_pairs = pytest.mark.skipif(not PAIRS.is_dir(), reason="../shared/photos/pairs absent")
+
+
+@pytest.fixture(scope="module")
+def local() -> LocalFeatures:
+    return LocalFeatures()
+
+
+def _crop(data: bytes, area: float, mirror: bool = False) -> bytes:
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    w, h = img.size
+    s = area**0.5
+    crop = img.crop((int(w * 0.2), int(h * 0.2), int(w * (0.2 + s)), int(h * (0.2 + s))))
+    return encode(ImageOps.mirror(crop) if mirror else crop, "JPEG", quality=90)
+
+
+def test_selection_follows_the_seed_rules(local: LocalFeatures, photos: dict[str, bytes]) -> None:
+    for data in list(photos.values())[:4]:
+        (feat,) = local.extract_bytes([data])
+        points, desc = unpack(feat)
+        assert 0 < len(points) <= 200 and desc.shape == (len(points), 128)
+        assert desc.dtype == np.uint8 and desc.max() > 0
+        w, h = Image.open(io.BytesIO(data)).size
+        quadrant = (points[:, 0] >= w / 2).astype(int) + 2 * (points[:, 1] >= h / 2)
+        assert np.bincount(quadrant, minlength=4).max() <= 50
+    flat = encode(Image.new("L", (300, 200), 128), "PNG")
+    (feat,) = local.extract_bytes([flat])
+    assert len(unpack(feat)[0]) == 0  # no keypoints is a result, not an error
+
+
+def test_pack_round_trip_and_padded_variants(
+    local: LocalFeatures, photos: dict[str, bytes]
+) -> None:
+    pts = np.array([[1.5, 2.5], [3, 4]], np.float32)
+    desc = np.arange(256, dtype=np.uint8).reshape(2, 128)
+    got = unpack(np.pad(pack(pts, desc), (0, 40)))
+    assert np.array_equal(got[0], pts) and np.array_equal(got[1], desc)
+    (variants,) = local.extract_bytes([next(iter(photos.values()))], query=True)
+    assert variants.ndim == 2 and len(variants) == 2  # the image and its mirror
+
+
+def test_range_map_lookup() -> None:
+    ranges = RangeMap()
+    ranges.load([(7, 0, 3), (9, 3, 2), (4, 10, 0)])
+    ranges.add(5, 20, 4)
+    ids = np.array([0, 2, 3, 4, 5, 19, 20, 23, 24, -1])
+    assert ranges.lookup(ids).tolist() == [7, 7, 9, 9, -1, -1, 5, 5, -1, -1]
+    ranges.remove(3)
+    assert ranges.lookup(np.array([3, 4])).tolist() == [-1, -1] and ranges.descriptors == 7
+
+
+@pytest.fixture(scope="module")
+def stored(
+    local: LocalFeatures, photos: dict[str, bytes], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[KeypointIndex, list[str]]:
+    names = sorted(photos)
+    blobs = [photos[n] for n in names]
+    if PAIRS.is_dir():
+        names += ["graf1.png", "box_in_scene.png"]
+        blobs += [(PAIRS / "graf1.png").read_bytes(), (PAIRS / "box_in_scene.png").read_bytes()]
+    idx = KeypointIndex(tmp_path_factory.mktemp("local"))
+    idx.add(list(range(len(blobs))), local.extract_bytes(blobs))
+    return idx, names
+
+
+def _top(idx: KeypointIndex, local: LocalFeatures, data: bytes, names: list[str]) -> str | None:
+    (query,) = local.extract_bytes([data], query=True)
+    hits = idx.search(query, k=1)
+    return names[hits[0][0]] if hits else None
+
+
+@needs_pairs
+@pytest.mark.parametrize(
+    ("query", "want"), [("graf3.png", "graf1.png"), ("box.png", "box_in_scene.png")]
+)
+def test_the_classic_pairs_are_found(
+    stored: tuple[KeypointIndex, list[str]], local: LocalFeatures, query: str, want: str
+) -> None:
+    idx, names = stored
+    assert _top(idx, local, (PAIRS / query).read_bytes(), names) == want
+
+
+@pytest.mark.parametrize(("area", "mirror"), [(0.5, False), (0.25, False), (0.5, True)])
+def test_crops_find_their_photo(
+    stored: tuple[KeypointIndex, list[str]],
+    local: LocalFeatures,
+    photos: dict[str, bytes],
+    area: float,
+    mirror: bool,
+) -> None:
+    idx, names = stored
+    name = "Bridge_by_Sander_Klootwijk.jpg"
+    assert _top(idx, local, _crop(photos[name], area, mirror), names) == name
+
+
+def test_replace_remove_and_reopen(
+    local: LocalFeatures, photos: dict[str, bytes], tmp_path: Path
+) -> None:
+    blobs = list(photos.values())
+    feats = local.extract_bytes(blobs)
+    idx = KeypointIndex(tmp_path)
+    idx.add(list(range(len(blobs))), feats)
+    total = idx.index.ntotal
+    idx.add([0], [feats[1]])  # image 0 now holds image 1's features
+    assert idx.count == len(blobs) and idx.index.ntotal == idx.ranges.descriptors
+    (query,) = local.extract_bytes([_crop(blobs[1], 0.5)], query=True)
+    assert {i for i, _ in idx.search(query, k=2)} == {0, 1}
+    assert idx.remove([0, 99]) == [0]
+    assert idx.search(query, k=1)[0][0] == 1
+    idx.close()
+    again = KeypointIndex(tmp_path)  # from the snapshot
+    assert again.count == len(blobs) - 1 and again.index.ntotal == again.ranges.descriptors
+    assert again.index.ntotal < total and again.search(query, k=1)[0][0] == 1
+    again.store.close()  # no snapshot: the next open rebuilds from LMDB
+    (tmp_path / "index.stamp").unlink()
+    rebuilt = KeypointIndex(tmp_path)  # from LMDB
+    assert rebuilt.index.ntotal == again.index.ntotal
+    assert rebuilt.search(query, k=1)[0][0] == 1
