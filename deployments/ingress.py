@@ -14,6 +14,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.config import SEED_NAMES, AppArgs
 from deployments.fusion import fuse
 from extractors import REGISTRY, InvalidImage, WeightsUnavailable, build_extractor
+from extractors.local import unpack
 from index_actors.actor import catalog_actor, index_actor
 from index_actors.indexes import Hit, UnknownImage
 
@@ -194,6 +195,54 @@ class Ingress:
         if a is not None:
             out["aqe_alpha"] = a
         return out
+
+    @staticmethod
+    def _searchable(queries: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Query features minus local ones without a keypoint; 422 when none is left."""
+        empty = [
+            n
+            for n, q in queries.items()
+            if REGISTRY[n].kind == "keypoints"
+            and not any(len(unpack(row)[0]) for row in np.atleast_2d(q))
+        ]
+        if empty and len(empty) == len(queries):
+            raise HTTPException(
+                422, "no keypoints found in this image (a flat or tiny image?): nothing to match"
+            )
+        return {n: q for n, q in queries.items() if n not in empty}
+
+    @staticmethod
+    def _seed_local(values: dict[str, Any]) -> dict[str, Any]:
+        """The seed's local-features parameters; unset ones keep the seed's defaults (votes
+        only: no mutual matching, no RANSAC)."""
+        out: dict[str, Any] = {
+            flag: bool(_int_field(values.get(flag), flag, required=False))
+            for flag in ("use_smnn_matching", "use_ransac")
+        }
+        k_clusters = _int_field(values.get("k_clusters"), "k_clusters", required=False)
+        if k_clusters is not None:
+            if not 1 <= k_clusters <= 100:
+                raise HTTPException(422, f"k_clusters must be 1 to 100, got {k_clusters}")
+            out["k_clusters"] = k_clusters
+        least = _int_field(values.get("knn_min_matches"), "knn_min_matches", required=False)
+        if least is not None:
+            out["knn_min_matches"] = max(1, least)
+        for field in ("matching_threshold", "smnn_match_threshold"):
+            value = _float_field(values.get(field), field)
+            if value is not None:
+                out[field] = value
+        return out
+
+    async def _local_listing(self, hits: list[Hit]) -> list[dict]:
+        """The seed's local-features answer: matches (inliers, or votes) per image."""
+        return [
+            {
+                "image_id": r["image_id"],
+                "matches": round(1 / r["distance"] - 1),
+                "file_name": r["file_name"],
+            }
+            for r in await self._listing(hits)
+        ]
 
     def _extra(self, names: list[str], aqe: dict[str, Any]) -> dict[str, dict[str, Any]]:
         """Per-feature search options: query expansion goes to inner-product features only."""
@@ -417,6 +466,7 @@ class Ingress:
         queries, failed = await self._extract(data, names, query=True)
         if not queries:
             raise HTTPException(503, f"no feature could be computed: {failed}")
+        queries = self._searchable(queries)
         k_each = kk if only_dups else max(kk, self.args.fusion.candidates)
         thresholds: dict[str, float | None] = {"phash": dup} if only_dups else {}
         lists = await self._search(queries, k_each, thresholds, self._extra(names, aqe))
@@ -606,6 +656,7 @@ class Ingress:
         queries, failed = await self._extract(data, list(self.indexes), query=True)
         if not queries:
             raise HTTPException(503, f"no feature could be computed: {failed}")
+        queries = self._searchable(queries)
         # The seed gateway's numbers: 200 candidates per service, 20 of each listed.
         lists = await self._search(queries, 200, {})
         fused = await self._fused(lists, 200, threshold)
@@ -679,6 +730,9 @@ class Ingress:
         image_id = _int_field(body.get("image_id"), "image_id")
         assert image_id is not None
         k, t = self._seed_mode(name, body.get("k"), body.get("distance_threshold"))
+        if name == "local":
+            hits = await self._by_id(name, image_id, k, t, self._seed_local(body))
+            return JSONResponse(await self._local_listing(hits))
         aqe = self._extra([name], self._aqe(body.get("aqe_n"), body.get("aqe_alpha")))[name]
         hits = await self._by_id(name, image_id, k, t, aqe)
         return JSONResponse(await self._listing(hits))
@@ -700,14 +754,37 @@ class Ingress:
         distance_threshold: str | None = Form(None),
         aqe_n: str | None = Form(None),
         aqe_alpha: str | None = Form(None),
+        k_clusters: str | None = Form(None),
+        knn_min_matches: str | None = Form(None),
+        matching_threshold: str | None = Form(None),
+        use_smnn_matching: str | None = Form(None),
+        smnn_match_threshold: str | None = Form(None),
+        use_ransac: str | None = Form(None),
     ) -> JSONResponse:
-        """Seed service: nearest stored images to an upload (phash: mirrored too)."""
+        """Seed service: nearest stored images to an upload (phash and local: mirrored too;
+        local takes the seed's matching parameters and answers ``matches`` per image)."""
         name = self._seed_feature(svc)
         kk, t = self._seed_mode(name, k, distance_threshold)
-        extra = self._extra([name], self._aqe(aqe_n, aqe_alpha))
+        if name == "local":
+            extra = {
+                name: self._seed_local(
+                    {
+                        "k_clusters": k_clusters,
+                        "knn_min_matches": knn_min_matches,
+                        "matching_threshold": matching_threshold,
+                        "use_smnn_matching": use_smnn_matching,
+                        "smnn_match_threshold": smnn_match_threshold,
+                        "use_ransac": use_ransac,
+                    }
+                )
+            }
+        else:
+            extra = self._extra([name], self._aqe(aqe_n, aqe_alpha))
         data = await self._read(image)
         queries, failed = await self._extract(data, [name], query=True)
         if name in failed:
             raise HTTPException(503, failed[name])
-        hits = (await self._search(queries, kk, {name: t}, extra))[name]
+        hits = (await self._search(self._searchable(queries), kk, {name: t}, extra))[name]
+        if name == "local":
+            return JSONResponse(await self._local_listing(hits))
         return JSONResponse(await self._listing(hits))

@@ -9,10 +9,11 @@ from extractors.clip import ClipFeatures
 from extractors.color import ColorHistogram
 from extractors.global_features import GlobalFeatures
 from extractors.images import InvalidImage, decode
+from extractors.local import LocalFeatures
 from extractors.phash import PHash
 
 REGISTRY: dict[str, type[Extractor]] = {
-    cls.name: cls for cls in (PHash, ColorHistogram, GlobalFeatures, ClipFeatures)
+    cls.name: cls for cls in (PHash, ColorHistogram, LocalFeatures, GlobalFeatures, ClipFeatures)
 }
 
 
@@ -32,6 +33,7 @@ __all__ = [
     "Extractor",
     "GlobalFeatures",
     "InvalidImage",
+    "LocalFeatures",
     "PHash",
     "WeightsUnavailable",
     "build_extractor",

@@ -57,7 +57,7 @@ class Extractor(ABC):
 
     @property
     def nbytes(self) -> int:
-        """Bytes of one stored feature."""
+        """Bytes of one stored feature (of one descriptor, for keypoints)."""
         if self.kind == "binary":
             return self.dim // 8
         return self.dim * np.dtype(self.dtype).itemsize

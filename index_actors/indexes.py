@@ -714,6 +714,10 @@ KINDS: dict[str, type[StoredIndex]] = {"binary": BinaryIndex, "vector": VectorIn
 
 def build_index(kind: str, path: str | Path, dim: int, **options: Any) -> StoredIndex:
     """The index class for a feature kind, opened at ``path``."""
+    if kind == "keypoints":
+        from index_actors.keypoints import KeypointIndex  # it builds on this module
+
+        return KeypointIndex(path, dim, **options)
     try:
         cls = KINDS[kind]
     except KeyError:

@@ -243,6 +243,12 @@ class KeypointIndex(StoredIndex):
             hits = [h for h in hits if h[1] <= threshold]
         return hits[:k] if k is not None else hits
 
+    def search_by_id(
+        self, image_id: int, k: int | None = 20, threshold: float | None = None, **options: Any
+    ) -> list[Hit]:
+        """Images that share a region with a stored image (itself left out)."""
+        return self.search(self.get(image_id)[None, :], k, threshold, image_id, **options)
+
     def _score(
         self,
         points: np.ndarray,
