@@ -1,11 +1,14 @@
 """Local features through the real graph: crops found over HTTP, seed routes, no keypoints."""
 
 import io
+from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 
+from deployments.config import AppArgs
+from scripts.ingest import ingest
 from tests.conftest import RunningApp
 from tests.helpers import encode, store_photos
 
@@ -85,3 +88,20 @@ def test_an_image_without_keypoints(client: httpx.Client) -> None:
     # Stored without local matches, not refused.
     r = client.post("/images", files={"image": ("flat.png", flat)})
     assert r.status_code == 200 and r.json()["features"]["local"] == "ok"
+
+
+def test_ray_data_ingest_computes_local_features(
+    client: httpx.Client, app: RunningApp, photos: dict[str, bytes], tmp_path: Path
+) -> None:
+    names = sorted(photos)[:3]
+    for name in names:
+        (tmp_path / f"big_{name}").write_bytes(photos[name])
+    args = AppArgs.model_validate(
+        {"name": app.name, "data_dir": str(app.data_dir), "features": {"phash": {}, "local": {}}}
+    )
+    report = ingest(tmp_path, args, batch_size=2, progress=False)
+    assert (report.stored, report.failed) == (3, []), report.summary()
+    stored = client.get("/images", params={"file_name": f"big_{names[0]}"}).json()
+    assert stored["features"] == ["phash", "local"]
+    r = client.get(f"/search/similar/{stored['image_id']}", params={"feature": "local", "k": 1})
+    assert r.json()["results"][0]["file_name"] == names[0]  # the same photo, uploaded
