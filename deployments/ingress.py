@@ -14,7 +14,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.config import SEED_NAMES, AppArgs
 from deployments.fusion import fuse
 from extractors import REGISTRY, InvalidImage, WeightsUnavailable, build_extractor
-from extractors.local import unpack
+from extractors.local import keypoint_count
 from index_actors.actor import catalog_actor, index_actor
 from index_actors.indexes import Hit, UnknownImage
 
@@ -183,17 +183,40 @@ class Ingress:
                 raise HTTPException(503, f"{name} is unavailable: {self.missing[name]}")
         return list(dict.fromkeys(names))
 
-    def _aqe(self, n: Any, alpha: Any) -> dict[str, Any]:
-        """Alpha query expansion options of a request (for inner-product features)."""
+    @staticmethod
+    def _search_options(name: str, values: dict[str, Any], seed: bool = False) -> dict[str, Any]:
+        """The per-search options a feature's index takes, parsed from request fields:
+        alpha query expansion (``aqe_n``, ``aqe_alpha``) for inner-product features, the
+        seed's matching parameters for local features. ``seed``: the seed's defaults for
+        what is unset (local: votes only, no mutual matching, no RANSAC)."""
         out: dict[str, Any] = {}
-        parsed = _int_field(n, "aqe_n", required=False)
-        if parsed is not None:
-            if parsed > 100:
-                raise HTTPException(422, f"aqe_n must be between 0 and 100, got {parsed}")
-            out["aqe_n"] = parsed
-        a = _float_field(alpha, "aqe_alpha")
-        if a is not None:
-            out["aqe_alpha"] = a
+        cls = REGISTRY[name]
+        if cls.metric == "ip":
+            n = _int_field(values.get("aqe_n"), "aqe_n", required=False)
+            if n is not None:
+                if n > 100:
+                    raise HTTPException(422, f"aqe_n must be between 0 and 100, got {n}")
+                out["aqe_n"] = n
+            alpha = _float_field(values.get("aqe_alpha"), "aqe_alpha")
+            if alpha is not None:
+                out["aqe_alpha"] = alpha
+        elif cls.kind == "keypoints":
+            for flag in ("use_smnn_matching", "use_ransac"):
+                on = _int_field(values.get(flag), flag, required=False)
+                if on is not None or seed:
+                    out[flag] = bool(on)
+            k_clusters = _int_field(values.get("k_clusters"), "k_clusters", required=False)
+            if k_clusters is not None:
+                if not 1 <= k_clusters <= 100:
+                    raise HTTPException(422, f"k_clusters must be 1 to 100, got {k_clusters}")
+                out["k_clusters"] = k_clusters
+            least = _int_field(values.get("knn_min_matches"), "knn_min_matches", required=False)
+            if least is not None:
+                out["knn_min_matches"] = max(1, least)
+            for field in ("matching_threshold", "smnn_match_threshold"):
+                value = _float_field(values.get(field), field)
+                if value is not None:
+                    out[field] = value
         return out
 
     @staticmethod
@@ -203,7 +226,7 @@ class Ingress:
             n
             for n, q in queries.items()
             if REGISTRY[n].kind == "keypoints"
-            and not any(len(unpack(row)[0]) for row in np.atleast_2d(q))
+            and not any(keypoint_count(row) for row in np.atleast_2d(q))
         ]
         if empty and len(empty) == len(queries):
             raise HTTPException(
@@ -211,42 +234,14 @@ class Ingress:
             )
         return {n: q for n, q in queries.items() if n not in empty}
 
-    @staticmethod
-    def _seed_local(values: dict[str, Any]) -> dict[str, Any]:
-        """The seed's local-features parameters; unset ones keep the seed's defaults (votes
-        only: no mutual matching, no RANSAC)."""
-        out: dict[str, Any] = {
-            flag: bool(_int_field(values.get(flag), flag, required=False))
-            for flag in ("use_smnn_matching", "use_ransac")
-        }
-        k_clusters = _int_field(values.get("k_clusters"), "k_clusters", required=False)
-        if k_clusters is not None:
-            if not 1 <= k_clusters <= 100:
-                raise HTTPException(422, f"k_clusters must be 1 to 100, got {k_clusters}")
-            out["k_clusters"] = k_clusters
-        least = _int_field(values.get("knn_min_matches"), "knn_min_matches", required=False)
-        if least is not None:
-            out["knn_min_matches"] = max(1, least)
-        for field in ("matching_threshold", "smnn_match_threshold"):
-            value = _float_field(values.get(field), field)
-            if value is not None:
-                out[field] = value
-        return out
-
-    async def _local_listing(self, hits: list[Hit]) -> list[dict]:
-        """The seed's local-features answer: matches (inliers, or votes) per image."""
-        return [
-            {
-                "image_id": r["image_id"],
-                "matches": round(1 / r["distance"] - 1),
-                "file_name": r["file_name"],
-            }
-            for r in await self._listing(hits)
-        ]
-
-    def _extra(self, names: list[str], aqe: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        """Per-feature search options: query expansion goes to inner-product features only."""
-        return {n: aqe if REGISTRY[n].metric == "ip" else {} for n in names}
+    async def _seed_listing(self, name: str, hits: list[Hit]) -> list[dict]:
+        """A seed service's answer: ``distance`` per image, or for local features the
+        ``matches`` (inliers, or votes) as the seed's local service gave."""
+        listing = await self._listing(hits)
+        if REGISTRY[name].kind == "keypoints":
+            for r in listing:
+                r["matches"] = round(1 / r.pop("distance") - 1)
+        return listing
 
     def _k(self, k: Any) -> int:
         value = _int_field(k, "k", required=False)
@@ -454,10 +449,11 @@ class Ingress:
         which a result is a near-duplicate; ``duplicates_only=1`` returns just those.
         ``aqe_n`` / ``aqe_alpha``: alpha query expansion of the global and clip queries.
         """
-        aqe = self._aqe(aqe_n, aqe_alpha)
         kk = self._k(k)
         only_dups = bool(_int_field(duplicates_only, "duplicates_only", required=False))
         names = ["phash"] if only_dups else self._features(features)
+        fields = {"aqe_n": aqe_n, "aqe_alpha": aqe_alpha}
+        options = {n: self._search_options(n, fields) for n in names}
         if only_dups and "phash" not in self.extractors:
             raise HTTPException(503, "duplicates_only needs the phash feature, which is disabled")
         dup = _float_field(phash_threshold, "phash_threshold")
@@ -469,7 +465,7 @@ class Ingress:
         queries = self._searchable(queries)
         k_each = kk if only_dups else max(kk, self.args.fusion.candidates)
         thresholds: dict[str, float | None] = {"phash": dup} if only_dups else {}
-        lists = await self._search(queries, k_each, thresholds, self._extra(names, aqe))
+        lists = await self._search(queries, k_each, thresholds, options)
         return await self._fused(lists, kk, dup)
 
     async def _fused(self, lists: dict[str, list[Hit]], k: int, dup: float) -> dict[str, Any]:
@@ -513,8 +509,8 @@ class Ingress:
         if len(names) != 1:
             raise HTTPException(422, f"give one feature, not {feature!r}")
         t = _float_field(threshold, "threshold")
-        aqe = self._extra(names, self._aqe(aqe_n, aqe_alpha))[names[0]]
-        hits = await self._by_id(names[0], parsed, self._k(k), t, aqe)
+        options = self._search_options(names[0], {"aqe_n": aqe_n, "aqe_alpha": aqe_alpha})
+        hits = await self._by_id(names[0], parsed, self._k(k), t, options)
         return {"results": await self._listing(hits)}
 
     async def _by_id(
@@ -563,7 +559,8 @@ class Ingress:
     ) -> dict[str, Any]:
         """Stored images matching a text, by CLIP's shared image-text space."""
         kk = self._k(k)
-        hits = await self._text_hits(q, kk, None, self._aqe(aqe_n, aqe_alpha))
+        options = self._search_options("clip", {"aqe_n": aqe_n, "aqe_alpha": aqe_alpha})
+        hits = await self._text_hits(q, kk, None, options)
         listing = await self._listing(hits)
         return {"results": listing, "by_feature": {"clip": listing}}
 
@@ -730,19 +727,14 @@ class Ingress:
         image_id = _int_field(body.get("image_id"), "image_id")
         assert image_id is not None
         k, t = self._seed_mode(name, body.get("k"), body.get("distance_threshold"))
-        if name == "local":
-            hits = await self._by_id(name, image_id, k, t, self._seed_local(body))
-            return JSONResponse(await self._local_listing(hits))
-        aqe = self._extra([name], self._aqe(body.get("aqe_n"), body.get("aqe_alpha")))[name]
-        hits = await self._by_id(name, image_id, k, t, aqe)
-        return JSONResponse(await self._listing(hits))
+        hits = await self._by_id(name, image_id, k, t, self._search_options(name, body, True))
+        return JSONResponse(await self._seed_listing(name, hits))
 
     @app.post("/image_text_features_get_similar_images_by_text")
     async def seed_by_text(self, body: dict[str, Any] = Body(...)) -> JSONResponse:
         """Seed service: ``[{"image_id", "distance", "file_name"}]`` matching a text (CLIP)."""
         k, t = self._seed_mode("clip", body.get("k"), body.get("distance_threshold"))
-        aqe = self._aqe(body.get("aqe_n"), body.get("aqe_alpha"))
-        hits = await self._text_hits(body.get("text"), k, t, aqe)
+        hits = await self._text_hits(body.get("text"), k, t, self._search_options("clip", body))
         return JSONResponse(await self._listing(hits))
 
     @app.post("/{svc}_get_similar_images_by_image_buffer")
@@ -765,26 +757,20 @@ class Ingress:
         local takes the seed's matching parameters and answers ``matches`` per image)."""
         name = self._seed_feature(svc)
         kk, t = self._seed_mode(name, k, distance_threshold)
-        if name == "local":
-            extra = {
-                name: self._seed_local(
-                    {
-                        "k_clusters": k_clusters,
-                        "knn_min_matches": knn_min_matches,
-                        "matching_threshold": matching_threshold,
-                        "use_smnn_matching": use_smnn_matching,
-                        "smnn_match_threshold": smnn_match_threshold,
-                        "use_ransac": use_ransac,
-                    }
-                )
-            }
-        else:
-            extra = self._extra([name], self._aqe(aqe_n, aqe_alpha))
+        fields = {
+            "aqe_n": aqe_n,
+            "aqe_alpha": aqe_alpha,
+            "k_clusters": k_clusters,
+            "knn_min_matches": knn_min_matches,
+            "matching_threshold": matching_threshold,
+            "use_smnn_matching": use_smnn_matching,
+            "smnn_match_threshold": smnn_match_threshold,
+            "use_ransac": use_ransac,
+        }
+        extra = {name: self._search_options(name, fields, seed=True)}
         data = await self._read(image)
         queries, failed = await self._extract(data, [name], query=True)
         if name in failed:
             raise HTTPException(503, failed[name])
         hits = (await self._search(self._searchable(queries), kk, {name: t}, extra))[name]
-        if name == "local":
-            return JSONResponse(await self._local_listing(hits))
-        return JSONResponse(await self._listing(hits))
+        return JSONResponse(await self._seed_listing(name, hits))

@@ -120,8 +120,6 @@ class GlobalFeatures(ModelExtractor):
 
         self.load()
         with torch.inference_mode():
-            pooled = self.model.forward_head(
-                self.model.forward_features(self._tensor(images)), pre_logits=True
-            )
+            pooled = self._embed(self._tensor(images))
             probs = self.model.get_classifier()(pooled).softmax(-1)
             return self._normalised(pooled), probs.float().cpu().numpy()

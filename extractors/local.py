@@ -35,10 +35,15 @@ def pack(points: np.ndarray, descriptors: np.ndarray) -> np.ndarray:
     )
 
 
+def keypoint_count(feature: np.ndarray) -> int:
+    """How many keypoints a packed feature holds (its header)."""
+    return int(feature[:HEADER].view("<u4")[0])
+
+
 def unpack(feature: np.ndarray | bytes) -> tuple[np.ndarray, np.ndarray]:
     """The inverse of ``pack`` (zero padding after the records is ignored)."""
     raw = np.frombuffer(feature, np.uint8) if isinstance(feature, bytes) else feature
-    n = int(raw[:HEADER].view("<u4")[0])
+    n = keypoint_count(raw)
     points = raw[HEADER : HEADER + 8 * n].view("<f4").reshape(n, 2)
     descriptors = raw[HEADER + 8 * n : HEADER + 8 * n + DESC * n].reshape(n, DESC)
     return points, descriptors

@@ -8,7 +8,6 @@ use), and a hub download only when ``HF_HUB_OFFLINE`` allows it. Whatever fails 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +21,11 @@ FETCH = "python scripts/fetch_models.py {feature}  (on a machine with internet)"
 
 
 def offline() -> bool:
-    """Whether hub downloads are off (``HF_HUB_OFFLINE``, which the Makefile sets)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    """Whether hub downloads are off (``HF_HUB_OFFLINE``, which the Makefile sets), as the
+    hub library itself reads it."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def packaged_efficientnet_lite0() -> Path | None:

@@ -6,6 +6,7 @@ the store's generation, and rebuilt whenever that stamp does not match on start.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -45,6 +46,15 @@ def transform_from_bytes(data: bytes) -> Any:
     reader = faiss.VectorIOReader()
     faiss.copy_array_to_vector(np.frombuffer(data, dtype=np.uint8), reader.data)
     return faiss.read_VectorTransform(reader)  # type: ignore[arg-type]
+
+
+def whiten(transform: Any, rows: np.ndarray) -> np.ndarray:
+    """Rows through a whitening transform and re-normalised; unchanged without one."""
+    if transform is None:
+        return rows
+    out = transform.apply(np.ascontiguousarray(rows, dtype=np.float32))
+    faiss.normalize_L2(out)
+    return out
 
 
 class UnknownImage(KeyError):
@@ -496,13 +506,8 @@ class VectorIndex(StoredIndex):
         raw = raw.astype(np.float64)
         return 1.0 - raw if self.metric == "ip" else raw
 
-    def _indexable(self, rows: np.ndarray, whitening: Any = None) -> np.ndarray:
-        whitening = whitening if whitening is not None else self.whitening
-        if whitening is None:
-            return rows
-        out = whitening.apply(np.ascontiguousarray(rows, dtype=np.float32))
-        faiss.normalize_L2(out)
-        return out
+    def _indexable(self, rows: np.ndarray) -> np.ndarray:
+        return whiten(self.whitening, rows)
 
     def _range(
         self, rows: np.ndarray, threshold: float
@@ -647,12 +652,13 @@ class VectorIndex(StoredIndex):
             if self._changed is not None:
                 raise ValueError("another index switch is running; retry when it is done")
             self._changed = changed
+        prepare = functools.partial(whiten, white)
         try:
-            self._rebuild(fresh, lambda rows: self._indexable(rows, white) if white else rows)
+            self._rebuild(fresh, prepare)
             # The snapshot lock first (as snapshot() takes them): a snapshot of the old
             # index being written now finishes before the swap, not after it.
             with self._snapshot_lock, self._lock:
-                self._replay(fresh, sorted(changed), white)
+                self._replay(fresh, sorted(changed), prepare)
                 self._write_artefacts(parts)
                 self.index, self.whitening, self.template, self._tag = fresh, white, template, tag
                 self._snapshot_generation = -1  # the old snapshot is of the old index
@@ -680,19 +686,14 @@ class VectorIndex(StoredIndex):
         except RuntimeError as exc:
             raise ValueError(f"this index type cannot remove entries: {exc}") from None
 
-    def _replay(self, fresh: Any, ids: list[int], white: Any) -> None:
+    def _replay(self, fresh: Any, ids: list[int], prepare: Any) -> None:
         """Bring ``fresh`` up to date with LMDB for ``ids`` (written during its fill)."""
         if not ids:
             return
         fresh.remove_ids(np.asarray(ids, dtype=np.int64))
-        values = self.store.get_many(ids)
-        kept = [i for i, v in zip(ids, values, strict=True) if v is not None]
-        if kept:
-            raw = np.frombuffer(b"".join(v for v in values if v), np.float32)
-            rows = raw.reshape(len(kept), self.dim)
-            fresh.add_with_ids(
-                self._indexable(rows, white) if white else rows, np.asarray(kept, np.int64)
-            )
+        stored = [(i, v) for i, v in zip(ids, self.store.get_many(ids), strict=True) if v]
+        if stored:
+            self._add_rows(fresh, [i for i, _ in stored], [v for _, v in stored], prepare)
 
     def _write_artefacts(self, parts: dict[str, bytes]) -> None:
         # One file, replaced in one rename: a crash leaves the old artefacts or the new ones,

@@ -10,7 +10,6 @@ nearest descriptors of each query descriptor, then re-matches the best candidate
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,9 @@ import cv2
 import faiss
 import numpy as np
 
-from extractors.local import DESC, pack, unpack
+from extractors.local import DESC, keypoint_count, pack, unpack
 from index_actors.indexes import Hit, StoredIndex, UnknownImage
-from index_actors.store import id_key
-
-_START = struct.Struct(">q")
-_NEXT_KEY = b"next_descriptor"
+from index_actors.store import numbered
 
 
 class RangeMap:
@@ -110,14 +106,14 @@ class KeypointIndex(StoredIndex):
 
     @staticmethod
     def _split(value: bytes | memoryview) -> tuple[int, np.ndarray]:
-        start = _START.unpack_from(value, 0)[0]
-        return start, np.frombuffer(value, np.uint8, offset=_START.size)
+        start, packed = numbered(value)
+        return start, np.frombuffer(packed, np.uint8)
 
     def _load_or_rebuild(self) -> Any:
         entries = []
         for image_id, value in self.store.items():
             start, packed = self._split(value)
-            entries.append((image_id, start, int(packed[:4].view("<u4")[0])))
+            entries.append((image_id, start, keypoint_count(packed)))
         self.ranges.load(entries)
         return super()._load_or_rebuild()
 
@@ -142,23 +138,12 @@ class KeypointIndex(StoredIndex):
             raise ValueError("duplicate ids in one add")
         parsed = [unpack(np.asarray(f, np.uint8)) for f in features]
         with self._lock:
-            env, store = self.store.env, self.store
-            with env.begin(write=True) as txn:
-                raw = txn.get(_NEXT_KEY, db=store.meta)
-                next_id = int(raw) if raw else 0
-                starts, old = [], []
-                for image_id, (points, desc) in zip(ids, parsed, strict=True):
-                    value = _START.pack(next_id) + pack(points, desc).tobytes()
-                    previous = txn.replace(id_key(image_id), value, db=store.features)
-                    if previous is not None:
-                        old.append(self._split(previous))
-                    starts.append(next_id)
-                    next_id += len(desc)
-                txn.put(_NEXT_KEY, str(next_id).encode(), db=store.meta)
-                store._bump(txn)
+            starts, replaced = self.store.put_numbered(
+                [(i, len(d), pack(p, d).tobytes()) for i, (p, d) in zip(ids, parsed, strict=True)]
+            )
             # LMDB committed: the add is durable; now the derived index and ranges.
-            for start, packed in old:
-                self._drop(start, packed)
+            for start, packed in replaced:
+                self._drop(start, np.frombuffer(packed, np.uint8))
             for image_id, start, (_, desc) in zip(ids, starts, parsed, strict=True):
                 if len(desc):
                     ids_ = np.arange(start, start + len(desc), dtype=np.int64)
@@ -167,7 +152,7 @@ class KeypointIndex(StoredIndex):
         return len(ids)
 
     def _drop(self, start: int, packed: np.ndarray) -> None:
-        count = int(packed[:4].view("<u4")[0])
+        count = keypoint_count(packed)
         if count:
             self.index.remove_ids(faiss.IDSelectorRange(start, start + count))
         self.ranges.remove(start)

@@ -11,6 +11,7 @@ import numpy as np
 
 _ID = struct.Struct(">q")  # big-endian, so LMDB's key order is id order
 _GEN_KEY = b"generation"
+_NEXT_KEY = b"next_number"
 
 
 def id_key(image_id: int) -> bytes:
@@ -21,6 +22,11 @@ def id_key(image_id: int) -> bytes:
 def key_id(key: bytes | memoryview) -> int:
     """Image id of an LMDB key."""
     return int(_ID.unpack(key)[0])
+
+
+def numbered(value: bytes | memoryview) -> tuple[int, bytes]:
+    """(first number, value) of a value stored by ``FeatureStore.put_numbered``."""
+    return _ID.unpack_from(value, 0)[0], bytes(value[_ID.size :])
 
 
 def open_env(path: Path, map_size: int) -> lmdb.Environment:
@@ -66,6 +72,31 @@ class FeatureStore:
                     replaced.append(image_id)
             self._bump(txn)
         return replaced
+
+    def put_numbered(
+        self, items: list[tuple[int, int, bytes]]
+    ) -> tuple[list[int], list[tuple[int, bytes]]]:
+        """Store (id, count, value) items, each taking ``count`` consecutive numbers from a
+        counter kept in the same transaction (local features: descriptor ids).
+
+        Values are stored behind their first number (``numbered`` splits them again).
+        Returns each item's first number and the (first number, value) of every replaced
+        item.
+        """
+        starts: list[int] = []
+        replaced: list[tuple[int, bytes]] = []
+        with self.env.begin(write=True, db=self.features) as txn:
+            raw = txn.get(_NEXT_KEY, db=self.meta)
+            next_number = int(raw) if raw else 0
+            for image_id, count, value in items:
+                previous = txn.replace(id_key(image_id), _ID.pack(next_number) + value)
+                if previous is not None:
+                    replaced.append(numbered(previous))
+                starts.append(next_number)
+                next_number += count
+            txn.put(_NEXT_KEY, str(next_number).encode(), db=self.meta)
+            self._bump(txn)
+        return starts, replaced
 
     def delete(self, ids: Iterable[int]) -> list[int]:
         """Delete values; returns the ids that were present."""

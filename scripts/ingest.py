@@ -371,10 +371,8 @@ def ingest(
         ):
             if not group:
                 continue
-            options = {f: args.extractor_options(f) for f in group}
-            for f in group:
-                if threads and REGISTRY[f].uses_torch:
-                    options[f].setdefault("threads", threads)
+            extra = {"threads": threads} if threads else {}
+            options = {f: {**extra, **args.extractor_options(f)} for f in group}
             ds = ds.map_batches(
                 FeatureBatch,
                 fn_constructor_kwargs={"features": group, "options": options},

@@ -26,6 +26,7 @@ import ray
 import yaml
 
 from index_actors.indexes import METRICS, transform_to_bytes
+from index_actors.indexes import whiten as whiten_rows
 from scripts.ingest import load_app_args
 
 
@@ -45,10 +46,7 @@ def train(
 ) -> tuple[bytes | None, bytes | None]:
     """The serialized empty trained index (None: Flat) and whitening (None: none)."""
     white = fit_whitening(sample, whiten) if whiten else None
-    data = np.ascontiguousarray(sample, dtype=np.float32)
-    if white is not None:
-        data = white.apply(data)
-        faiss.normalize_L2(data)
+    data = whiten_rows(white, np.ascontiguousarray(sample, dtype=np.float32))
     if not factory or factory == "Flat":
         return None, transform_to_bytes(white) if white is not None else None
     try:
