@@ -11,7 +11,11 @@ from typing import Any
 import ray
 
 from index_actors.indexes import Hit, StoredIndex, VectorIndex, build_index
+from index_actors.keypoints import KeypointIndex
 from index_actors.store import Catalog
+
+#: The index kinds that ``scripts/train_index.py`` can switch to a trained index.
+Trainable = VectorIndex | KeypointIndex
 
 log = logging.getLogger(__name__)
 
@@ -77,32 +81,30 @@ class IndexActor:
         return self.index.search_by_id(image_id, k=k, threshold=threshold, **extra)
 
     def configure(self, live: dict[str, Any]) -> None:
-        """Apply live settings (vector indexes: nprobe, rerank, aqe_n, aqe_alpha)."""
+        """Apply live settings (the index kind's ``LIVE``: nprobe, rerank, aqe_n, ...)."""
         if live:
-            self._vector().configure(**live)
+            self.index.configure(**live)
 
     def sample(self, n: int, seed: int = 0) -> Any:
-        """Up to ``n`` stored vectors at random (``scripts/train_index.py``)."""
-        return self._vector().sample(n, seed)
+        """Up to ``n`` stored vectors (or descriptors) at random (``scripts/train_index.py``)."""
+        return self._trainable().sample(n, seed)
 
     def adopt(self, trained: bytes | None, whitening: bytes | None) -> dict[str, Any]:
         """Switch to a trained index / whitening; searches and adds go on meanwhile."""
-        return self._vector().adopt(trained, whitening)
+        return self._trainable().adopt(trained, whitening)
 
     def describe(self) -> dict[str, Any]:
-        """Count, and for vector indexes whether trained or whitened and the live settings."""
-        out: dict[str, Any] = {"count": self.index.count}
+        """Count, whether a trained index (and whitening) is in use, the live settings."""
+        out: dict[str, Any] = {"count": self.index.count, **self.index.live}
+        if isinstance(self.index, Trainable):
+            out["trained"] = self.index.trained
         if isinstance(self.index, VectorIndex):
-            out.update(
-                trained=self.index.trained,
-                whitened=self.index.whitening is not None,
-                **self.index.live,
-            )
+            out["whitened"] = self.index.whitening is not None
         return out
 
-    def _vector(self) -> VectorIndex:
-        if not isinstance(self.index, VectorIndex):
-            raise ValueError(f"{self.settings['path']} is not a vector index")
+    def _trainable(self) -> Trainable:
+        if not isinstance(self.index, Trainable):
+            raise ValueError(f"{self.settings['path']} takes no trained index")
         return self.index
 
     def count(self) -> int:
@@ -132,9 +134,13 @@ _ACTOR_OPTIONS: dict[str, Any] = {
 }
 
 
+#: Every kind's live settings (``StoredIndex.LIVE``): changed in place, not by a new actor.
+LIVE = frozenset(VectorIndex.LIVE) | frozenset(KeypointIndex.LIVE)
+
+
 def fixed(options: dict[str, Any]) -> dict[str, Any]:
     """Index options that need a new actor when they change: all but the live settings."""
-    return {k: v for k, v in options.items() if k not in VectorIndex.LIVE}
+    return {k: v for k, v in options.items() if k not in LIVE}
 
 
 def _current(make: Any, wanted: dict[str, Any]) -> Any:
@@ -181,7 +187,7 @@ def index_actor(
         wanted,
     )
     # A reused actor keeps its index; a changed live setting (nprobe, aqe) applies in place.
-    ray.get(actor.configure.remote({k: v for k, v in options.items() if k in VectorIndex.LIVE}))
+    ray.get(actor.configure.remote({k: v for k, v in options.items() if k in LIVE}))
     return actor
 
 

@@ -69,10 +69,13 @@ class StoredIndex(ABC):
     """
 
     dtype: np.dtype
+    #: Settings that change without a rebuild (``configure``), kept in ``live.json``.
+    LIVE: tuple[str, ...] = ()
 
     def __init__(self, path: str | Path, dim: int, rebuild_chunk: int = 65536) -> None:
         self.path = Path(path)
         self.dim = dim
+        self.live: dict[str, Any] = {}
         self.rebuild_chunk = rebuild_chunk
         self.store = FeatureStore(self.path / "lmdb")
         self._lock = threading.RLock()
@@ -213,6 +216,68 @@ class StoredIndex(ABC):
         self.snapshot()
         with self._lock:
             self.store.close()
+
+    # --- live settings and trained artefacts ---------------------------------------------
+    def configure(self, **live: Any) -> None:
+        """Change live settings (the kind's ``LIVE``: ``nprobe``, ...) without a rebuild."""
+        unknown = set(live) - set(self.LIVE)
+        if unknown:
+            raise ValueError(f"not live settings: {sorted(unknown)}; live: {self.LIVE}")
+        with self._lock:
+            changed = {k: v for k, v in live.items() if self.live.get(k) != v}
+            self.live.update(live)
+            if "nprobe" in live and faiss.try_extract_index_ivf(self.index) is not None:
+                faiss.ParameterSpace().set_index_parameter(
+                    self.index, "nprobe", int(live["nprobe"])
+                )
+            if changed:
+                # Kept for a restart after a crash: Ray re-creates the actor with the
+                # options it was first made with, not the ones configured since.
+                tmp = self.path / "live.json.tmp"
+                tmp.write_text(json.dumps(self.live))
+                os.replace(tmp, self.path / "live.json")
+
+    def _start_live(self, defaults: dict[str, Any]) -> None:
+        """Apply ``defaults`` overridden by the settings kept in ``live.json``."""
+        try:
+            saved = json.loads((self.path / "live.json").read_text())
+        except (OSError, ValueError):
+            saved = {}
+        self.configure(**{**defaults, **{k: v for k, v in saved.items() if k in self.LIVE}})
+
+    @property
+    def _artefact_file(self) -> Path:
+        return self.path / "trained.npz"
+
+    @staticmethod
+    def _tag_of(parts: dict[str, bytes]) -> str:
+        if not parts:
+            return ""
+        digest = hashlib.sha1(usedforsecurity=False)
+        for key in sorted(parts):
+            digest.update(key.encode() + b"\0" + parts[key])
+        return digest.hexdigest()[:16]
+
+    def _read_parts(self) -> dict[str, bytes]:
+        """The trained artefacts kept next to the store (none: an empty dict)."""
+        if not self._artefact_file.exists():
+            return {}
+        with np.load(self._artefact_file) as saved:
+            return {key: saved[key].tobytes() for key in saved.files}
+
+    def _write_artefacts(self, parts: dict[str, bytes]) -> None:
+        # One file, replaced in one rename: a crash leaves the old artefacts or the new ones,
+        # never a mix; the stamp names them, so a snapshot of the other index is not loaded.
+        target = self._artefact_file
+        if not parts:
+            target.unlink(missing_ok=True)
+        else:
+            tmp = self.path / "trained.tmp.npz"
+            arrays = {k: np.frombuffer(v, np.uint8) for k, v in parts.items()}
+            np.savez(tmp, **arrays)  # type: ignore[arg-type]
+            _fsync(tmp)
+            os.replace(tmp, target)
+        _fsync(self.path)
 
     # --- the index API ----------------------------------------------------------------
     def _as_rows(self, features: Any) -> np.ndarray:
@@ -418,16 +483,12 @@ class VectorIndex(StoredIndex):
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
         self.metric = metric
-        self.live: dict[str, Any] = {}
         self.path = Path(path)
         self.template, self.whitening, self._tag = self._read_artefacts()
         super().__init__(path, dim, **kwargs)
-        try:
-            saved = json.loads((self.path / "live.json").read_text())
-        except (OSError, ValueError):
-            saved = {}
-        defaults = {"nprobe": nprobe, "rerank": rerank, "aqe_n": aqe_n, "aqe_alpha": aqe_alpha}
-        self.configure(**{**defaults, **{k: v for k, v in saved.items() if k in self.LIVE}})
+        self._start_live(
+            {"nprobe": nprobe, "rerank": rerank, "aqe_n": aqe_n, "aqe_alpha": aqe_alpha}
+        )
 
     @property
     def width(self) -> int:
@@ -447,26 +508,9 @@ class VectorIndex(StoredIndex):
     def _stamp_tag(self) -> str:
         return self._tag
 
-    @property
-    def _artefact_file(self) -> Path:
-        return self.path / "trained.npz"
-
-    @staticmethod
-    def _tag_of(parts: dict[str, bytes]) -> str:
-        if not parts:
-            return ""
-        digest = hashlib.sha1(usedforsecurity=False)
-        for key in sorted(parts):
-            digest.update(key.encode() + b"\0" + parts[key])
-        return digest.hexdigest()[:16]
-
     def _read_artefacts(self) -> tuple[Any, Any, str]:
         """(empty trained index or None, whitening or None, their tag) from disk."""
-        if not self._artefact_file.exists():
-            return None, None, ""
-        with np.load(self._artefact_file) as saved:
-            parts = {key: saved[key].tobytes() for key in saved.files}
-        return self._decode_artefacts(parts)
+        return self._decode_artefacts(self._read_parts())
 
     def _decode_artefacts(self, parts: dict[str, bytes]) -> tuple[Any, Any, str]:
         white = transform_from_bytes(parts["whitening"]) if "whitening" in parts else None
@@ -604,26 +648,7 @@ class VectorIndex(StoredIndex):
             self.query_of(image_id), k, threshold, image_id, aqe_n=aqe_n, aqe_alpha=aqe_alpha
         )
 
-    # --- live settings and trained artefacts ------------------------------------------
-    def configure(self, **live: Any) -> None:
-        """Change live settings (``nprobe``, ``rerank``, ``aqe_n``, ``aqe_alpha``)."""
-        unknown = set(live) - set(self.LIVE)
-        if unknown:
-            raise ValueError(f"not live settings: {sorted(unknown)}; live: {self.LIVE}")
-        with self._lock:
-            changed = {k: v for k, v in live.items() if self.live.get(k) != v}
-            self.live.update(live)
-            if "nprobe" in live and faiss.try_extract_index_ivf(self.index) is not None:
-                faiss.ParameterSpace().set_index_parameter(
-                    self.index, "nprobe", int(live["nprobe"])
-                )
-            if changed:
-                # Kept for a restart after a crash: Ray re-creates the actor with the
-                # options it was first made with, not the ones configured since.
-                tmp = self.path / "live.json.tmp"
-                tmp.write_text(json.dumps(self.live))
-                os.replace(tmp, self.path / "live.json")
-
+    # --- trained artefacts ------------------------------------------------------------
     def sample(self, n: int, seed: int = 0) -> np.ndarray:
         """Up to ``n`` stored raw vectors, chosen at random: training data."""
         _, values = self.store.sample(n, seed)
@@ -694,20 +719,6 @@ class VectorIndex(StoredIndex):
         stored = [(i, v) for i, v in zip(ids, self.store.get_many(ids), strict=True) if v]
         if stored:
             self._add_rows(fresh, [i for i, _ in stored], [v for _, v in stored], prepare)
-
-    def _write_artefacts(self, parts: dict[str, bytes]) -> None:
-        # One file, replaced in one rename: a crash leaves the old artefacts or the new ones,
-        # never a mix; the stamp names them, so a snapshot of the other index is not loaded.
-        target = self._artefact_file
-        if not parts:
-            target.unlink(missing_ok=True)
-        else:
-            tmp = self.path / "trained.tmp.npz"
-            arrays = {k: np.frombuffer(v, np.uint8) for k, v in parts.items()}
-            np.savez(tmp, **arrays)  # type: ignore[arg-type]
-            _fsync(tmp)
-            os.replace(tmp, target)
-        _fsync(self.path)
 
 
 KINDS: dict[str, type[StoredIndex]] = {"binary": BinaryIndex, "vector": VectorIndex}

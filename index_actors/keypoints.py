@@ -6,6 +6,10 @@ one FAISS index, so descriptor id -> image id is a binary search over sorted id 
 in memory (``RangeMap``), rebuilt from LMDB on start. A search votes per image over the k
 nearest descriptors of each query descriptor, then re-matches the best candidates mutually
 (kornia ``match_smnn``) and counts the RANSAC (MAGSAC++) inliers of a homography.
+
+The descriptor index is exact (8-bit, Flat) until ``scripts/train_index.py local --factory
+"OPQ32,IVF1024,PQ32"`` trains one: ``adopt`` fills it from LMDB while the index serves and
+swaps it in; ``nprobe`` is live. Re-matching always uses the exact descriptors in LMDB.
 """
 
 from __future__ import annotations
@@ -79,20 +83,41 @@ class KeypointIndex(StoredIndex):
     """
 
     dtype = np.dtype(np.uint8)
+    LIVE = ("nprobe",)
 
-    def __init__(self, path: str | Path, dim: int = DESC, **kwargs: Any) -> None:
+    def __init__(self, path: str | Path, dim: int = DESC, nprobe: int = 16, **kwargs: Any) -> None:
         self.ranges = RangeMap()
+        self.path = Path(path)
+        parts = self._read_parts()
+        self.template = _template(parts.get("index"))
+        self._tag = self._tag_of(parts)
+        self._adopting = False
         super().__init__(path, dim, **kwargs)
+        self._start_live({"nprobe": nprobe})
 
     @property
     def width(self) -> int:
         """Bytes of one descriptor."""
         return self.dim
 
+    @property
+    def trained(self) -> bool:
+        """Whether a trained (approximate) descriptor index is in use."""
+        return self.template is not None
+
+    @property
+    def _stamp_tag(self) -> str:
+        return self._tag
+
     def _check_stored_width(self) -> None:
         pass  # variable-length values; the descriptor width is fixed by the format
 
     def _new_index(self) -> Any:
+        if self.template is not None:
+            return faiss.clone_index(self.template)
+        return self._exact_index()
+
+    def _exact_index(self) -> Any:
         # Descriptors are bytes already: the 8-bit "direct" quantiser stores them as they
         # are (128 B each, exact L2), a quarter of a float index.
         sq = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_8bit_direct)
@@ -119,12 +144,17 @@ class KeypointIndex(StoredIndex):
 
     def _rebuild(self, index: Any = None, prepare: Any = None) -> Any:
         index = self._new_index() if index is None else index
+        self._fill(index)
+        return index
+
+    def _fill(self, index: Any) -> dict[int, int]:
+        """Add every stored descriptor to ``index``; returns the ranges added (start: count)."""
+        added = {}
         for _, value in self.store.items():
             start, packed = self._split(value)
-            _, desc = unpack(packed)
-            if len(desc):
-                index.add_with_ids(desc.astype(np.float32), np.arange(start, start + len(desc)))
-        return index
+            _add_range(index, start, unpack(packed)[1])
+            added[start] = keypoint_count(packed)
+        return added
 
     def _expected_total(self) -> int:
         return self.ranges.descriptors
@@ -145,16 +175,12 @@ class KeypointIndex(StoredIndex):
             for start, packed in replaced:
                 self._drop(start, np.frombuffer(packed, np.uint8))
             for image_id, start, (_, desc) in zip(ids, starts, parsed, strict=True):
-                if len(desc):
-                    ids_ = np.arange(start, start + len(desc), dtype=np.int64)
-                    self.index.add_with_ids(desc.astype(np.float32), ids_)
+                _add_range(self.index, start, desc)
                 self.ranges.add(image_id, start, len(desc))
         return len(ids)
 
     def _drop(self, start: int, packed: np.ndarray) -> None:
-        count = keypoint_count(packed)
-        if count:
-            self.index.remove_ids(faiss.IDSelectorRange(start, start + count))
+        _remove_range(self.index, start, keypoint_count(packed))
         self.ranges.remove(start)
 
     def remove(self, ids: list[int]) -> list[int]:
@@ -178,6 +204,59 @@ class KeypointIndex(StoredIndex):
     def count(self) -> int:
         """Stored images (with or without keypoints)."""
         return self.store.count()
+
+    # --- training -----------------------------------------------------------------------
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        """Up to ``n`` stored descriptors (float32 rows) from random images: training data."""
+        # ~200 descriptors per image: n / 100 images give enough with few keypoints too.
+        _, values = self.store.sample(max(1, -(-n // 100)), seed)
+        rows = [unpack(self._split(v)[1])[1] for v in values]
+        if not rows:
+            return np.empty((0, self.dim), np.float32)
+        desc = np.concatenate(rows)
+        pick = np.random.default_rng(seed).permutation(len(desc))[:n]
+        return desc[np.sort(pick)].astype(np.float32)
+
+    def adopt(self, trained: bytes | None, whitening: bytes | None = None) -> dict[str, Any]:
+        """Switch to a trained descriptor index (None: back to exact), losing no write.
+
+        The new index is filled from LMDB while adds and removes go on against the old one.
+        Descriptor ids are never reused, so at the swap the ranges that changed meanwhile
+        are exactly the difference between the ranges filled and the current ones.
+        """
+        if whitening:
+            raise ValueError("local features take no whitening")
+        template = _template(trained)
+        if template is not None:
+            _check_template(template, self.dim)
+        fresh = faiss.clone_index(template) if template is not None else self._exact_index()
+        with self._lock:
+            if self._adopting:
+                raise ValueError("another index switch is running; retry when it is done")
+            self._adopting = True
+        try:
+            filled = self._fill(fresh)
+            with self._snapshot_lock, self._lock:
+                current = dict(
+                    zip(self.ranges.starts.tolist(), self.ranges.images.tolist(), strict=True)
+                )
+                for start in filled.keys() - current.keys():
+                    _remove_range(fresh, start, filled[start])
+                for start in current.keys() - filled.keys():
+                    value = self.store.get(current[start])
+                    if value is not None:
+                        begin, packed = self._split(value)
+                        _add_range(fresh, begin, unpack(packed)[1])
+                parts = {"index": trained} if trained else {}
+                self._write_artefacts(parts)
+                self.index, self.template, self._tag = fresh, template, self._tag_of(parts)
+                self._snapshot_generation = -1  # the old snapshot is of the old index
+                self.configure(**self.live)
+        finally:
+            with self._lock:
+                self._adopting = False
+        self.snapshot()
+        return {"count": self.count, "trained": self.trained, "descriptors": fresh.ntotal}
 
     # --- search -----------------------------------------------------------------------
     def search(
@@ -279,6 +358,39 @@ class KeypointIndex(StoredIndex):
                 score = len(matches)
             out.append((image_id, score))
         return out
+
+
+def _template(blob: bytes | None) -> Any:
+    """An empty trained index from its serialized form (None: none)."""
+    return faiss.deserialize_index(np.frombuffer(blob, np.uint8)) if blob else None
+
+
+def _check_template(template: Any, dim: int) -> None:
+    """A trained descriptor index must be empty, ``dim``-d, L2, and take ids and removals."""
+    if template.d != dim or not template.is_trained or template.ntotal:
+        raise ValueError(
+            f"need an empty trained {dim}-d index, got {template.d}-d "
+            f"(trained={template.is_trained}, ntotal={template.ntotal})"
+        )
+    if template.metric_type != faiss.METRIC_L2:
+        raise ValueError("local features need an L2 index")
+    probe = faiss.clone_index(template)
+    try:
+        _add_range(probe, 0, np.ones((1, dim), np.uint8))
+        _remove_range(probe, 0, 1)
+    except RuntimeError as exc:
+        raise ValueError(f"this index type cannot take ids or remove entries: {exc}") from None
+
+
+def _add_range(index: Any, start: int, desc: np.ndarray) -> None:
+    """Descriptors with the consecutive ids ``start``, ``start + 1``, ..."""
+    if len(desc):
+        index.add_with_ids(desc.astype(np.float32), np.arange(start, start + len(desc)))
+
+
+def _remove_range(index: Any, start: int, count: int) -> None:
+    if count:
+        index.remove_ids(faiss.IDSelectorRange(start, start + count))
 
 
 def _mutual_matches(a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:

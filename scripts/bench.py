@@ -17,6 +17,12 @@ things timed side by side (interleaved, best-of-N or medians). Sections, in the 
 - quality: recall@1 of the original for transformed copies of the photos (resize 25 %,
           JPEG 30, centre crop 70 %, mirror, +30 % brightness) among synthetic distractors:
           global features against phash and colour.
+- crops:  local features against phash on crops (50/25/10 % of the area, rotated 10 degrees,
+          at 0.5x; the classic pairs) among distractors: recall@1/@10, search latency, bytes
+          per image; exact at ``--crop-distractors``, trained (``--local-factory``) at
+          ``--crop-scale`` images (see scripts/bench_crops.py).
+- ranges: descriptor id -> image id lookups/s, our RangeMap against a PostgreSQL GiST
+          ``int4range`` table (a throwaway server, when PostgreSQL is installed).
 
 A quick smoke run: ``.venv/bin/python scripts/bench.py --n-hashes 20000 --n-http 1000``.
 """
@@ -57,52 +63,45 @@ from ray.data import DataContext
 
 from deployments.config import AppArgs
 from deployments.fusion import fuse
-from extractors import Extractor, InvalidImage, PHash, build_extractor
+from extractors import Extractor, PHash, build_extractor
 from graph import build_app
 from index_actors.actor import index_actor
 from index_actors.indexes import StoredIndex, VectorIndex, build_index
 from index_actors.store import Catalog
+from scripts.bench_crops import bench_crops, bench_ranges
+from scripts.benchlib import Row, features, ms, row
 from scripts.ingest import ingest, load_app_args
 from scripts.train_index import train
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("phash", "search", "http", "memory", "ingest", "models", "vectors", "quality")
+SECTIONS = (
+    "phash",
+    "search",
+    "http",
+    "memory",
+    "ingest",
+    "models",
+    "vectors",
+    "quality",
+    "crops",
+    "ranges",
+)
 GiB = 1 << 30
 
-Row = dict[str, Any]
 
-
-def row(metric: str, ours: float, peer: float | None, target: str, met: bool | None) -> Row:
-    """One line of the final table; ``ratio`` is ours / peer."""
-    ratio = ours / peer if peer else None
-    return {
-        "metric": metric,
-        "ours": ours,
-        "peer": peer,
-        "ratio": ratio,
-        "target": target,
-        "met": met,
-    }
-
-
-def load_photos() -> dict[str, bytes]:
-    """File name -> bytes of the real photos: ../shared/photos, else tests/photos."""
+def photo_dir() -> Path:
+    """The folder of real photos: ../shared/photos, else tests/photos."""
     for folder in (ROOT.parent / "shared" / "photos", ROOT / "tests" / "photos"):
-        paths = sorted(folder.glob("*.jpg"))
-        if paths:
-            print(f"photos: {len(paths)} from {folder}")
-            return {p.name: p.read_bytes() for p in paths}
+        if any(folder.glob("*.jpg")):
+            return folder
     raise SystemExit("no photos found in ../shared/photos or tests/photos")
 
 
-def features(extractor: Extractor, blobs: list[bytes], query: bool = False) -> list[np.ndarray]:
-    """``extract_bytes`` for inputs known to be good: a bad one is a bench bug, so it raises."""
-    out = []
-    for result in extractor.extract_bytes(blobs, query=query):
-        if isinstance(result, InvalidImage):
-            raise result
-        out.append(result)
-    return out
+def load_photos() -> dict[str, bytes]:
+    """File name -> bytes of the real photos."""
+    paths = sorted(photo_dir().glob("*.jpg"))
+    print(f"photos: {len(paths)} from {paths[0].parent}")
+    return {p.name: p.read_bytes() for p in paths}
 
 
 def best_of(runs: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
@@ -114,11 +113,6 @@ def best_of(runs: dict[str, Callable[[], object]], repeat: int) -> dict[str, flo
             fn()
             best[name] = min(best[name], time.perf_counter() - start)
     return best
-
-
-def ms(latencies: list[float], q: float) -> float:
-    """Percentile ``q`` of latencies in seconds, in milliseconds."""
-    return float(np.percentile(latencies, q)) * 1000
 
 
 # --- 1. phash throughput and accuracy --------------------------------------------------------
@@ -758,6 +752,11 @@ def parse_args() -> argparse.Namespace:
         help="nprobe:rerank settings for vectors (rerank 0: PQ's own order)",
     )
     p.add_argument("--distractors", type=int, default=500, help="distractors for quality")
+    p.add_argument("--crop-distractors", type=int, default=1000, help="distractors for crops")
+    p.add_argument("--crop-scale", type=int, default=10_000, help="stored images for crops")
+    p.add_argument(
+        "--local-factory", default="IVF1024,PQ16", help="trained descriptor index for crops"
+    )
     p.add_argument("--json", type=Path, help="also write the table here as JSON")
     args = p.parse_args()
     args.only = {s.strip() for s in args.only.split(",") if s.strip()}
@@ -780,6 +779,13 @@ def main() -> None:
             rows += bench_models(photos, min(opts.repeat, 3), batches)
         if "quality" in opts.only:
             rows += bench_quality(photos, opts.distractors, tmp)
+        if "crops" in opts.only:
+            pairs = photo_dir() / "pairs"
+            rows += bench_crops(
+                photos, pairs, opts.crop_distractors, opts.crop_scale, opts.local_factory, tmp
+            )
+        if "ranges" in opts.only:
+            rows += bench_ranges(10_000, 200, 2.0)
         if "vectors" in opts.only:
             settings = [(int(a), int(b)) for a, b in (x.split(":") for x in opts.probes.split(","))]
             rows += bench_vectors(opts.n_vectors, opts.factory, settings, tmp)
