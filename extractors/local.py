@@ -1,5 +1,6 @@
 """Local features for finding crops: SIFT keypoints chosen as the seed chose them, RootSIFT
-descriptors stored as bytes (no weights needed).
+descriptors stored as bytes (no weights needed), or HardNet8 descriptors of the same
+keypoints' patches (kornia) when its weights are present.
 
 One image's feature is a variable-length uint8 array (see ``pack``): a count, the keypoints
 (x, y as float32) and one 128-byte descriptor per keypoint.
@@ -7,20 +8,30 @@ One image's feature is a variable-length uint8 array (see ``pack``): a count, th
 
 from __future__ import annotations
 
-from typing import ClassVar
+import threading
+from pathlib import Path
+from typing import Any, ClassVar
 
 import cv2
 import numba
 import numpy as np
 from PIL import Image
 
-from extractors.base import Extractor, Kind
+from extractors.base import Extractor, Kind, WeightsUnavailable
+from extractors.weights import FETCH, existing_file, offline, read_state_dict
 
 DESC = 128
 HEADER = 4  # uint32 keypoint count
 #: RootSIFT components are in [0, 1] with unit L2 norm (most below 0.5): x512, clipped,
 #: keeps them as bytes at a resolution that matching does not notice.
 SCALE = 512.0
+#: HardNet8 components are in [-1, 1] with unit L2 norm (most within +-0.3): x256 + 128.
+HARDNET_SCALE = 256.0
+#: The HardNet8 weights kornia publishes (``kornia.feature.HardNet8(pretrained=True)``).
+HARDNET_REPO, HARDNET_FILE = "kornia/hardnet", "hardnet8v2.pt"
+#: Patch half-size per SIFT keypoint size, as kornia-moons converts OpenCV keypoints.
+MR_SIZE = 6.0
+DESCRIPTORS = ("rootsift", "hardnet8")
 
 
 def pack(points: np.ndarray, descriptors: np.ndarray) -> np.ndarray:
@@ -106,6 +117,11 @@ class LocalFeatures(Extractor):
     first. Unlike the seed, ``radius`` (50 px) is for a 3000 px image and scales with the
     longer side: a fixed 50 px left a 324 x 223 crop 62 keypoints and no match in its scene
     (``pairs/box.png``), 10 px found it. ``query_variants`` adds the mirrored image.
+
+    ``descriptor``: ``rootsift`` (default, no weights) or ``hardnet8``, whose weights come
+    from ``weights`` (a file) or the Hugging Face cache (``scripts/fetch_models.py local``).
+    Both are stored as 128 bytes; a store holds one kind, so changing it needs a new
+    ``data_dir`` (the distances are not comparable).
     """
 
     name: ClassVar[str] = "local"
@@ -114,6 +130,7 @@ class LocalFeatures(Extractor):
     dtype: ClassVar[type] = np.uint8
     metric: ClassVar[str] = "l2"
     decode_mode = "L"
+    pool: ClassVar[str] = "local"  # SIFT: ~0.1-1 s an image, the slowest weight-free feature
 
     def __init__(
         self,
@@ -122,9 +139,17 @@ class LocalFeatures(Extractor):
         radius: float = 50.0,
         max_neighbours: int = 3,
         max_area: int = 3000 * 3000,
+        descriptor: str = "rootsift",
+        weights: str | None = None,
         max_pixels: int = 100_000_000,
     ) -> None:
         super().__init__(max_pixels=max_pixels)
+        if descriptor not in DESCRIPTORS:
+            raise ValueError(f"unknown descriptor {descriptor!r}; known: {', '.join(DESCRIPTORS)}")
+        self.descriptor = descriptor
+        self.weights = weights
+        self._hardnet: Any = None
+        self._load_lock = threading.Lock()
         self.max_keypoints = max_keypoints
         self.per_quadrant = per_quadrant
         self.radius = radius
@@ -132,6 +157,38 @@ class LocalFeatures(Extractor):
         self.max_area = max_area
         # contrastThreshold -1: every extremum is a candidate; the selection picks.
         self.sift = cv2.SIFT_create(contrastThreshold=-1)  # type: ignore[attr-defined]
+
+    def load(self) -> None:
+        """Load HardNet8 when it is the descriptor (``WeightsUnavailable`` naming the fix)."""
+        if self.descriptor != "hardnet8" or self._hardnet is not None:
+            return
+        with self._load_lock:
+            if self._hardnet is not None:
+                return
+            from kornia.feature import HardNet8
+
+            what = "local (HardNet8)"
+            state = read_state_dict(self._hardnet_file(what), what)
+            model = HardNet8(pretrained=False)
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as exc:
+                first = str(exc).splitlines()[0]
+                raise WeightsUnavailable(f"{what}: not a HardNet8 checkpoint: {first}") from None
+            self._hardnet = model.eval()
+
+    def _hardnet_file(self, what: str) -> Path:
+        if self.weights:
+            return existing_file(self.weights, what)
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return Path(hf_hub_download(HARDNET_REPO, HARDNET_FILE, local_files_only=offline()))
+        except Exception as exc:
+            raise WeightsUnavailable(
+                f"{what}: {HARDNET_REPO}/{HARDNET_FILE} is not in the model cache "
+                f"({type(exc).__name__}); fetch it with {FETCH.format(feature='local')}"
+            ) from None
 
     def _prepared(self, img: Image.Image) -> np.ndarray:
         w, h = img.size
@@ -158,12 +215,31 @@ class LocalFeatures(Extractor):
             self.max_neighbours,
         )
         kps = [found[i] for i in keep]
+        if self.descriptor == "hardnet8":
+            return np.array([kp.pt for kp in kps], np.float32), self._hardnet8(gray, kps)
         kps, desc = self.sift.compute(gray, kps)
         if desc is None or not len(kps):
             return np.empty((0, 2), np.float32), np.empty((0, DESC), np.uint8)
         root = np.sqrt(desc / (desc.sum(axis=1, keepdims=True) + 1e-7))
         quantised = np.clip(np.rint(root * SCALE), 0, 255).astype(np.uint8)
         return np.array([kp.pt for kp in kps], np.float32), quantised
+
+    def _hardnet8(self, gray: np.ndarray, kps: list[Any]) -> np.ndarray:
+        """HardNet8 descriptors (as bytes) of 32 x 32 patches at the keypoints' scale and angle."""
+        import torch
+        from kornia.feature import extract_patches_from_pyramid, laf_from_center_scale_ori
+
+        self.load()
+        n = len(kps)
+        xy = torch.tensor([kp.pt for kp in kps], dtype=torch.float32).view(1, n, 2)
+        scale = torch.tensor([MR_SIZE * kp.size for kp in kps]).view(1, n, 1, 1)
+        angle = torch.tensor([-kp.angle for kp in kps]).view(1, n, 1)
+        laf = laf_from_center_scale_ori(xy, scale.float(), angle.float())
+        image = torch.from_numpy(gray.astype(np.float32) / 255.0)[None, None]
+        with torch.inference_mode():
+            patches = extract_patches_from_pyramid(image, laf, PS=32)[0]
+            desc = self._hardnet(patches).numpy()
+        return np.clip(np.rint(desc * HARDNET_SCALE + 128), 0, 255).astype(np.uint8)
 
     def extract(self, images: list[Image.Image]) -> list[np.ndarray]:
         """Packed keypoints and descriptors of each image (zero keypoints is a valid result)."""

@@ -1,6 +1,6 @@
-"""Fill the local model cache with the weights of the app's model extractors.
+"""Fill the local model cache with the weights of the app's features (models, HardNet8).
 
-    python scripts/fetch_models.py                  # every model feature in configs/serve.yaml
+    python scripts/fetch_models.py                  # every feature in configs/serve.yaml
     python scripts/fetch_models.py clip global      # just these
     python scripts/fetch_models.py --check          # offline: what is there, what is missing
 
@@ -24,7 +24,7 @@ from scripts.ingest import load_app_args
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("features", nargs="*", help="model features (default: all enabled)")
+    p.add_argument("features", nargs="*", help="features (default: all enabled)")
     p.add_argument("--config", default="configs/serve.yaml", help="the app's Serve config")
     p.add_argument("--app", default="imgsearch", help="application name in the config")
     p.add_argument("--check", action="store_true", help="only report, offline")
@@ -36,18 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     ns = parse_args(argv)
     # Before anything imports huggingface_hub, which reads the setting once.
     os.environ["HF_HUB_OFFLINE"] = "1" if ns.check else "0"
-    from extractors import REGISTRY, WeightsUnavailable, build_extractor
+    from extractors import WeightsUnavailable, build_extractor
 
     try:
         args = load_app_args(ns.config, ns.app)
     except (OSError, ValueError, yaml.YAMLError) as exc:
         print(f"fetch_models: {ns.config}: {exc}", file=sys.stderr)
         return 2
-    models = [n for n in args.enabled if REGISTRY[n].uses_torch]
-    wanted = ns.features or models
-    wrong = [f for f in wanted if f not in models]
+    # Every enabled feature: load() is a no-op for the weight-free ones (local with RootSIFT),
+    # and fetches for the rest (local with HardNet8 too).
+    wanted = ns.features or args.enabled
+    wrong = [f for f in wanted if f not in args.enabled]
     if wrong:
-        print(f"fetch_models: {wrong} are not enabled model features: {models}", file=sys.stderr)
+        print(f"fetch_models: {wrong} are not enabled: {args.enabled}", file=sys.stderr)
         return 2
     missing = 0
     for name in wanted:
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             missing += 1
             print(f"{name}: missing: {exc}")
         else:
-            print(f"{name}: ok ({options.get('model', 'default model')})")
+            what = options.get("model") or options.get("descriptor") or "no weights needed"
+            print(f"{name}: ok ({what})")
     return 1 if missing else 0
 
 

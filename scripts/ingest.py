@@ -312,6 +312,7 @@ def ingest(
     cpus_per_actor: float = 0.25,
     progress: bool = True,
     model_pool_size: int = 1,
+    local_pool_size: int | None = None,
 ) -> IngestReport:
     """Ingest every image under ``directory`` into the running app described by ``args``.
 
@@ -321,7 +322,8 @@ def ingest(
     ``ids_from_filenames`` the integer file stem is the image id. ``pool_size`` actors (by
     default one per CPU of the cluster), each reserving ``cpus_per_actor`` CPUs, compute
     batches of ``batch_size`` files; ``model_pool_size`` actors compute the model features
-    (global, clip), their torch threads sharing the cluster's CPUs. A feature whose model is
+    (global, clip), their torch threads sharing the cluster's CPUs; ``local_pool_size``
+    actors (default: as ``pool_size``) the local features. A feature whose model is
     unavailable is left out (reported) unless it was asked for by name.
     """
     if not ray.is_initialized():
@@ -359,16 +361,17 @@ def ingest(
         ds: ray.data.Dataset = ray.data.from_items(
             [{"path": p} for p in by_path], override_num_blocks=blocks
         )
-        # The weight-free features share one pool: each is a few ms per image, and one pass
-        # per batch reads each file once. Models get a pool of their own, sized apart: a
-        # network per actor costs memory, and torch spreads one actor over several cores.
-        light = [f for f in features if not REGISTRY[f].uses_torch]
-        models = [f for f in features if REGISTRY[f].uses_torch]
+        # The light features share one pool: each is a few ms per image, and one pass per
+        # batch reads each file once. Models get a pool of their own, sized apart: a network
+        # per actor costs memory, and torch spreads one actor over several cores. Local
+        # features (SIFT, ~100x phash's time) get one too, so they do not hold the others up.
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        for group, size, threads in (
-            (light, pool_size, None),
-            (models, model_pool_size, max(1, cpus // model_pool_size)),
+        for pool, size, threads in (
+            ("light", pool_size, None),
+            ("local", local_pool_size or pool_size, None),
+            ("models", model_pool_size, max(1, cpus // model_pool_size)),
         ):
+            group = [f for f in features if REGISTRY[f].pool == pool]
             if not group:
                 continue
             extra = {"threads": threads} if threads else {}
@@ -430,6 +433,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model-pool-size", type=int, default=1, help="actors for model features (default 1)"
     )
     p.add_argument(
+        "--local-pool-size",
+        type=int,
+        default=None,
+        help="actors for local features (default: as --pool-size)",
+    )
+    p.add_argument(
         "--cpus-per-actor",
         type=float,
         default=0.25,
@@ -442,6 +451,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ns.batch_size < 1
         or (ns.pool_size is not None and ns.pool_size < 1)
         or ns.model_pool_size < 1
+        or (ns.local_pool_size is not None and ns.local_pool_size < 1)
         or ns.cpus_per_actor <= 0
     ):
         p.error("--batch-size and the pool sizes must be >= 1, --cpus-per-actor > 0")
@@ -472,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
             pool_size=ns.pool_size,
             cpus_per_actor=ns.cpus_per_actor,
             model_pool_size=ns.model_pool_size,
+            local_pool_size=ns.local_pool_size,
         )
     except (IngestError, NotADirectoryError) as exc:
         # A wrong directory or feature, or an app that is not running: one line, no traceback.

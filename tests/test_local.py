@@ -2,14 +2,18 @@
 index with its descriptor-id ranges, and finding crops and the classic pairs."""
 
 import io
+import threading
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from extractors import WeightsUnavailable
 from extractors.local import LocalFeatures, pack, unpack
 from index_actors.keypoints import KeypointIndex, RangeMap
+from scripts.train_index import train
 from tests.helpers import encode
 
 PAIRS = Path(__file__).resolve().parent / "photos" / "pairs"
@@ -128,3 +132,110 @@ def test_replace_remove_and_reopen(
     rebuilt = KeypointIndex(tmp_path)  # from LMDB
     assert rebuilt.index.ntotal == again.index.ntotal
     assert rebuilt.search(query, k=1)[0][0] == 1
+
+
+def _random_features(n: int, seed: int) -> list[np.ndarray]:
+    """Packed features of random descriptors (cheap stand-ins where only ids matter)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        k = int(rng.integers(0, 60))
+        pts = rng.uniform(0, 500, (k, 2)).astype(np.float32)
+        out.append(pack(pts, rng.integers(0, 256, (k, 128), dtype=np.uint8)))
+    return out
+
+
+def test_trained_descriptor_index(
+    local: LocalFeatures, photos: dict[str, bytes], tmp_path: Path
+) -> None:
+    blobs = [*photos.values(), (PAIRS / "graf1.jpg").read_bytes()]
+    idx = KeypointIndex(tmp_path, nprobe=4)
+    idx.add(list(range(len(blobs))), local.extract_bytes(blobs))
+    sample = idx.sample(100_000)
+    assert sample.shape == (idx.index.ntotal, 128) and sample.dtype == np.float32
+    trained, _ = train(sample, "l2", "IVF16,PQ16", None)
+    assert idx.adopt(trained) == {"count": len(blobs), "trained": True, "descriptors": len(sample)}
+    graf = len(blobs) - 1
+    (query,) = local.extract_bytes([(PAIRS / "graf3.jpg").read_bytes()], query=True)
+    assert idx.search(query, k=1)[0][0] == graf
+    (crop,) = local.extract_bytes([_crop(blobs[0], 0.25)], query=True)
+    assert idx.search(crop, k=1)[0][0] == 0
+    # nprobe is live and kept; the trained index comes back from its snapshot.
+    idx.configure(nprobe=16)
+    idx.close()
+    again = KeypointIndex(tmp_path)
+    assert again.trained and again.live == {"nprobe": 16}
+    assert faiss.extract_index_ivf(again.index).nprobe == 16
+    assert again.index.ntotal == len(sample) and again.search(query, k=1)[0][0] == graf
+    # Back to the exact index; a whitening or an index that cannot serve is refused.
+    assert again.adopt(None)["trained"] is False and not (tmp_path / "trained.npz").exists()
+    with pytest.raises(ValueError, match="no whitening"):
+        again.adopt(None, b"x")
+    for factory, metric, why in [
+        ("HNSW8", "l2", "cannot take ids"),
+        ("IVF4,Flat", "ip", "L2"),
+    ]:
+        blob, _ = train(sample, metric, factory, None)
+        with pytest.raises(ValueError, match=why):
+            again.adopt(blob)
+    small, _ = train(sample[:, :64], "l2", "IVF4,Flat", None)
+    with pytest.raises(ValueError, match="128-d"):
+        again.adopt(small)
+    assert again.search(query, k=1)[0][0] == graf
+
+
+def test_writes_during_a_keypoint_index_switch_are_not_lost(tmp_path: Path) -> None:
+    feats = _random_features(3000, seed=0)
+    idx = KeypointIndex(tmp_path)
+    idx.add(list(range(len(feats))), feats)
+    trained, _ = train(idx.sample(20_000), "l2", "IVF16,Flat", None)
+    extra = _random_features(300, seed=1)
+
+    def write() -> None:
+        for i, feat in enumerate(extra):
+            idx.add([10_000 + i], [feat])
+            if i % 3 == 0:
+                idx.remove([i])
+            if i % 3 == 1:
+                idx.add([i], [extra[-1 - i]])  # replaced: new descriptor ids
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    idx.adopt(trained)
+    writer.join()
+    # Every stored image has exactly its current descriptors in the new index.
+    assert idx.trained and idx.index.ntotal == idx.ranges.descriptors
+    for image_id in (1, 2, 4, 10_000, 10_150, 10_299):
+        _, desc = unpack(idx.get(image_id))
+        if len(desc):
+            _, labels = idx.index.search(desc[:1].astype(np.float32), 1)
+            assert idx.ranges.lookup(labels[0]).tolist() == [image_id]
+    assert idx.has([0, 3, 297]) == []
+
+
+def test_hardnet8_descriptors(photos: dict[str, bytes], tmp_path: Path) -> None:
+    import torch
+    from kornia.feature import HardNet8
+
+    with pytest.raises(ValueError, match="unknown descriptor"):
+        LocalFeatures(descriptor="orb")
+    with pytest.raises(WeightsUnavailable, match=r"fetch_models\.py local"):
+        LocalFeatures(descriptor="hardnet8").load()  # nothing cached, and offline
+    torch.save({"conv.weight": torch.ones(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(WeightsUnavailable, match="not a HardNet8 checkpoint"):
+        LocalFeatures(descriptor="hardnet8", weights=str(tmp_path / "foreign.pt")).load()
+    # The real network and patch path, with random (seeded) weights.
+    torch.manual_seed(0)
+    torch.save(HardNet8(pretrained=False).state_dict(), tmp_path / "hardnet8.pt")
+    hardnet = LocalFeatures(descriptor="hardnet8", weights=str(tmp_path / "hardnet8.pt"))
+    hardnet.load()
+    blobs = list(photos.values())[:4]
+    feats = hardnet.extract_bytes(blobs)
+    rootsift = LocalFeatures().extract_bytes(blobs[:1])[0]
+    points, desc = unpack(feats[0])
+    assert np.array_equal(points, unpack(rootsift)[0])  # the same keypoints
+    assert desc.shape == (len(points), 128) and len(np.unique(desc, axis=0)) == len(desc)
+    idx = KeypointIndex(tmp_path / "index")
+    idx.add(list(range(len(feats))), feats)
+    (query,) = hardnet.extract_bytes([blobs[2]], query=True)
+    assert idx.search(query, k=1)[0][0] == 2

@@ -141,7 +141,8 @@ def test_fetch_models_check_reports_each_model(capsys: pytest.CaptureFixture[str
     assert "global: ok (efficientnet_lite0)" in out
     assert "clip: missing:" in out and "fetch_models.py clip" in out
     assert fetch_models.main(["--check", "global"]) == 0
-    assert fetch_models.main(["--check", "phash"]) == 2  # not a model feature
+    assert fetch_models.main(["--check", "phash"]) == 0  # weight-free: nothing to fetch
+    assert fetch_models.main(["--check", "nope"]) == 2  # not an enabled feature
 
 
 def test_train_index_command_line_is_checked() -> None:
