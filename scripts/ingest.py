@@ -366,14 +366,22 @@ def ingest(
         # per actor costs memory, and torch spreads one actor over several cores. Local
         # features (SIFT, ~100x phash's time) get one too, so they do not hold the others up.
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        for pool, size, threads in (
-            ("light", pool_size, None),
-            ("local", local_pool_size or pool_size, None),
-            ("models", model_pool_size, max(1, cpus // model_pool_size)),
-        ):
-            group = [f for f in features if REGISTRY[f].pool == pool]
-            if not group:
-                continue
+        pools = [
+            (group, min(size, blocks), threads)
+            for pool, size, threads in (
+                ("light", pool_size, None),
+                ("local", local_pool_size or pool_size, None),
+                ("models", model_pool_size, max(1, cpus // model_pool_size)),
+            )
+            if (group := [f for f in features if REGISTRY[f].pool == pool])
+        ]
+        # The app's replicas hold most of a laptop's CPUs: ask for no more than is free, or
+        # the pools would wait for CPUs forever (reservations are bookkeeping; the actors
+        # share the cores either way).
+        free = ray.available_resources().get("CPU", 0.0)
+        actors = sum(size for _, size, _ in pools)
+        cpus_per_actor = max(0.01, min(cpus_per_actor, 0.9 * free / actors))
+        for group, size, threads in pools:
             extra = {"threads": threads} if threads else {}
             options = {f: {**extra, **args.extractor_options(f)} for f in group}
             ds = ds.map_batches(
@@ -383,7 +391,7 @@ def ingest(
                 batch_format="numpy",
                 # A fixed pool: extractors load once per actor. A fraction of a CPU each,
                 # so that beside the app's own replicas the pools fit a 2-core laptop.
-                compute=ray.data.ActorPoolStrategy(size=min(size, blocks)),
+                compute=ray.data.ActorPoolStrategy(size=size),
                 num_cpus=cpus_per_actor,
             )
         # One progress bar, of images written; Ray Data's per-operator bars (or, off a

@@ -1,8 +1,13 @@
-"""Train a vector feature's index (IVF-PQ, OPQ, ...) and/or PCA-whitening, and switch to it.
+"""Train a feature's index (IVF-PQ, OPQ, ...) and/or PCA-whitening, and switch to it.
 
     python scripts/train_index.py global --factory "OPQ32,IVF1024,PQ32" [--whiten 512]
     python scripts/train_index.py global --whiten 256            # whitening, Flat index
     python scripts/train_index.py clip --flat                     # back to exact Flat
+    python scripts/train_index.py local --factory "IVF1024,PQ16"  # local features' descriptors
+
+For local features the sample is of descriptors (from random images), and there is no
+whitening: the trained index only picks the candidates, which are re-matched with the exact
+descriptors kept in LMDB.
 
 A random sample of the stored (raw) vectors comes from the running app's index actor; the
 training runs here, in this process, not in the actor that answers searches; the empty
@@ -80,7 +85,7 @@ def run(
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("feature", help="a vector feature of the app: global, clip, color")
+    p.add_argument("feature", help="a vector or local feature of the app: global, clip, local")
     p.add_argument("--factory", help='FAISS index factory string, e.g. "OPQ32,IVF1024,PQ32"')
     p.add_argument("--whiten", type=int, help="PCA-whiten to this many dimensions")
     p.add_argument("--flat", action="store_true", help="back to exact Flat, no whitening")

@@ -16,7 +16,7 @@ def test_shipped_configs_validate(config: Path) -> None:
     cfg = yaml.safe_load(config.read_text())
     for entry in cfg["applications"]:
         args = AppArgs.model_validate(entry["args"])
-        assert args.enabled == ["phash", "color", "global", "clip"]
+        assert args.enabled == ["phash", "color", "global", "clip", "local"]
         names = {d["name"] for d in entry["deployments"]}
         assert names == {"Ingress"} | {f"extract_{f}" for f in args.enabled}
         # Every model name is one its library knows (the weights may still be missing).

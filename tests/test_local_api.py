@@ -9,6 +9,7 @@ from PIL import Image
 
 from deployments.config import AppArgs
 from scripts.ingest import ingest
+from scripts.train_index import run as train_and_adopt
 from tests.conftest import RunningApp
 from tests.helpers import encode, store_photos
 
@@ -105,3 +106,21 @@ def test_ray_data_ingest_computes_local_features(
     assert stored["features"] == ["phash", "local"]
     r = client.get(f"/search/similar/{stored['image_id']}", params={"feature": "local", "k": 1})
     assert r.json()["results"][0]["file_name"] == names[0]  # the same photo, uploaded
+
+
+def test_a_trained_descriptor_index_is_adopted_while_serving(
+    client: httpx.Client, app: RunningApp, photos: dict[str, bytes]
+) -> None:
+    import ray
+
+    actor = app.actor("index:local")
+    result = train_and_adopt(actor, "l2", "IVF4,PQ16x4", None, 100_000)
+    assert result["trained"] and result["sample"] > 1000
+    described = ray.get(actor.describe.remote())
+    assert described["trained"] and described["nprobe"] == 16
+    crop = _crop(photos[BRIDGE], 0.3)
+    r = client.post("/search/image", files={"image": crop}, data={"features": "local", "k": 1})
+    assert r.status_code == 200 and r.json()["results"][0]["image_id"] == _id(photos, BRIDGE)
+    ray.get(actor.configure.remote({"nprobe": 2}))  # live, no rebuild
+    assert ray.get(actor.describe.remote())["nprobe"] == 2
+    assert ray.get(actor.adopt.remote(None, None))["trained"] is False  # back to exact
