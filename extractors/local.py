@@ -116,7 +116,8 @@ class LocalFeatures(Extractor):
     rule (``radius``, ``max_neighbours``), images over ``max_area`` pixels downscaled
     first. Unlike the seed, ``radius`` (50 px) is for a 3000 px image and scales with the
     longer side: a fixed 50 px left a 324 x 223 crop 62 keypoints and no match in its scene
-    (``pairs/box.png``), 10 px found it. ``query_variants`` adds the mirrored image.
+    (``pairs/box.png``), 10 px found it. ``query_variants`` adds the mirrored image unless
+    ``mirror`` is off (it doubles a query's extraction and search time).
 
     ``descriptor``: ``rootsift`` (default, no weights) or ``hardnet8``, whose weights come
     from ``weights`` (a file) or the Hugging Face cache (``scripts/fetch_models.py local``).
@@ -141,6 +142,7 @@ class LocalFeatures(Extractor):
         max_area: int = 3000 * 3000,
         descriptor: str = "rootsift",
         weights: str | None = None,
+        mirror: bool = True,
         max_pixels: int = 100_000_000,
     ) -> None:
         super().__init__(max_pixels=max_pixels)
@@ -148,6 +150,7 @@ class LocalFeatures(Extractor):
             raise ValueError(f"unknown descriptor {descriptor!r}; known: {', '.join(DESCRIPTORS)}")
         self.descriptor = descriptor
         self.weights = weights
+        self.mirror = mirror
         self._hardnet: Any = None
         self._load_lock = threading.Lock()
         self.max_keypoints = max_keypoints
@@ -246,14 +249,14 @@ class LocalFeatures(Extractor):
         return [pack(*self.features(self._prepared(img))) for img in images]
 
     def query_variants(self, images: list[Image.Image]) -> list[np.ndarray]:
-        """The image and its mirror, zero-padded to one width (``unpack`` reads the count)."""
+        """The image and (with ``mirror``) its mirror, zero-padded to one width (``unpack``
+        reads the count)."""
         out = []
         for img in images:
             gray = self._prepared(img)
-            rows = [
-                pack(*self.features(gray)),
-                pack(*self.features(np.ascontiguousarray(gray[:, ::-1]))),
-            ]
+            rows = [pack(*self.features(gray))]
+            if self.mirror:
+                rows.append(pack(*self.features(np.ascontiguousarray(gray[:, ::-1]))))
             width = max(len(r) for r in rows)
             out.append(np.stack([np.pad(r, (0, width - len(r))) for r in rows]))
         return out

@@ -118,10 +118,13 @@ class StoredIndex(ABC):
                 "and ingest again"
             )
 
+    #: The trained artefacts' hash ("" for none), set by the kinds that have them.
+    _tag = ""
+
     @property
     def _stamp_tag(self) -> str:
         """What besides the store's generation a snapshot must match (trained artefacts)."""
-        return ""
+        return self._tag
 
     @property
     def _index_width(self) -> int:
@@ -278,6 +281,13 @@ class StoredIndex(ABC):
             _fsync(tmp)
             os.replace(tmp, target)
         _fsync(self.path)
+
+    def _install(self, fresh: Any, parts: dict[str, bytes]) -> None:
+        """Swap in a filled index with the artefacts it was made from (both locks held)."""
+        self._write_artefacts(parts)
+        self.index, self._tag = fresh, self._tag_of(parts)
+        self._snapshot_generation = -1  # the old snapshot is of the old index
+        self.configure(**self.live)
 
     # --- the index API ----------------------------------------------------------------
     def _as_rows(self, features: Any) -> np.ndarray:
@@ -504,10 +514,6 @@ class VectorIndex(StoredIndex):
     def _index_width(self) -> int:
         return int(self.whitening.d_out) if self.whitening is not None else self.dim
 
-    @property
-    def _stamp_tag(self) -> str:
-        return self._tag
-
     def _read_artefacts(self) -> tuple[Any, Any, str]:
         """(empty trained index or None, whitening or None, their tag) from disk."""
         return self._decode_artefacts(self._read_parts())
@@ -663,7 +669,7 @@ class VectorIndex(StoredIndex):
         one; the ids they touch meanwhile are replayed into the new one before the swap.
         """
         parts = {k: v for k, v in (("index", trained), ("whitening", whitening)) if v}
-        template, white, tag = self._decode_artefacts(parts)
+        template, white, _ = self._decode_artefacts(parts)
         if white is not None and white.d_in != self.dim:
             raise ValueError(f"whitening takes {white.d_in}-d vectors, not {self.dim}-d")
         width = white.d_out if white is not None else self.dim
@@ -684,10 +690,8 @@ class VectorIndex(StoredIndex):
             # index being written now finishes before the swap, not after it.
             with self._snapshot_lock, self._lock:
                 self._replay(fresh, sorted(changed), prepare)
-                self._write_artefacts(parts)
-                self.index, self.whitening, self.template, self._tag = fresh, white, template, tag
-                self._snapshot_generation = -1  # the old snapshot is of the old index
-                self.configure(**self.live)
+                self.whitening, self.template = white, template
+                self._install(fresh, parts)
         finally:
             with self._lock:
                 self._changed = None

@@ -268,11 +268,29 @@ def bench_crops(
     if n_scale > local_idx.count:
         fill_s = fill(n_distractors, n_distractors + n_scale - local_idx.count)
         print(f"crops: grown to {local_idx.count} images ({fill_s:.0f} s)")
+    # The exact index at this size, a few queries only (seconds each): the trained one's peer.
+    exact_s = []
+    for _, _, query in local_q[:3]:
+        start = time.perf_counter()
+        local_idx.search(query, k=10)
+        exact_s.append(time.perf_counter() - start)
     start = time.perf_counter()
     trained, _ = train(local_idx.sample(100_000), "l2", factory, None)
     adopted = local_idx.adopt(trained)
     print(f"crops: {factory} trained and filled in {time.perf_counter() - start:.0f} s: {adopted}")
-    report(f"{local_idx.count} {factory} nprobe {local_idx.live['nprobe']}")
+    label = f"{local_idx.count} {factory} nprobe {local_idx.live['nprobe']}"
+    report(label)
+    _, secs = _recall(local_idx, local_q[:3])
+    print(f"crops: exact index at {local_idx.count}: {ms(exact_s, 50):.0f} ms per search")
+    rows.append(
+        row(
+            f"crops {label}: index search ms (peer exact)",
+            ms(secs, 50),
+            ms(exact_s, 50),
+            "info",
+            None,
+        )
+    )
     local_idx.close()
     phash_idx.close()
     return rows

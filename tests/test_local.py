@@ -55,6 +55,8 @@ def test_pack_round_trip_and_padded_variants(
     assert np.array_equal(got[0], pts) and np.array_equal(got[1], desc)
     (variants,) = local.extract_bytes([next(iter(photos.values()))], query=True)
     assert variants.ndim == 2 and len(variants) == 2  # the image and its mirror
+    (alone,) = LocalFeatures(mirror=False).extract_bytes([next(iter(photos.values()))], query=True)
+    assert np.array_equal(alone, variants[:1, : alone.shape[1]])
 
 
 def test_range_map_lookup() -> None:
@@ -190,6 +192,7 @@ def test_writes_during_a_keypoint_index_switch_are_not_lost(tmp_path: Path) -> N
     idx.add(list(range(len(feats))), feats)
     trained, _ = train(idx.sample(20_000), "l2", "IVF16,Flat", None)
     extra = _random_features(300, seed=1)
+    replacements = _random_features(300, seed=2)
 
     def write() -> None:
         for i, feat in enumerate(extra):
@@ -197,7 +200,7 @@ def test_writes_during_a_keypoint_index_switch_are_not_lost(tmp_path: Path) -> N
             if i % 3 == 0:
                 idx.remove([i])
             if i % 3 == 1:
-                idx.add([i], [extra[-1 - i]])  # replaced: new descriptor ids
+                idx.add([i], [replacements[i]])  # replaced: new descriptor ids
 
     writer = threading.Thread(target=write)
     writer.start()
