@@ -103,7 +103,13 @@ def test_id_from_name() -> None:
 
 def test_load_app_args_reads_the_serve_config() -> None:
     args = load_app_args(ROOT / "configs" / "serve.yaml", "imgsearch")
-    assert args.name == "imgsearch" and args.enabled == ["phash", "color", "global", "clip"]
+    assert args.name == "imgsearch" and args.enabled == [
+        "phash",
+        "color",
+        "global",
+        "clip",
+        "local",
+    ]
     with pytest.raises(ValueError, match="no application named"):
         load_app_args(ROOT / "configs" / "serve.yaml", "nope")
 

@@ -158,6 +158,8 @@ def test_trained_descriptor_index(
     trained, _ = train(sample, "l2", "IVF16,PQ16", None)
     assert idx.adopt(trained) == {"count": len(blobs), "trained": True, "descriptors": len(sample)}
     graf = len(blobs) - 1
+    # The vote threshold is widened by the PQ codes' mean squared error (0 when exact).
+    assert idx._slack > 100
     (query,) = local.extract_bytes([(PAIRS / "graf3.jpg").read_bytes()], query=True)
     assert idx.search(query, k=1)[0][0] == graf
     (crop,) = local.extract_bytes([_crop(blobs[0], 0.25)], query=True)
@@ -170,7 +172,9 @@ def test_trained_descriptor_index(
     assert faiss.extract_index_ivf(again.index).nprobe == 16
     assert again.index.ntotal == len(sample) and again.search(query, k=1)[0][0] == graf
     # Back to the exact index; a whitening or an index that cannot serve is refused.
+    assert again._slack == idx._slack  # measured again on start
     assert again.adopt(None)["trained"] is False and not (tmp_path / "trained.npz").exists()
+    assert again._slack == 0
     with pytest.raises(ValueError, match="no whitening"):
         again.adopt(None, b"x")
     for factory, metric, why in [
