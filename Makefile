@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 # saves ~10 ms per request on 2 cores (scripts/bench.py measures the whole path).
 export RAY_SERVE_ENABLE_HA_PROXY := 1
 
-.PHONY: serve test lint bench ingest clean
+.PHONY: serve test lint bench ingest clean system-deps
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -25,7 +25,15 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# Debian packages the tests need: a PostgreSQL server (the text index's second backend; the
+# tests start their own in a temporary folder). Installed once, with sudo unless root.
+SYSTEM_PKGS := postgresql
+system-deps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q $(SYSTEM_PKGS); }
+
+test: lint system-deps
 	$(BIN)/pytest
 
 bench: $(BIN)/.installed

@@ -1,0 +1,136 @@
+"""The text index (issue 5, first step, no Ray): both backends, the embedded one and a real
+PostgreSQL server (started here in a folder; `.ci/run` makes sure PostgreSQL is installed)."""
+
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from index_actors.text import (
+    EmbeddedTextIndex,
+    PostgresTextIndex,
+    TextIndex,
+    TextUnavailable,
+    words,
+)
+from scripts.pgserver import bindir, pg_server
+
+TEXTS = {
+    1: {"text": "Please sign to receive your parcel", "tags": "office"},
+    2: {"caption": "a photo of a bridge at dusk", "tags": "bridge, outdoor"},
+    3: {"text": "Добро пожаловать в Москву", "caption": "a street sign"},
+    4: {"text": "東京タワー 333 m", "tags": "tower"},
+    5: {"caption": "two friends on a beach", "tags": "beach, outdoor"},
+}
+
+
+@pytest.fixture(scope="module")
+def pg_dsn() -> Iterator[str]:
+    folder = Path(tempfile.mkdtemp(prefix="pg-test-"))
+    os.chmod(folder, 0o755)  # the server runs as the postgres user when we are root
+    with pg_server(folder / "pg") as dsn:
+        yield dsn
+
+
+@pytest.fixture(params=["embedded", "postgres"])
+def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TextIndex]:
+    if request.param == "embedded":
+        idx: TextIndex = EmbeddedTextIndex(tmp_path)
+    else:
+        dsn = request.getfixturevalue("pg_dsn")
+        idx = PostgresTextIndex(dsn)
+        idx.remove(list(range(1, 100)))  # the server is shared by the module's tests
+    for image_id, fields in TEXTS.items():
+        idx.add(image_id, fields)
+    yield idx
+    idx.close()
+
+
+def _top(idx: TextIndex, query: str) -> int | None:
+    hits = idx.search(query, k=3)
+    return hits[0][0] if hits else None
+
+
+@pytest.mark.parametrize(
+    ("query", "want"),
+    [
+        ("receive", 1),  # exact
+        ("recieve", 1),  # misspelt: a transposition
+        ("recive", 1),  # misspelt: a letter missing
+        ("foto", 2),  # sound-alike (metaphone FT)
+        ("Bridge", 2),  # case
+        ("москву", 3),  # Cyrillic
+        ("東京タワー", 4),  # CJK, as a whole word
+        ("friends beach", 5),
+    ],
+)
+def test_exact_misspelt_and_sound_alike_words(index: TextIndex, query: str, want: int) -> None:
+    assert _top(index, query) == want
+
+
+def test_scores_rank_exact_over_fuzzy(index: TextIndex) -> None:
+    exact = dict(index.search("receive"))[1]
+    fuzzy = dict(index.search("recieve"))[1]
+    assert exact == 0.0 < fuzzy < 1.0
+    # Every query word counts: an image matching one of two words is further.
+    both = dict(index.search("bridge dusk"))
+    assert both[2] == 0.0
+    assert dict(index.search("bridge parcel"))[2] == 0.5
+    assert index.search("zebra") == []
+
+
+def test_replace_remove_and_get(index: TextIndex) -> None:
+    index.add(1, {"caption": "a red zebra"})
+    assert index.get(1) == {"caption": "a red zebra"}
+    assert _top(index, "zebra") == 1 and index.search("parcel") == []
+    assert index.remove([1, 42]) == [1]
+    assert index.get(1) is None and index.search("zebra") == []
+    assert index.count == len(TEXTS) - 1
+
+
+def test_bad_input(index: TextIndex) -> None:
+    for query in ("", "   ", "?!... ---"):
+        with pytest.raises(ValueError, match="no words"):
+            index.search(query)
+    with pytest.raises(ValueError, match="unknown text fields"):
+        index.add(9, {"ocr": "x"})
+    long = "word " * 2000  # 10,000 characters of one repeated word: one query word
+    assert index.search(long) == []
+    assert words("It's 3 o'clock: 12:30!") == ["it", "s", "o", "clock", "12", "30"]
+
+
+def test_embedded_index_comes_back_from_lmdb(tmp_path: Path) -> None:
+    idx = EmbeddedTextIndex(tmp_path)
+    for image_id, fields in TEXTS.items():
+        idx.add(image_id, fields)
+    idx.remove([5])
+    idx.close()
+    again = EmbeddedTextIndex(tmp_path)
+    assert _top(again, "recieve") == 1 and again.search("beach") == [] and again.count == 4
+
+
+def test_postgres_down_at_start_and_mid_run(tmp_path: Path) -> None:
+    with pytest.raises(TextUnavailable, match="unreachable"):
+        PostgresTextIndex(f"host={tmp_path} dbname=postgres user=postgres")
+    folder = Path(tempfile.mkdtemp(prefix="pg-down-"))
+    os.chmod(folder, 0o755)
+    with pg_server(folder / "pg") as dsn:
+        idx = PostgresTextIndex(dsn)
+        idx.add(1, TEXTS[1])
+        as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        data = str(folder / "pg" / "data")
+        ctl = [*as_user, str(bindir() / "pg_ctl"), "-D", data, "-m", "immediate", "-w"]
+        subprocess.run([*ctl, "stop"], check=True, capture_output=True)
+        with pytest.raises(TextUnavailable):
+            idx.search("receive")
+        with pytest.raises(TextUnavailable):
+            idx.add(2, TEXTS[2])
+        sock = dsn.split()[0].removeprefix("host=")
+        opts = f"-c listen_addresses='' -c unix_socket_directories='{sock}' -c fsync=off"
+        log = str(folder / "pg" / "log")
+        subprocess.run([*ctl, "-o", opts, "-l", log, "start"], check=True, capture_output=True)
+        assert _top(idx, "receive") == 1  # reconnected; the acknowledged add is there
+        idx.close()
