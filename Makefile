@@ -25,11 +25,12 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# Debian packages the tests need: a PostgreSQL server (the text index's second backend; the
-# tests start their own in a temporary folder). Installed once, with sudo unless root.
-SYSTEM_PKGS := postgresql
+# Debian packages: Tesseract for OCR (the app's, and the tests'), and a PostgreSQL server
+# for the tests (the text index's second backend; they start their own in a temporary
+# folder). Installed once, with sudo unless root.
+SYSTEM_PKGS := tesseract-ocr tesseract-ocr-eng postgresql
 system-deps:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	@{ command -v tesseract && ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 || { \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q $(SYSTEM_PKGS); }
 

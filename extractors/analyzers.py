@@ -1,0 +1,136 @@
+"""Image analyzers whose output is text: tags (ImageNet classes from the global-features
+network's own forward pass) and OCR (Tesseract). Ray-free; each gives one dict per image.
+
+The app turns their output into searchable text (``index_actors.text``).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from PIL import Image
+
+from extractors.base import WeightsUnavailable
+from extractors.global_features import GlobalFeatures
+
+
+class ImageNetTagger:
+    """Tags from the ImageNet classifier of the global-features network (same forward pass
+    as its embedding): the readable class names whose probability is at least ``cutoff``,
+    at most ``top`` of them, best first."""
+
+    def __init__(self, cutoff: float = 0.1, top: int = 5, **global_options: Any) -> None:
+        if not 0.0 < cutoff <= 1.0 or top < 1:
+            raise ValueError("cutoff must be in (0, 1] and top >= 1")
+        self.cutoff = cutoff
+        self.top = top
+        self.network = GlobalFeatures(**global_options)
+        self._labels: list[str] | None = None
+
+    def load(self) -> None:
+        """Load the network (``WeightsUnavailable`` with the fix when its weights are missing)."""
+        self.network.load()
+        if self._labels is None:
+            from timm.data import ImageNetInfo
+
+            info = ImageNetInfo()
+            # "tiger shark, Galeocerdo cuvieri" -> "tiger shark": the common name.
+            self._labels = [
+                info.index_to_description(i).split(",")[0].strip()
+                for i in range(info.num_classes())
+            ]
+
+    def analyze(self, images: list[Image.Image]) -> list[dict[str, Any]]:
+        """Per image ``{"tags": [{"label", "score"}, ...]}``."""
+        self.load()
+        assert self._labels is not None
+        _, probs = self.network.forward(images)
+        if probs.shape[1] != len(self._labels):
+            raise WeightsUnavailable(
+                f"tags: the model has {probs.shape[1]} classes, not ImageNet's {len(self._labels)}"
+            )
+        out = []
+        for row in probs:
+            best = row.argsort()[::-1][: self.top]
+            tags = [
+                {"label": self._labels[j], "score": round(float(row[j]), 4)}
+                for j in best
+                if row[j] >= self.cutoff
+            ]
+            out.append({"tags": tags})
+        return out
+
+
+class TesseractOcr:
+    """Words and their confidence from Tesseract (``pytesseract``), on the image downscaled
+    to at most ``max_side`` pixels (Tesseract's time grows with the pixels, and photo text
+    is rarely smaller than it keeps). ``languages``: Tesseract language packs, e.g.
+    ``["eng", "deu"]``; ``min_confidence``: words below it (0-100) are dropped."""
+
+    def __init__(
+        self, languages: list[str] | None = None, max_side: int = 2000, min_confidence: float = 60
+    ) -> None:
+        self.languages = languages or ["eng"]
+        self.max_side = max_side
+        self.min_confidence = min_confidence
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        """Check Tesseract and its language packs (``WeightsUnavailable`` naming the fix)."""
+        if self._ready:
+            return
+        with self._lock:
+            import pytesseract
+
+            try:
+                have = set(pytesseract.get_languages(config=""))
+            except (pytesseract.TesseractNotFoundError, OSError) as exc:
+                raise WeightsUnavailable(
+                    f"ocr: Tesseract is not installed ({type(exc).__name__}): "
+                    "apt-get install tesseract-ocr tesseract-ocr-eng"
+                ) from None
+            missing = [lang for lang in self.languages if lang not in have]
+            if missing:
+                packs = " ".join(f"tesseract-ocr-{lang}" for lang in missing)
+                raise WeightsUnavailable(
+                    f"ocr: no Tesseract language data for {missing}: apt-get install {packs}"
+                )
+            self._ready = True
+
+    def analyze(self, images: list[Image.Image]) -> list[dict[str, Any]]:
+        """Per image ``{"text": "...", "words": [{"text", "confidence", "box"}]}``."""
+        import pytesseract
+
+        self.load()
+        out = []
+        for img in images:
+            gray = img.convert("L")
+            scale = min(1.0, self.max_side / max(gray.size))
+            if scale < 1.0:
+                size = (round(gray.width * scale), round(gray.height * scale))
+                gray = gray.resize(size, Image.Resampling.LANCZOS)
+            data = pytesseract.image_to_data(
+                gray, lang="+".join(self.languages), output_type=pytesseract.Output.DICT
+            )
+            words = [
+                {
+                    "text": text.strip(),
+                    "confidence": round(float(conf), 1),
+                    # Boxes in the original image's pixels.
+                    "box": [round(v / scale) for v in (left, top, width, height)],
+                }
+                for text, conf, left, top, width, height in zip(
+                    data["text"],
+                    data["conf"],
+                    data["left"],
+                    data["top"],
+                    data["width"],
+                    data["height"],
+                    strict=True,
+                )
+                if text.strip() and float(conf) >= self.min_confidence
+            ]
+            out.append({"text": " ".join(w["text"] for w in words), "words": words})
+        return out

@@ -1,0 +1,81 @@
+"""Text analyzers (issue 5, no Ray): ImageNet tags from the global network, Tesseract OCR
+on rendered text (fonts, sizes, small rotations, JPEG noise)."""
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from extractors import WeightsUnavailable
+from extractors.analyzers import ImageNetTagger, TesseractOcr
+
+LINES = [
+    "Please sign here to receive your parcel",
+    "Platform seven departures to Amsterdam",
+    "Fresh bread baked every morning",
+    "Museum opening hours Monday closed",
+]
+DEJAVU = Path("/usr/share/fonts/truetype/dejavu")
+
+
+def _fonts(size: int) -> list[ImageFont.FreeTypeFont | ImageFont.ImageFont]:
+    """Pillow's own font, and DejaVu Sans / Serif where the system has them."""
+    fonts: list[ImageFont.FreeTypeFont | ImageFont.ImageFont] = [ImageFont.load_default(size)]
+    for name in ("DejaVuSans.ttf", "DejaVuSerif-Bold.ttf"):
+        if (DEJAVU / name).exists():
+            fonts.append(ImageFont.truetype(str(DEJAVU / name), size))
+    return fonts
+
+
+def _rendered(
+    line: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, angle: float
+) -> Image.Image:
+    img = Image.new("RGB", (1400, 200), (245, 240, 230))
+    ImageDraw.Draw(img).text((40, 60), line, fill=(20, 20, 30), font=font)
+    img = img.rotate(angle, Image.Resampling.BICUBIC, fillcolor=(245, 240, 230))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=40)  # JPEG noise
+    return Image.open(io.BytesIO(buf.getvalue()))
+
+
+def test_ocr_word_accuracy_on_rendered_text() -> None:
+    ocr = TesseractOcr()
+    right = total = 0
+    for size in (28, 44):
+        for font in _fonts(size):
+            for angle in (-3.0, 0.0, 2.0):
+                images = [_rendered(line, font, angle) for line in LINES]
+                for line, result in zip(LINES, ocr.analyze(images), strict=True):
+                    got = {w["text"].lower().strip(".,") for w in result["words"]}
+                    want = line.lower().split()
+                    right += sum(w in got for w in want)
+                    total += len(want)
+                    assert all(0 <= w["confidence"] <= 100 for w in result["words"])
+    assert right / total >= 0.9, f"word accuracy {right / total:.2f}"
+
+
+def test_ocr_of_an_image_without_text_and_a_missing_language() -> None:
+    (result,) = TesseractOcr().analyze([Image.new("RGB", (640, 480), (90, 120, 150))])
+    assert result == {"text": "", "words": []}
+    with pytest.raises(WeightsUnavailable, match="tesseract-ocr-xyz"):
+        TesseractOcr(languages=["eng", "xyz"]).load()
+
+
+def test_large_images_are_read_downscaled_with_boxes_in_original_pixels() -> None:
+    img = Image.new("RGB", (4000, 1000), "white")
+    font = ImageFont.load_default(120)
+    ImageDraw.Draw(img).text((2000, 400), "HARBOUR", fill="black", font=font)
+    (result,) = TesseractOcr(max_side=1000).analyze([img])
+    (word,) = [w for w in result["words"] if w["text"] == "HARBOUR"]
+    assert 1900 <= word["box"][0] <= 2100  # x in the 4000 px image, not the 1000 px one
+
+
+def test_imagenet_tags(photos: dict[str, bytes]) -> None:
+    tagger = ImageNetTagger(cutoff=0.05)
+    (tags,) = tagger.analyze([Image.open(io.BytesIO(photos["Bridge_by_Sander_Klootwijk.jpg"]))])
+    labels = [t["label"] for t in tags["tags"]]
+    assert "suspension bridge" in labels  # the whole frame (crop_pct 1): also poles, a crane
+    assert all(t["score"] >= 0.05 for t in tags["tags"]) and len(labels) <= 5
+    with pytest.raises(ValueError):
+        ImageNetTagger(cutoff=0)
