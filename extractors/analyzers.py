@@ -134,3 +134,68 @@ class TesseractOcr:
             ]
             out.append({"text": " ".join(w["text"] for w in words), "words": words})
         return out
+
+
+class Captioner:
+    """Captions from a transformers image-to-text model (BLIP, GIT, ...): ``model`` is a hub
+    id (looked up in the local cache while ``HF_HUB_OFFLINE=1``) or a local folder with the
+    model and its processor; ``num_beams`` / ``max_new_tokens`` set the beam search."""
+
+    def __init__(
+        self,
+        model: str = "Salesforce/blip-image-captioning-base",
+        num_beams: int = 3,
+        max_new_tokens: int = 30,
+        threads: int | None = None,
+    ) -> None:
+        if num_beams < 1 or max_new_tokens < 1:
+            raise ValueError("num_beams and max_new_tokens must be >= 1")
+        self.model_name = model
+        self.num_beams = num_beams
+        self.max_new_tokens = max_new_tokens
+        self.threads = threads
+        self.model: Any = None
+        self.processor: Any = None
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        """Load model and processor (``WeightsUnavailable`` naming the fix when absent)."""
+        if self.model is not None:
+            return
+        with self._lock:
+            if self.model is not None:
+                return
+            import torch
+            from transformers import AutoModelForImageTextToText, AutoProcessor
+
+            from extractors.weights import FETCH, offline
+
+            if self.threads:
+                torch.set_num_threads(self.threads)
+            try:
+                processor = AutoProcessor.from_pretrained(
+                    self.model_name, local_files_only=offline()
+                )
+                model = AutoModelForImageTextToText.from_pretrained(
+                    self.model_name, local_files_only=offline()
+                )
+            except (OSError, ValueError, KeyError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise WeightsUnavailable(
+                    f"caption ({self.model_name}): not available ({type(exc).__name__}: "
+                    f"{first[:200]}); fetch it with {FETCH.format(feature='caption')}"
+                ) from None
+            self.processor, self.model = processor, model.eval()
+
+    def analyze(self, images: list[Image.Image]) -> list[dict[str, Any]]:
+        """Per image ``{"caption": "..."}`` by beam search."""
+        import torch
+
+        self.load()
+        inputs = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
+        with torch.inference_mode():
+            out = self.model.generate(
+                **inputs, num_beams=self.num_beams, max_new_tokens=self.max_new_tokens
+            )
+        texts = self.processor.batch_decode(out, skip_special_tokens=True)
+        return [{"caption": " ".join(t.split())} for t in texts]

@@ -76,3 +76,46 @@ def transformed(data: bytes) -> dict[str, bytes]:
         "mirror": reencode(data, mirror=True, quality=90),
         "bright_30": encode(ImageEnhance.Brightness(img).enhance(1.3), "JPEG", quality=90),
     }
+
+
+#: The words of the tiny captioner's vocabulary (BERT's special tokens first).
+TINY_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo", "of", "bridge", "red"]
+
+
+def tiny_blip_dir(path: Path, favour: str = "bridge") -> Path:
+    """A BLIP captioner a few layers deep (model + processor, the real transformers classes)
+    under ``path``; random weights, except that its output prefers the word ``favour``."""
+    import torch
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    vocab = {w: i for i, w in enumerate(TINY_WORDS)}
+    tokenizer = BertTokenizer(vocab=vocab)
+    processor = BlipProcessor(
+        image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer
+    )
+    small = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2}
+    config = BlipConfig(
+        text_config={
+            **small,
+            "vocab_size": len(vocab),
+            "num_hidden_layers": 2,
+            "encoder_hidden_size": 32,
+            "bos_token_id": vocab["[CLS]"],
+            "sep_token_id": vocab["[SEP]"],
+            "pad_token_id": vocab["[PAD]"],
+        },
+        vision_config={**small, "num_hidden_layers": 2, "image_size": 32, "patch_size": 8},
+    )
+    torch.manual_seed(0)
+    model = BlipForConditionalGeneration(config)
+    with torch.no_grad():
+        model.text_decoder.cls.predictions.bias[vocab[favour]] += 20.0
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

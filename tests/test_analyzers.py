@@ -8,7 +8,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from extractors import WeightsUnavailable
-from extractors.analyzers import ImageNetTagger, TesseractOcr
+from extractors.analyzers import Captioner, ImageNetTagger, TesseractOcr
+from tests.helpers import tiny_blip_dir
 
 LINES = [
     "Please sign here to receive your parcel",
@@ -79,3 +80,19 @@ def test_imagenet_tags(photos: dict[str, bytes]) -> None:
     assert all(t["score"] >= 0.05 for t in tags["tags"]) and len(labels) <= 5
     with pytest.raises(ValueError):
         ImageNetTagger(cutoff=0)
+
+
+def test_captioner_runs_the_real_generate_path(tmp_path: Path) -> None:
+    folder = tiny_blip_dir(tmp_path / "blip")
+    images = [Image.new("RGB", (64, 48), (200, 10, 10)), Image.new("RGB", (40, 80), "blue")]
+    for beams in (1, 3):
+        captioner = Captioner(model=str(folder), num_beams=beams, max_new_tokens=4)
+        captions = captioner.analyze(images)
+        assert len(captions) == 2
+        assert all("bridge" in c["caption"].split() for c in captions), captions
+    with pytest.raises(WeightsUnavailable, match=r"fetch_models\.py caption"):
+        Captioner(model=str(tmp_path / "nothing-here")).load()
+    with pytest.raises(WeightsUnavailable, match="not available"):
+        Captioner(model="Salesforce/not-cached-anywhere").load()  # offline: not in the cache
+    with pytest.raises(ValueError):
+        Captioner(num_beams=0)
