@@ -23,6 +23,9 @@ things timed side by side (interleaved, best-of-N or medians). Sections, in the 
           ``--crop-scale`` images (see scripts/bench_crops.py).
 - ranges: descriptor id -> image id lookups/s, our RangeMap against a PostgreSQL GiST
           ``int4range`` table (a throwaway server, when PostgreSQL is installed).
+- text:   recall@5 and latency of exact, misspelt and sound-alike text queries over
+          ``--n-texts`` texts, the embedded backend beside PostgreSQL (scripts/bench_text.py).
+- ocr:    Tesseract's word accuracy and images/s on rendered lines.
 
 A quick smoke run: ``.venv/bin/python scripts/bench.py --n-hashes 20000 --n-http 1000``.
 """
@@ -69,6 +72,7 @@ from index_actors.actor import index_actor
 from index_actors.indexes import StoredIndex, VectorIndex, build_index
 from index_actors.store import Catalog
 from scripts.bench_crops import bench_crops, bench_ranges
+from scripts.bench_text import bench_ocr, bench_text
 from scripts.benchlib import Row, features, ms, row
 from scripts.ingest import ingest, load_app_args
 from scripts.train_index import train
@@ -85,6 +89,8 @@ SECTIONS = (
     "quality",
     "crops",
     "ranges",
+    "text",
+    "ocr",
 )
 GiB = 1 << 30
 
@@ -757,6 +763,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--local-factory", default="IVF1024,PQ16", help="trained descriptor index for crops"
     )
+    p.add_argument("--n-texts", type=int, default=10_000, help="stored texts for text")
     p.add_argument("--json", type=Path, help="also write the table here as JSON")
     args = p.parse_args()
     args.only = {s.strip() for s in args.only.split(",") if s.strip()}
@@ -786,6 +793,10 @@ def main() -> None:
             )
         if "ranges" in opts.only:
             rows += bench_ranges(10_000, 200, 2.0)
+        if "text" in opts.only:
+            rows += bench_text(opts.n_texts, 200)
+        if "ocr" in opts.only:
+            rows += bench_ocr()
         if "vectors" in opts.only:
             settings = [(int(a), int(b)) for a, b in (x.split(":") for x in opts.probes.split(","))]
             rows += bench_vectors(opts.n_vectors, opts.factory, settings, tmp)

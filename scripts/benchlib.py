@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from extractors import Extractor, InvalidImage
 
@@ -37,3 +40,26 @@ def features(extractor: Extractor, blobs: list[bytes], query: bool = False) -> l
             raise result
         out.append(result)
     return out
+
+
+DEJAVU = Path("/usr/share/fonts/truetype/dejavu")
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+
+def text_fonts(size: int) -> list[Font]:
+    """Pillow's own font, and DejaVu Sans / Serif Bold where the system has them."""
+    fonts: list[Font] = [ImageFont.load_default(size)]
+    for name in ("DejaVuSans.ttf", "DejaVuSerif-Bold.ttf"):
+        if (DEJAVU / name).exists():
+            fonts.append(ImageFont.truetype(str(DEJAVU / name), size))
+    return fonts
+
+
+def rendered_line(line: str, font: Font, angle: float, quality: int = 40) -> Image.Image:
+    """A line of dark text on a light background, rotated ``angle`` degrees, as a JPEG."""
+    img = Image.new("RGB", (1400, 200), (245, 240, 230))
+    ImageDraw.Draw(img).text((40, 60), line, fill=(20, 20, 30), font=font)
+    img = img.rotate(angle, Image.Resampling.BICUBIC, fillcolor=(245, 240, 230))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue()))

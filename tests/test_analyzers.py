@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from extractors import WeightsUnavailable
 from extractors.analyzers import Captioner, ImageNetTagger, TesseractOcr
+from scripts.benchlib import rendered_line, text_fonts
 from tests.helpers import tiny_blip_dir
 
 LINES = [
@@ -17,36 +18,15 @@ LINES = [
     "Fresh bread baked every morning",
     "Museum opening hours Monday closed",
 ]
-DEJAVU = Path("/usr/share/fonts/truetype/dejavu")
-
-
-def _fonts(size: int) -> list[ImageFont.FreeTypeFont | ImageFont.ImageFont]:
-    """Pillow's own font, and DejaVu Sans / Serif where the system has them."""
-    fonts: list[ImageFont.FreeTypeFont | ImageFont.ImageFont] = [ImageFont.load_default(size)]
-    for name in ("DejaVuSans.ttf", "DejaVuSerif-Bold.ttf"):
-        if (DEJAVU / name).exists():
-            fonts.append(ImageFont.truetype(str(DEJAVU / name), size))
-    return fonts
-
-
-def _rendered(
-    line: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, angle: float
-) -> Image.Image:
-    img = Image.new("RGB", (1400, 200), (245, 240, 230))
-    ImageDraw.Draw(img).text((40, 60), line, fill=(20, 20, 30), font=font)
-    img = img.rotate(angle, Image.Resampling.BICUBIC, fillcolor=(245, 240, 230))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=40)  # JPEG noise
-    return Image.open(io.BytesIO(buf.getvalue()))
 
 
 def test_ocr_word_accuracy_on_rendered_text() -> None:
     ocr = TesseractOcr()
     right = total = 0
     for size in (28, 44):
-        for font in _fonts(size):
+        for font in text_fonts(size):
             for angle in (-3.0, 0.0, 2.0):
-                images = [_rendered(line, font, angle) for line in LINES]
+                images = [rendered_line(line, font, angle) for line in LINES]
                 for line, result in zip(LINES, ocr.analyze(images), strict=True):
                     got = {w["text"].lower().strip(".,") for w in result["words"]}
                     want = line.lower().split()

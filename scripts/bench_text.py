@@ -1,0 +1,203 @@
+"""Text search and OCR, for ``scripts/bench.py`` (sections ``text``, ``ocr``).
+
+text: ``--n-texts`` stored texts of 8 words each from a vocabulary of pronounceable
+pseudo-words (no dictionary on this machine); queries are two words of one stored text,
+exact, misspelt (each word 1 edit, 2 from 6 letters on: substitutions, transpositions,
+deletions) and sound-alike (each word's inner vowels changed and a consonant doubled: 3 or
+more edits, the same metaphone key). recall@5 of the text and latency p50 for the embedded
+backend and for PostgreSQL (a throwaway server) side by side.
+
+ocr: word accuracy and images/s of Tesseract on rendered lines (Pillow's and DejaVu fonts,
+sizes, rotations of a few degrees, JPEG quality 40).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index_actors.text import (
+    EmbeddedTextIndex,
+    PostgresTextIndex,
+    TextIndex,
+    max_edits,
+    sound,
+)
+from scripts.benchlib import Row, ms, rendered_line, row, text_fonts
+
+CONSONANTS = "bdfgklmnprstv"
+VOWELS = "aeiou"
+KINDS = ("exact", "misspelt", "sound-alike")
+
+
+def vocabulary(n: int, rng: np.random.Generator) -> list[str]:
+    """``n`` distinct pseudo-words of 2-4 consonant-vowel syllables."""
+    out: set[str] = set()
+    while len(out) < n:
+        syllables = int(rng.integers(2, 5))
+        out.add(
+            "".join(
+                str(rng.choice(list(CONSONANTS))) + str(rng.choice(list(VOWELS)))
+                for _ in range(syllables)
+            )
+        )
+    return sorted(out)
+
+
+def misspelt(word: str, rng: np.random.Generator) -> str:
+    """``word`` with as many random edits as a query may have (1, or 2 from 6 letters)."""
+    out = word
+    for _ in range(max_edits(word)):
+        i = int(rng.integers(0, len(out) - 1))
+        pick = rng.random()
+        if pick < 0.4:
+            out = (
+                out[:i]
+                + str(rng.choice([c for c in CONSONANTS + VOWELS if c != out[i]]))
+                + out[i + 1 :]
+            )
+        elif pick < 0.7:
+            out = out[:i] + out[i + 1] + out[i] + out[i + 2 :]
+        else:
+            out = out[:i] + out[i + 1 :]
+    return out
+
+
+def sound_alike(word: str, rng: np.random.Generator) -> str | None:
+    """``word`` spelt otherwise, sounding the same to metaphone (inner vowels changed, a
+    consonant doubled: more edits than a misspelling may have); None if no try kept the
+    key (metaphone reads some vowels: "gi" is J)."""
+    for _ in range(20):
+        chars = [
+            str(rng.choice([v for v in VOWELS if v != c])) if i > 0 and c in VOWELS else c
+            for i, c in enumerate(word)
+        ]
+        j = int(rng.choice([i for i in range(1, len(chars)) if chars[i] in CONSONANTS]))
+        chars.insert(j, chars[j])
+        out = "".join(chars)
+        if sound(out) == sound(word):
+            return out
+    return None
+
+
+def _fill(index: TextIndex, texts: list[str]) -> float:
+    start = time.perf_counter()
+    for i, text in enumerate(texts):
+        index.add(i, {"text": text})
+    return time.perf_counter() - start
+
+
+def bench_text(n_texts: int, n_queries: int) -> list[Row]:
+    """recall@5 and latency of exact, misspelt and sound-alike queries, both backends."""
+    from scripts.pgserver import NoPostgres, pg_server
+
+    rng = np.random.default_rng(5)
+    vocab = vocabulary(max(3 * n_texts, 1000), rng)
+    texts = [" ".join(rng.choice(vocab, 8, replace=False)) for _ in range(n_texts)]
+    queries: dict[str, list[tuple[int, str]]] = {kind: [] for kind in KINDS}
+    for t in rng.permutation(n_texts).tolist():
+        if len(queries["exact"]) == n_queries:
+            break
+        a, b = texts[t].split()[:2]
+        alike = sound_alike(a, rng), sound_alike(b, rng)
+        if None in alike:
+            continue
+        queries["exact"].append((t, f"{a} {b}"))
+        queries["misspelt"].append((t, f"{misspelt(a, rng)} {misspelt(b, rng)}"))
+        queries["sound-alike"].append((t, " ".join(w for w in alike if w)))
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-text-") as tmp:
+        folder = Path(tmp)
+        os.chmod(folder, 0o755)  # the PostgreSQL server runs as the postgres user
+        backends: list[tuple[str, Any]] = [("embedded", lambda: EmbeddedTextIndex(folder / "e"))]
+        try:
+            server = pg_server(folder / "pg")
+            dsn = server.__enter__()
+            backends.append(("PostgreSQL", lambda: PostgresTextIndex(dsn)))
+        except NoPostgres as exc:
+            print(f"text: no PostgreSQL ({exc})")
+            server = None
+        try:
+            for name, make in backends:
+                index = make()
+                fill_s = _fill(index, texts)
+                got: dict[str, Any] = {"fill_s": fill_s}
+                for kind, qs in queries.items():
+                    secs, found = [], []
+                    for truth, q in qs:
+                        start = time.perf_counter()
+                        hits = index.search(q, k=5)
+                        secs.append(time.perf_counter() - start)
+                        found.append(truth in [i for i, _ in hits])
+                    got[kind] = (statistics.fmean(found), ms(secs, 50))
+                index.close()
+                results[name] = got
+                print(
+                    f"text {name}: {n_texts} texts stored in {fill_s:.1f} s; "
+                    + "; ".join(
+                        f"{k} recall@5 {got[k][0]:.2f}, p50 {got[k][1]:.2f} ms" for k in KINDS
+                    )
+                )
+        finally:
+            if server is not None:
+                server.__exit__(None, None, None)
+    rows = []
+    embedded, pg = results["embedded"], results.get("PostgreSQL")
+    for kind in KINDS:
+        rows.append(row(f"text recall@5 {kind}, embedded", embedded[kind][0], None, "info", None))
+        if pg:
+            rows.append(row(f"text recall@5 {kind}, PostgreSQL", pg[kind][0], None, "info", None))
+        rows.append(
+            row(
+                f"text search p50 ms {kind}, embedded (peer PostgreSQL)",
+                embedded[kind][1],
+                pg[kind][1] if pg else None,
+                "info",
+                None,
+            )
+        )
+    return rows
+
+
+def bench_ocr() -> list[Row]:
+    """Word accuracy and images/s of Tesseract on rendered lines."""
+    from extractors.analyzers import TesseractOcr
+
+    lines = [
+        "Please sign here to receive your parcel",
+        "Platform seven departures to Amsterdam",
+        "Fresh bread baked every morning",
+        "Museum opening hours Monday closed",
+        "Keep this door closed at all times",
+        "Welcome to the annual summer festival",
+    ]
+    ocr = TesseractOcr()
+    ocr.load()
+    right = total = 0
+    seconds = 0.0
+    images = 0
+    for size in (24, 32, 48):
+        for font in text_fonts(size):
+            for angle in (-3.0, -1.0, 0.0, 2.0, 4.0):
+                batch = [rendered_line(line, font, angle) for line in lines]
+                start = time.perf_counter()
+                results = ocr.analyze(batch)
+                seconds += time.perf_counter() - start
+                images += len(batch)
+                for line, result in zip(lines, results, strict=True):
+                    got = {w["text"].lower().strip(".,") for w in result["words"]}
+                    want = line.lower().split()
+                    right += sum(w in got for w in want)
+                    total += len(want)
+    accuracy = right / total
+    print(f"ocr: word accuracy {accuracy:.3f} over {images} lines, {images / seconds:.1f} images/s")
+    return [
+        row("ocr word accuracy (rendered lines)", accuracy, None, ">= 0.9", accuracy >= 0.9),
+        row("ocr images/s (1400x200 lines, one core each)", images / seconds, None, "info", None),
+    ]
