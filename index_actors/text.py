@@ -5,8 +5,9 @@ interface:
 - ``EmbeddedTextIndex`` (default, no server): LMDB holds each image's fields; the vocabulary,
   its postings and metaphone keys live in memory, rebuilt on start; rapidfuzz finds the
   words within a few edits.
-- ``PostgresTextIndex``: tables of image fields and words; ``pg_trgm`` (GIN trigram index)
-  finds candidate words, ``fuzzystrmatch`` measures them (``levenshtein``, ``metaphone``).
+- ``PostgresTextIndex``: tables of image fields, image words and the vocabulary (word,
+  length, metaphone key); ``fuzzystrmatch``'s ``levenshtein_less_equal`` finds the
+  misspellings among words of a close length, an index on the key the sound-alikes.
 
 Both score alike (``word_score``): per query word its best match in the image, averaged
 over the query words; the distance is 1 - that score.
@@ -47,8 +48,9 @@ def words(text: str) -> list[str]:
 
 
 def max_edits(word: str) -> int:
-    """Edits a misspelling of ``word`` may have: none up to 3 letters, 1 up to 5, else 2."""
-    return 0 if len(word) <= 3 else 1 if len(word) <= 5 else 2
+    """Edits a misspelt query word may be from the stored one: none up to 3 letters, 1 for
+    4, 2 from 5 (a 6-letter word with a letter dropped is a 5-letter query)."""
+    return 0 if len(word) <= 3 else 1 if len(word) == 4 else 2
 
 
 def sound(word: str) -> str:
@@ -206,39 +208,51 @@ class EmbeddedTextIndex:
 
 
 _SCHEMA = """
-CREATE EXTENSION IF NOT EXISTS pg_trgm;
 CREATE EXTENSION IF NOT EXISTS fuzzystrmatch;
 CREATE TABLE IF NOT EXISTS image_text (image_id bigint PRIMARY KEY, fields jsonb NOT NULL);
 CREATE TABLE IF NOT EXISTS image_words (
     image_id bigint NOT NULL REFERENCES image_text ON DELETE CASCADE,
-    word text NOT NULL,
+    word text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS image_words_word ON image_words (word);
+CREATE INDEX IF NOT EXISTS image_words_image ON image_words (image_id);
+-- The vocabulary: each distinct word once, with its length and metaphone key.
+CREATE TABLE IF NOT EXISTS text_words (
+    word text PRIMARY KEY,
+    len int NOT NULL,
     sound text NOT NULL
 );
-CREATE INDEX IF NOT EXISTS image_words_trgm ON image_words USING gin (word gin_trgm_ops);
-CREATE INDEX IF NOT EXISTS image_words_word ON image_words (word);
-CREATE INDEX IF NOT EXISTS image_words_sound ON image_words (sound) WHERE sound <> '';
-CREATE INDEX IF NOT EXISTS image_words_image ON image_words (image_id);
+CREATE INDEX IF NOT EXISTS text_words_len ON text_words (len);
+CREATE INDEX IF NOT EXISTS text_words_sound ON text_words (sound) WHERE sound <> '';
 """
 
-#: Candidate words by trigram similarity or by metaphone key; edits measured in SQL. The
-#: keys are jellyfish's on both sides (computed here), so both backends agree on sound-alikes.
+#: Per query word, the vocabulary's words within its edits (levenshtein_less_equal over the
+#: words of a close length) or with its metaphone key, then their images. The keys are
+#: jellyfish's on both sides (computed here), so both backends agree on sound-alikes.
 _SEARCH = """
-SELECT q.i, w.image_id, levenshtein(q.word, w.word), q.sound <> '' AND w.sound = q.sound, q.lim
-FROM unnest(%(words)s::text[], %(limits)s::int[], %(sounds)s::text[])
-     WITH ORDINALITY AS q(word, lim, sound, i)
-JOIN image_words w
-  ON w.word = q.word
-  OR (q.lim > 0 AND w.word %% q.word)
-  OR (q.sound <> '' AND w.sound = q.sound)
+WITH q AS (
+    SELECT * FROM unnest(%(words)s::text[], %(limits)s::int[], %(sounds)s::text[])
+        WITH ORDINALITY AS q(word, lim, sound, i)
+), found AS (
+    SELECT q.i, q.lim, v.word,
+           levenshtein_less_equal(q.word, v.word, q.lim) AS edits,
+           q.sound <> '' AND v.sound = q.sound AS same
+    FROM q JOIN text_words v
+      ON v.word = q.word
+      OR (q.lim > 0 AND v.len BETWEEN length(q.word) - q.lim AND length(q.word) + q.lim
+          AND levenshtein_less_equal(q.word, v.word, q.lim) <= q.lim)
+      OR (q.sound <> '' AND v.sound = q.sound)
+)
+SELECT found.i, w.image_id, found.edits, found.same, found.lim
+FROM found JOIN image_words w ON w.word = found.word
 """
 
 
 class PostgresTextIndex:
     """Text fields and words in PostgreSQL (``dsn``: a libpq connection string)."""
 
-    def __init__(self, dsn: str, trigram_threshold: float = 0.2) -> None:
+    def __init__(self, dsn: str) -> None:
         self.dsn = dsn
-        self.trigram_threshold = trigram_threshold
         self._lock = threading.RLock()
         self._conn: Any = None
         with self._db() as db:
@@ -256,22 +270,24 @@ class PostgresTextIndex:
                 self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
             except psycopg.Error as exc:
                 raise TextUnavailable(f"PostgreSQL is unreachable: {_first_line(exc)}") from None
-            self._conn.execute(
-                "SELECT set_config('pg_trgm.similarity_threshold', %s, false)",
-                (str(self.trigram_threshold),),
-            )
         return self._conn
 
     def add(self, image_id: int, fields: dict[str, str]) -> None:
         """Store an image's text fields and words in one transaction."""
         fields = checked_fields(fields)
-        rows = [(image_id, w, sound(w)) for w in words(" ".join(fields.values()))]
+        found = words(" ".join(fields.values()))
         with self._db() as db, db.transaction():
             db.execute("DELETE FROM image_text WHERE image_id = %s", (image_id,))
             db.execute("INSERT INTO image_text VALUES (%s, %s)", (image_id, json.dumps(fields)))
-            if rows:
+            if found:
                 with db.cursor() as cur:
-                    cur.executemany("INSERT INTO image_words VALUES (%s, %s, %s)", rows)
+                    cur.executemany(
+                        "INSERT INTO text_words VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                        [(w, len(w), sound(w)) for w in found],
+                    )
+                    cur.executemany(
+                        "INSERT INTO image_words VALUES (%s, %s)", [(image_id, w) for w in found]
+                    )
 
     def remove(self, ids: list[int]) -> list[int]:
         """Forget images; returns the ids that were stored."""
