@@ -226,24 +226,23 @@ CREATE INDEX IF NOT EXISTS text_words_len ON text_words (len);
 CREATE INDEX IF NOT EXISTS text_words_sound ON text_words (sound) WHERE sound <> '';
 """
 
-#: Per query word, the vocabulary's words within its edits (levenshtein_less_equal over the
-#: words of a close length) or with its metaphone key, then their images. The keys are
+#: Per query word, the vocabulary's words with its metaphone key, or of a close length and
+#: within its edits plus one: PostgreSQL's levenshtein counts a transposition as two edits,
+#: so the candidates are measured again here as the embedded index does (OSA). The keys are
 #: jellyfish's on both sides (computed here), so both backends agree on sound-alikes.
 _SEARCH = """
 WITH q AS (
     SELECT * FROM unnest(%(words)s::text[], %(limits)s::int[], %(sounds)s::text[])
         WITH ORDINALITY AS q(word, lim, sound, i)
 ), found AS (
-    SELECT q.i, q.lim, v.word,
-           levenshtein_less_equal(q.word, v.word, q.lim) AS edits,
-           q.sound <> '' AND v.sound = q.sound AS same
+    SELECT q.i, v.word
     FROM q JOIN text_words v
       ON v.word = q.word
       OR (q.lim > 0 AND v.len BETWEEN length(q.word) - q.lim AND length(q.word) + q.lim
-          AND levenshtein_less_equal(q.word, v.word, q.lim) <= q.lim)
+          AND levenshtein_less_equal(q.word, v.word, q.lim + 1) <= q.lim + 1)
       OR (q.sound <> '' AND v.sound = q.sound)
 )
-SELECT found.i, w.image_id, found.edits, found.same, found.lim
+SELECT found.i, found.word, w.image_id
 FROM found JOIN image_words w ON w.word = found.word
 """
 
@@ -306,17 +305,21 @@ class PostgresTextIndex:
         return dict(got[0]) if got else None
 
     def search(self, query: str, k: int = 20) -> list[Hit]:
-        """Exact, misspelt (levenshtein within ``max_edits``) and sound-alike matches."""
+        """Exact, misspelt (OSA edits within ``max_edits``) and sound-alike matches."""
         wanted = query_words(query)
         limits = [max_edits(w) for w in wanted]
+        sounds = [sound(w) for w in wanted]
         with self._db() as db:
-            params = {"words": wanted, "limits": limits, "sounds": [sound(w) for w in wanted]}
+            params = {"words": wanted, "limits": limits, "sounds": sounds}
             got = db.execute(_SEARCH, params).fetchall()
-        matches = [
-            (int(q) - 1, int(i), word_score(int(edits), int(lim), bool(same)))
-            for q, i, edits, same, lim in got
-        ]
-        return rank(len(wanted), [m for m in matches if m[2] > 0], k)
+        matches = []
+        for q1, word, image_id in got:
+            q = int(q1) - 1
+            same = bool(sounds[q]) and sound(word) == sounds[q]
+            score = word_score(int(OSA.distance(wanted[q], word)), limits[q], same)
+            if score > 0:
+                matches.append((q, int(image_id), score))
+        return rank(len(wanted), matches, k)
 
     @property
     def count(self) -> int:
