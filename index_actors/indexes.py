@@ -282,6 +282,27 @@ class StoredIndex(ABC):
             os.replace(tmp, target)
         _fsync(self.path)
 
+    def _check_template(self, template: Any, width: int, metric: str) -> None:
+        """A trained index must be empty, of the right width and metric, and able to take
+        ids and remove them (re-adding an image replaces it): ``_probe`` tries both."""
+        if template.d != width or not template.is_trained or template.ntotal:
+            raise ValueError(
+                f"need an empty trained {width}-d index, got {template.d}-d "
+                f"(trained={template.is_trained}, ntotal={template.ntotal})"
+            )
+        if template.metric_type != METRICS[metric]:
+            raise ValueError(f"the trained index's metric is not this feature's {metric.upper()}")
+        try:
+            self._probe(faiss.clone_index(template), width)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"this index type cannot take ids / cannot remove entries: {exc}"
+            ) from None
+
+    def _probe(self, index: Any, width: int) -> None:
+        """Add one entry to an empty ``index`` and remove it, as this kind does."""
+        raise NotImplementedError(f"{type(self).__name__} takes no trained index")
+
     def _install(self, fresh: Any, parts: dict[str, bytes]) -> None:
         """Swap in a filled index with the artefacts it was made from (both locks held)."""
         self._write_artefacts(parts)
@@ -674,7 +695,7 @@ class VectorIndex(StoredIndex):
             raise ValueError(f"whitening takes {white.d_in}-d vectors, not {self.dim}-d")
         width = white.d_out if white is not None else self.dim
         if template is not None:
-            self._check_template(template, width)
+            self._check_template(template, width, self.metric)
             fresh = self._ready(faiss.clone_index(template))
         else:
             fresh = faiss.IndexIDMap2(faiss.IndexFlat(width, METRICS[self.metric]))
@@ -698,22 +719,10 @@ class VectorIndex(StoredIndex):
         self.snapshot()
         return {"count": self.count, "trained": self.trained, "width": width}
 
-    def _check_template(self, template: Any, width: int) -> None:
-        """A trained index must be empty, of the right width and metric, and able to
-        remove ids (re-adding an image replaces it)."""
-        if template.d != width or not template.is_trained or template.ntotal:
-            raise ValueError(
-                f"need an empty trained {width}-d index, got {template.d}-d "
-                f"(trained={template.is_trained}, ntotal={template.ntotal})"
-            )
-        if template.metric_type != METRICS[self.metric]:
-            raise ValueError(f"the trained index's metric is not this feature's {self.metric}")
-        probe = self._ready(faiss.clone_index(template))
-        try:
-            probe.add_with_ids(np.ones((1, width), np.float32), np.zeros(1, np.int64))
-            probe.remove_ids(np.zeros(1, np.int64))
-        except RuntimeError as exc:
-            raise ValueError(f"this index type cannot remove entries: {exc}") from None
+    def _probe(self, index: Any, width: int) -> None:
+        probe = self._ready(index)
+        probe.add_with_ids(np.ones((1, width), np.float32), np.zeros(1, np.int64))
+        probe.remove_ids(np.zeros(1, np.int64))
 
     def _replay(self, fresh: Any, ids: list[int], prepare: Any) -> None:
         """Bring ``fresh`` up to date with LMDB for ``ids`` (written during its fill)."""

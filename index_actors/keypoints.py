@@ -8,7 +8,7 @@ nearest descriptors of each query descriptor, then re-matches the best candidate
 (kornia ``match_smnn``) and counts the RANSAC (MAGSAC++) inliers of a homography.
 
 The descriptor index is exact (8-bit, Flat) until ``scripts/train_index.py local --factory
-"OPQ32,IVF1024,PQ32"`` trains one: ``adopt`` fills it from LMDB while the index serves and
+"IVF1024,PQ16"`` trains one: ``adopt`` fills it from LMDB while the index serves and
 swaps it in; ``nprobe`` is live. Re-matching always uses the exact descriptors in LMDB.
 """
 
@@ -225,7 +225,7 @@ class KeypointIndex(StoredIndex):
             raise ValueError("local features take no whitening")
         template = _template(trained)
         if template is not None:
-            _check_template(template, self.dim)
+            self._check_template(template, self.dim, "l2")
         fresh = faiss.clone_index(template) if template is not None else self._exact_index()
         with self._lock:
             if self._adopting:
@@ -253,6 +253,10 @@ class KeypointIndex(StoredIndex):
                 self._adopting = False
         self.snapshot()
         return {"count": self.count, "trained": self.trained, "descriptors": fresh.ntotal}
+
+    def _probe(self, index: Any, width: int) -> None:
+        _add_range(index, 0, np.ones((1, width), np.uint8))
+        _remove_range(index, 0, 1)
 
     def _quantisation_error(self, index: Any, trained: bool) -> float:
         """Mean squared error of a trained ``index``'s codes over stored descriptors.
@@ -382,23 +386,6 @@ class KeypointIndex(StoredIndex):
 def _template(blob: bytes | None) -> Any:
     """An empty trained index from its serialized form (None: none)."""
     return faiss.deserialize_index(np.frombuffer(blob, np.uint8)) if blob else None
-
-
-def _check_template(template: Any, dim: int) -> None:
-    """A trained descriptor index must be empty, ``dim``-d, L2, and take ids and removals."""
-    if template.d != dim or not template.is_trained or template.ntotal:
-        raise ValueError(
-            f"need an empty trained {dim}-d index, got {template.d}-d "
-            f"(trained={template.is_trained}, ntotal={template.ntotal})"
-        )
-    if template.metric_type != faiss.METRIC_L2:
-        raise ValueError("local features need an L2 index")
-    probe = faiss.clone_index(template)
-    try:
-        _add_range(probe, 0, np.ones((1, dim), np.uint8))
-        _remove_range(probe, 0, 1)
-    except RuntimeError as exc:
-        raise ValueError(f"this index type cannot take ids or remove entries: {exc}") from None
 
 
 def _add_range(index: Any, start: int, desc: np.ndarray) -> None:

@@ -364,10 +364,3 @@ class _Session:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def open_text_index(path: str | Path, dsn: str | None = None) -> TextIndex:
-    """The PostgreSQL backend when ``dsn`` is given, else the embedded one at ``path``."""
-    if dsn:
-        return PostgresTextIndex(dsn)
-    return EmbeddedTextIndex(path)

@@ -13,6 +13,7 @@ sizes, rotations of a few degrees, JPEG quality 40).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import tempfile
@@ -112,41 +113,33 @@ def bench_text(n_texts: int, n_queries: int) -> list[Row]:
         queries["misspelt"].append((t, f"{misspelt(a, rng)} {misspelt(b, rng)}"))
         queries["sound-alike"].append((t, " ".join(w for w in alike if w)))
     results: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-text-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-text-") as tmp, contextlib.ExitStack() as stack:
         folder = Path(tmp)
         os.chmod(folder, 0o755)  # the PostgreSQL server runs as the postgres user
         backends: list[tuple[str, Any]] = [("embedded", lambda: EmbeddedTextIndex(folder / "e"))]
         try:
-            server = pg_server(folder / "pg")
-            dsn = server.__enter__()
+            dsn = stack.enter_context(pg_server(folder / "pg"))
             backends.append(("PostgreSQL", lambda: PostgresTextIndex(dsn)))
         except NoPostgres as exc:
             print(f"text: no PostgreSQL ({exc})")
-            server = None
-        try:
-            for name, make in backends:
-                index = make()
-                fill_s = _fill(index, texts)
-                got: dict[str, Any] = {"fill_s": fill_s}
-                for kind, qs in queries.items():
-                    secs, found = [], []
-                    for truth, q in qs:
-                        start = time.perf_counter()
-                        hits = index.search(q, k=5)
-                        secs.append(time.perf_counter() - start)
-                        found.append(truth in [i for i, _ in hits])
-                    got[kind] = (statistics.fmean(found), ms(secs, 50))
-                index.close()
-                results[name] = got
-                print(
-                    f"text {name}: {n_texts} texts stored in {fill_s:.1f} s; "
-                    + "; ".join(
-                        f"{k} recall@5 {got[k][0]:.2f}, p50 {got[k][1]:.2f} ms" for k in KINDS
-                    )
-                )
-        finally:
-            if server is not None:
-                server.__exit__(None, None, None)
+        for name, make in backends:
+            index = make()
+            fill_s = _fill(index, texts)
+            got: dict[str, Any] = {"fill_s": fill_s}
+            for kind, qs in queries.items():
+                secs, found = [], []
+                for truth, q in qs:
+                    start = time.perf_counter()
+                    hits = index.search(q, k=5)
+                    secs.append(time.perf_counter() - start)
+                    found.append(truth in [i for i, _ in hits])
+                got[kind] = (statistics.fmean(found), ms(secs, 50))
+            index.close()
+            results[name] = got
+            print(
+                f"text {name}: {n_texts} texts stored in {fill_s:.1f} s; "
+                + "; ".join(f"{k} recall@5 {got[k][0]:.2f}, p50 {got[k][1]:.2f} ms" for k in KINDS)
+            )
     rows = []
     embedded, pg = results["embedded"], results.get("PostgreSQL")
     for kind in KINDS:

@@ -24,6 +24,11 @@ def store_photos(client: Any, photos: dict[str, bytes], features: dict[str, str]
         assert r.json() == {"image_id": i, "file_name": name, "features": features}
 
 
+def photo_id(photos: dict[str, bytes], name: str) -> int:
+    """The id ``store_photos`` gave the photo ``name`` (1..n in name order)."""
+    return sorted(photos).index(name) + 1
+
+
 def png_bomb(side: int = 20000) -> bytes:
     """A real decompression bomb: a side x side PNG of one colour, a few tens of KB on disk."""
     return encode(Image.new("1", (side, side)), "PNG")

@@ -4,7 +4,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningApp
-from tests.helpers import png_bomb, reencode, store_photos
+from tests.helpers import photo_id, png_bomb, reencode, store_photos
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -17,10 +17,6 @@ def client(app: RunningApp, photos: dict[str, bytes]) -> httpx.Client:
     c = httpx.Client(base_url=app.url, timeout=60)
     store_photos(c, photos, {"phash": "ok", "color": "ok"})
     return c
-
-
-def _id(photos: dict[str, bytes], name: str) -> int:
-    return sorted(photos).index(name) + 1
 
 
 def _counts(c: httpx.Client) -> tuple[int, int, int]:
@@ -38,7 +34,7 @@ def test_health_reports_extractors_and_counts(
 
 
 def test_get_by_id_and_by_file_name(client: httpx.Client, photos: dict[str, bytes]) -> None:
-    i = _id(photos, WINE)
+    i = photo_id(photos, WINE)
     by_id = client.get(f"/images/{i}").json()
     assert by_id["file_name"] == WINE and by_id["features"] == ["phash", "color"]
     assert client.get("/images", params={"file_name": WINE}).json() == by_id
@@ -49,7 +45,7 @@ def test_get_by_id_and_by_file_name(client: httpx.Client, photos: dict[str, byte
 def test_search_finds_the_image_and_its_edited_copies(
     client: httpx.Client, photos: dict[str, bytes]
 ) -> None:
-    want = _id(photos, WINE)
+    want = photo_id(photos, WINE)
     for variant in (
         photos[WINE],
         reencode(photos[WINE], scale=0.5, quality=40),
@@ -70,7 +66,7 @@ def test_search_finds_the_image_and_its_edited_copies(
 def test_search_by_one_feature_and_similar_by_id(
     client: httpx.Client, photos: dict[str, bytes]
 ) -> None:
-    want = _id(photos, WINE)
+    want = photo_id(photos, WINE)
     r = client.post(
         "/search/image",
         files={"image": ("q.jpg", photos[WINE])},
@@ -223,7 +219,7 @@ def test_concurrent_uploads_batch_good_and_bad_apart(
 
 
 def test_threshold_modes(client: httpx.Client, photos: dict[str, bytes]) -> None:
-    want = _id(photos, WINE)
+    want = photo_id(photos, WINE)
     q = {"image": ("q.jpg", reencode(photos[WINE], scale=0.5, quality=50))}
     dups = client.post("/search/image", files=q, data={"duplicates_only": "1"}).json()
     assert [r["image_id"] for r in dups["results"]] == [want]

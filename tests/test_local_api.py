@@ -11,7 +11,7 @@ from deployments.config import AppArgs
 from scripts.ingest import ingest
 from scripts.train_index import run as train_and_adopt
 from tests.conftest import RunningApp
-from tests.helpers import encode, store_photos
+from tests.helpers import encode, photo_id, store_photos
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -30,10 +30,6 @@ def client(app: RunningApp, photos: dict[str, bytes]) -> httpx.Client:
     return c
 
 
-def _id(photos: dict[str, bytes], name: str) -> int:
-    return sorted(photos).index(name) + 1
-
-
 def _crop(data: bytes, area: float) -> bytes:
     img = Image.open(io.BytesIO(data)).convert("RGB")
     w, h = img.size
@@ -45,16 +41,16 @@ def test_a_crop_is_found_where_phash_fails(client: httpx.Client, photos: dict[st
     r = client.post("/search/image", files={"image": _crop(photos[BRIDGE], 0.3)}, data={"k": 3})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["by_feature"]["local"][0]["image_id"] == _id(photos, BRIDGE)
+    assert body["by_feature"]["local"][0]["image_id"] == photo_id(photos, BRIDGE)
     assert body["by_feature"]["local"][0]["distance"] < 0.2  # 1 / (1 + inliers)
-    r = client.get(f"/search/similar/{_id(photos, BRIDGE)}", params={"feature": "local"})
-    assert r.status_code == 200 and _id(photos, BRIDGE) not in {
+    r = client.get(f"/search/similar/{photo_id(photos, BRIDGE)}", params={"feature": "local"})
+    assert r.status_code == 200 and photo_id(photos, BRIDGE) not in {
         h["image_id"] for h in r.json()["results"]
     }
 
 
 def test_seed_local_routes(client: httpx.Client, photos: dict[str, bytes]) -> None:
-    want = _id(photos, BRIDGE)
+    want = photo_id(photos, BRIDGE)
     crop = _crop(photos[BRIDGE], 0.3)
     r = client.post(
         "/local_features_get_similar_images_by_image_buffer",
@@ -120,7 +116,7 @@ def test_a_trained_descriptor_index_is_adopted_while_serving(
     assert described["trained"] and described["nprobe"] == 16
     crop = _crop(photos[BRIDGE], 0.3)
     r = client.post("/search/image", files={"image": crop}, data={"features": "local", "k": 1})
-    assert r.status_code == 200 and r.json()["results"][0]["image_id"] == _id(photos, BRIDGE)
+    assert r.status_code == 200 and r.json()["results"][0]["image_id"] == photo_id(photos, BRIDGE)
     ray.get(actor.configure.remote({"nprobe": 2}))  # live, no rebuild
     assert ray.get(actor.describe.remote())["nprobe"] == 2
     assert ray.get(actor.adopt.remote(None, None))["trained"] is False  # back to exact

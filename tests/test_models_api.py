@@ -10,7 +10,7 @@ from deployments.config import AppArgs
 from scripts.ingest import ingest
 from scripts.train_index import run as train_and_adopt
 from tests.conftest import RunningApp
-from tests.helpers import reencode, store_photos, tiny_clip_dir, transformed
+from tests.helpers import photo_id, reencode, store_photos, tiny_clip_dir, transformed
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -38,10 +38,6 @@ def client(app: RunningApp, photos: dict[str, bytes]) -> httpx.Client:
     return c
 
 
-def _id(photos: dict[str, bytes], name: str) -> int:
-    return sorted(photos).index(name) + 1
-
-
 def test_health_shows_models_and_their_indexes(client: httpx.Client) -> None:
     body = client.get("/health").json()
     assert body["status"] == "ok"
@@ -62,7 +58,7 @@ def test_health_shows_models_and_their_indexes(client: httpx.Client) -> None:
 def test_fused_image_search_uses_both_models(
     client: httpx.Client, photos: dict[str, bytes]
 ) -> None:
-    want = _id(photos, BRIDGE)
+    want = photo_id(photos, BRIDGE)
     for kind, copy in transformed(photos[BRIDGE]).items():
         r = client.post("/search/image", files={"image": ("q.jpg", copy)}, data={"k": 3})
         assert r.status_code == 200, r.text
@@ -73,7 +69,7 @@ def test_fused_image_search_uses_both_models(
 
 
 def test_similar_by_id_with_query_expansion(client: httpx.Client, photos: dict[str, bytes]) -> None:
-    i = _id(photos, BRIDGE)
+    i = photo_id(photos, BRIDGE)
     plain = client.get(f"/search/similar/{i}", params={"feature": "global", "k": 7}).json()
     aqe = client.get(
         f"/search/similar/{i}", params={"feature": "global", "k": 7, "aqe_n": 3, "aqe_alpha": 1}
@@ -111,7 +107,7 @@ def test_bad_text_queries(client: httpx.Client, params: dict, message: str) -> N
 
 
 def test_seed_routes(client: httpx.Client, photos: dict[str, bytes]) -> None:
-    i = _id(photos, BRIDGE)
+    i = photo_id(photos, BRIDGE)
     for svc in ("global_features", "image_text_features"):
         r = client.post(f"/{svc}_get_similar_images_by_id", json={"image_id": i, "k": 3})
         assert r.status_code == 200 and len(r.json()) == 3, r.text
@@ -148,7 +144,7 @@ def test_seed_calculate_and_delete_one_model_feature(
     assert r.status_code == 200, r.text
     assert client.get("/images/500").json()["features"] == ["global"]
     hits = client.post("/global_features_get_similar_images_by_id", json={"image_id": 500, "k": 1})
-    assert hits.json()[0]["image_id"] == _id(photos, BRIDGE)
+    assert hits.json()[0]["image_id"] == photo_id(photos, BRIDGE)
     assert client.post("/delete_global_features", json={"image_id": 500}).status_code == 200
     r = client.post("/global_features_get_similar_images_by_id", json={"image_id": 500, "k": 1})
     assert r.status_code == 404
@@ -160,7 +156,7 @@ def test_reverse_search_lists_model_sources(client: httpx.Client, photos: dict[s
     assert r.status_code == 200, r.text
     body = r.json()
     assert {"phash_res", "global_features_res", "image_text_features_res"} <= set(body)
-    assert body["unified_res"][0]["image_id"] == _id(photos, BRIDGE)
+    assert body["unified_res"][0]["image_id"] == photo_id(photos, BRIDGE)
 
 
 def test_train_whitened_ivf_index_while_serving(
@@ -172,7 +168,7 @@ def test_train_whitened_ivf_index_while_serving(
     assert result["trained"] and result["width"] == 4 and result["count"] == 8
     health = client.get("/health").json()["indexes"]["global"]
     assert health["trained"] and health["whitened"]
-    want = _id(photos, BRIDGE)
+    want = photo_id(photos, BRIDGE)
     r = client.post(
         "/search/image",
         files={"image": ("q.jpg", reencode(photos[BRIDGE], quality=40))},

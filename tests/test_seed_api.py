@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import RunningApp
-from tests.helpers import encode, reencode
+from tests.helpers import encode, photo_id, reencode
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -36,12 +36,8 @@ def client(app: RunningApp, photos: dict[str, bytes]) -> httpx.Client:
     return c
 
 
-def _id(photos: dict[str, bytes], name: str) -> int:
-    return sorted(photos).index(name) + 1
-
-
 def test_by_image_buffer_k_and_threshold(client: httpx.Client, photos: dict[str, bytes]) -> None:
-    want = _id(photos, WINE)
+    want = photo_id(photos, WINE)
     mirrored = reencode(photos[WINE], mirror=True)
     r = client.post(
         "/phash_get_similar_images_by_image_buffer",
@@ -74,7 +70,7 @@ def test_by_image_buffer_k_and_threshold(client: httpx.Client, photos: dict[str,
 
 
 def test_by_id_json_body(client: httpx.Client, photos: dict[str, bytes]) -> None:
-    want = _id(photos, WINE)
+    want = photo_id(photos, WINE)
     r = client.post("/phash_get_similar_images_by_id", json={"image_id": want, "k": 3})
     assert (
         r.status_code == 200
@@ -138,7 +134,7 @@ def test_seed_calculate_keeps_an_existing_name(
 
 
 def test_reverse_search_and_find_duplicate(client: httpx.Client, photos: dict[str, bytes]) -> None:
-    want = _id(photos, WINE)
+    want = photo_id(photos, WINE)
     body = client.post("/reverse_search", files={"image": ("q.jpg", photos[WINE])}).json()
     assert set(body) == {"phash_res", "color_res", "unified_res"}
     assert (
