@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from extractors.analyzers import Captioner, ImageNetTagger, TesseractOcr
 from extractors.base import Extractor, WeightsUnavailable
 from extractors.clip import ClipFeatures
 from extractors.color import ColorHistogram
@@ -13,7 +14,17 @@ from extractors.local import LocalFeatures
 from extractors.phash import PHash
 
 REGISTRY: dict[str, type[Extractor]] = {
-    cls.name: cls for cls in (PHash, ColorHistogram, LocalFeatures, GlobalFeatures, ClipFeatures)
+    cls.name: cls
+    for cls in (
+        PHash,
+        ColorHistogram,
+        LocalFeatures,
+        GlobalFeatures,
+        ClipFeatures,
+        ImageNetTagger,
+        TesseractOcr,
+        Captioner,
+    )
 }
 
 
@@ -28,13 +39,16 @@ def build_extractor(name: str, options: dict[str, Any] | None = None) -> Extract
 
 __all__ = [
     "REGISTRY",
+    "Captioner",
     "ClipFeatures",
     "ColorHistogram",
     "Extractor",
     "GlobalFeatures",
+    "ImageNetTagger",
     "InvalidImage",
     "LocalFeatures",
     "PHash",
+    "TesseractOcr",
     "WeightsUnavailable",
     "build_extractor",
     "decode",

@@ -1,36 +1,62 @@
-"""Image analyzers whose output is text: tags (ImageNet classes from the global-features
-network's own forward pass) and OCR (Tesseract). Ray-free; each gives one dict per image.
-
-The app turns their output into searchable text (``index_actors.text``).
+"""Extractors whose feature is text: tags (ImageNet classes from the global-features
+network's forward pass), OCR (Tesseract) and captions (a transformers image-to-text model).
+Ray-free. Each ``analyze``s a batch into one JSON document per image; as features, the
+documents travel encoded (``encode_doc``) and the text index makes their words searchable.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any
+from abc import abstractmethod
+from typing import Any, ClassVar
 
+import numpy as np
 from PIL import Image
 
-from extractors.base import WeightsUnavailable
+from extractors.base import Extractor, Kind, WeightsUnavailable, encode_doc
 from extractors.global_features import GlobalFeatures
 
 
-class ImageNetTagger:
-    """Tags from the ImageNet classifier of the global-features network (same forward pass
-    as its embedding): the readable class names whose probability is at least ``cutoff``,
-    at most ``top`` of them, best first."""
+class TextExtractor(Extractor):
+    """An extractor whose feature is a JSON document (kind ``text``), of variable length."""
+
+    kind: ClassVar[Kind] = "text"
+    dtype: ClassVar[type] = np.uint8
+    metric: ClassVar[str] = "text"
+    #: Variable-length: the document's UTF-8 bytes.
+    dim = 0
+
+    @abstractmethod
+    def analyze(self, images: list[Image.Image]) -> list[dict[str, Any]]:
+        """One document per image."""
+
+    def extract(self, images: list[Image.Image]) -> list[np.ndarray]:
+        """The documents of a batch, encoded as features."""
+        return [encode_doc(doc) for doc in self.analyze(images)]
+
+
+class ImageNetTagger(GlobalFeatures, TextExtractor):
+    """Tags from the ImageNet classifier of a global-features network (timm; the packaged
+    EfficientNet-Lite0 by default): the readable class names whose probability is at least
+    ``cutoff``, at most ``top`` of them, best first. Other options as ``GlobalFeatures``'."""
+
+    name: ClassVar[str] = "tags"
+    kind: ClassVar[Kind] = "text"
+    dtype: ClassVar[type] = np.uint8
+    metric: ClassVar[str] = "text"
 
     def __init__(self, cutoff: float = 0.1, top: int = 5, **global_options: Any) -> None:
         if not 0.0 < cutoff <= 1.0 or top < 1:
             raise ValueError("cutoff must be in (0, 1] and top >= 1")
+        super().__init__(**global_options)
+        self.dim = 0
         self.cutoff = cutoff
         self.top = top
-        self.network = GlobalFeatures(**global_options)
         self._labels: list[str] | None = None
 
     def load(self) -> None:
         """Load the network (``WeightsUnavailable`` with the fix when its weights are missing)."""
-        self.network.load()
+        super().load()
         if self._labels is None:
             from timm.data import ImageNetInfo
 
@@ -45,7 +71,7 @@ class ImageNetTagger:
         """Per image ``{"tags": [{"label", "score"}, ...]}``."""
         self.load()
         assert self._labels is not None
-        _, probs = self.network.forward(images)
+        _, probs = self.forward(images)
         if probs.shape[1] != len(self._labels):
             raise WeightsUnavailable(
                 f"tags: the model has {probs.shape[1]} classes, not ImageNet's {len(self._labels)}"
@@ -61,16 +87,33 @@ class ImageNetTagger:
             out.append({"tags": tags})
         return out
 
+    def extract(self, images: list[Image.Image]) -> list[np.ndarray]:
+        """The tags of a batch, encoded as features."""
+        return TextExtractor.extract(self, images)
 
-class TesseractOcr:
+
+class TesseractOcr(TextExtractor):
     """Words and their confidence from Tesseract (``pytesseract``), on the image downscaled
     to at most ``max_side`` pixels (Tesseract's time grows with the pixels, and photo text
     is rarely smaller than it keeps). ``languages``: Tesseract language packs, e.g.
     ``["eng", "deu"]``; ``min_confidence``: words below it (0-100) are dropped."""
 
+    name: ClassVar[str] = "ocr"
+    pool: ClassVar[str] = "ocr"
+    decode_mode = "L"
+
     def __init__(
-        self, languages: list[str] | None = None, max_side: int = 2000, min_confidence: float = 60
+        self,
+        languages: list[str] | None = None,
+        max_side: int = 2000,
+        min_confidence: float = 60,
+        max_pixels: int = 100_000_000,
     ) -> None:
+        super().__init__(max_pixels=max_pixels)
+        if max_side < 32 or not 0 <= min_confidence <= 100:
+            raise ValueError("max_side must be >= 32 and min_confidence within 0-100")
+        # JPEG draft mode may decode at a fraction of the size, never under max_side.
+        self.decode_size = max_side
         self.languages = languages or ["eng"]
         self.max_side = max_side
         self.min_confidence = min_confidence
@@ -136,20 +179,33 @@ class TesseractOcr:
         return out
 
 
-class Captioner:
+class Captioner(TextExtractor):
     """Captions from a transformers image-to-text model (BLIP, GIT, ...): ``model`` is a hub
     id (looked up in the local cache while ``HF_HUB_OFFLINE=1``) or a local folder with the
-    model and its processor; ``num_beams`` / ``max_new_tokens`` set the beam search."""
+    model and its processor; ``num_beams`` / ``max_new_tokens`` set the beam search.
+    ``decode_size``: images are decoded at least this large (captioners read 224-384 px)."""
+
+    name: ClassVar[str] = "caption"
+    pool: ClassVar[str] = "caption"
+    exact: ClassVar[bool] = False
+    uses_torch: ClassVar[bool] = True
+    failure_status: ClassVar[int] = 503
 
     def __init__(
         self,
         model: str = "Salesforce/blip-image-captioning-base",
         num_beams: int = 3,
         max_new_tokens: int = 30,
+        decode_size: int = 512,
+        device: str = "cpu",
         threads: int | None = None,
+        max_pixels: int = 100_000_000,
     ) -> None:
+        super().__init__(max_pixels=max_pixels)
         if num_beams < 1 or max_new_tokens < 1:
             raise ValueError("num_beams and max_new_tokens must be >= 1")
+        self.decode_size = decode_size
+        self.device = device
         self.model_name = model
         self.num_beams = num_beams
         self.max_new_tokens = max_new_tokens
@@ -172,11 +228,13 @@ class Captioner:
 
             if self.threads:
                 torch.set_num_threads(self.threads)
+            if self.device.startswith("cuda") and not torch.cuda.is_available():
+                raise WeightsUnavailable(f"caption: device {self.device} but no CUDA here")
             try:
                 processor = AutoProcessor.from_pretrained(
                     self.model_name, local_files_only=offline()
                 )
-                model = AutoModelForImageTextToText.from_pretrained(
+                model: Any = AutoModelForImageTextToText.from_pretrained(
                     self.model_name, local_files_only=offline()
                 )
             except (OSError, ValueError, KeyError) as exc:
@@ -185,7 +243,7 @@ class Captioner:
                     f"caption ({self.model_name}): not available ({type(exc).__name__}: "
                     f"{first[:200]}); fetch it with {FETCH.format(feature='caption')}"
                 ) from None
-            self.processor, self.model = processor, model.eval()
+            self.processor, self.model = processor, model.to(self.device).eval()
 
     def analyze(self, images: list[Image.Image]) -> list[dict[str, Any]]:
         """Per image ``{"caption": "..."}`` by beam search."""
@@ -193,6 +251,7 @@ class Captioner:
 
         self.load()
         inputs = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
+        inputs = inputs.to(self.device)
         with torch.inference_mode():
             out = self.model.generate(
                 **inputs, num_beams=self.num_beams, max_new_tokens=self.max_new_tokens

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from PIL import Image
@@ -11,6 +12,21 @@ from PIL import Image
 from extractors.images import InvalidImage, decode
 
 Kind = Literal["binary", "vector", "keypoints", "text", "labels"]
+
+
+def encode_doc(doc: dict[str, Any]) -> np.ndarray:
+    """A text feature (tags, caption, OCR text: a JSON document) as the uint8 array every
+    feature travels as, through deployments, Ray Data columns and into LMDB."""
+    raw = json.dumps(doc, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return np.frombuffer(raw.encode(), dtype=np.uint8).copy()
+
+
+def decode_doc(feature: np.ndarray) -> dict[str, Any]:
+    """The JSON document of a text feature (trailing zero padding ignored)."""
+    doc = json.loads(np.ascontiguousarray(feature, dtype=np.uint8).tobytes().rstrip(b"\0"))
+    if not isinstance(doc, dict):
+        raise ValueError("a text feature must be a JSON object")
+    return doc
 
 
 class WeightsUnavailable(RuntimeError):

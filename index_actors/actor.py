@@ -13,6 +13,7 @@ import ray
 from index_actors.indexes import Hit, StoredIndex, VectorIndex, build_index
 from index_actors.keypoints import KeypointIndex
 from index_actors.store import Catalog
+from index_actors.text import Doc, TextFeatureIndex
 
 #: The index kinds that ``scripts/train_index.py`` can switch to a trained index.
 Trainable = VectorIndex | KeypointIndex
@@ -30,7 +31,7 @@ class IndexActor:
     def __init__(
         self, kind: str, path: str, dim: int, options: dict[str, Any], snapshot_interval_s: float
     ) -> None:
-        self.index: StoredIndex = build_index(kind, Path(path), dim, **options)
+        self.index: StoredIndex | TextFeatureIndex = build_index(kind, Path(path), dim, **options)
         self.settings = {"kind": kind, "path": path, "dim": dim, "options": fixed(options)}
         self._interval = snapshot_interval_s
         threading.Thread(target=self._snapshot_loop, daemon=True).start()
@@ -62,6 +63,12 @@ class IndexActor:
     def has(self, ids: list[int]) -> list[int]:
         """See ``StoredIndex.has``."""
         return self.index.has(ids)
+
+    def docs(self, ids: list[int]) -> dict[int, Doc]:
+        """Stored text documents (tags, caption, OCR text) of a text feature's index."""
+        if not isinstance(self.index, TextFeatureIndex):
+            raise ValueError(f"{self.settings['path']} holds no text documents")
+        return self.index.docs(ids)
 
     def search(
         self,

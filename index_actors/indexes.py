@@ -14,12 +14,15 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
 
 from index_actors.store import FeatureStore
+
+if TYPE_CHECKING:  # the text index builds on this module
+    from index_actors.text import TextFeatureIndex
 
 log = logging.getLogger(__name__)
 
@@ -737,12 +740,18 @@ class VectorIndex(StoredIndex):
 KINDS: dict[str, type[StoredIndex]] = {"binary": BinaryIndex, "vector": VectorIndex}
 
 
-def build_index(kind: str, path: str | Path, dim: int, **options: Any) -> StoredIndex:
+def build_index(
+    kind: str, path: str | Path, dim: int, **options: Any
+) -> StoredIndex | TextFeatureIndex:
     """The index class for a feature kind, opened at ``path``."""
     if kind == "keypoints":
         from index_actors.keypoints import KeypointIndex  # it builds on this module
 
         return KeypointIndex(path, dim, **options)
+    if kind == "text":
+        from index_actors.text import TextFeatureIndex
+
+        return TextFeatureIndex(path, dim, **options)
     try:
         cls = KINDS[kind]
     except KeyError:

@@ -23,15 +23,24 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import jellyfish
+import numpy as np
 from rapidfuzz import process
 from rapidfuzz.distance import OSA
 
+from extractors.base import decode_doc
+from index_actors.indexes import UnknownImage
 from index_actors.store import FeatureStore
 
 Hit = tuple[int, float]
-#: The fields an image's text comes in.
+#: The keys of an image's text document whose words are searchable: OCR text, a caption,
+#: tags (a string, or a list of labels / ``{"label", "score"}``).
 FIELDS = ("text", "caption", "tags")
+#: Keys stored but not searched: OCR's words with confidence and box.
+EXTRA_FIELDS = ("words",)
 _WORD = re.compile(r"\w+")
+#: Words of a query at most: a search by a stored image's text (a page of OCR) uses its
+#: first ones; each word costs a pass over the vocabulary.
+MAX_QUERY_WORDS = 64
 #: metaphone keys are cut to this length (PostgreSQL's metaphone() needs one).
 SOUND_LEN = 16
 
@@ -86,41 +95,78 @@ def query_words(query: str) -> list[str]:
     return found
 
 
-def checked_fields(fields: dict[str, str]) -> dict[str, str]:
-    """``fields`` with known names and string values; ``ValueError`` otherwise."""
-    unknown = set(fields) - set(FIELDS)
+def checked_doc(doc: Any) -> dict[str, Any]:
+    """``doc`` (an image's text document) with known keys and well-formed values, empty
+    values left out; ``ValueError`` otherwise."""
+    if not isinstance(doc, dict):
+        raise ValueError("a text document must be a JSON object")
+    unknown = set(doc) - set(FIELDS) - set(EXTRA_FIELDS)
     if unknown:
         raise ValueError(f"unknown text fields {sorted(unknown)}; known: {', '.join(FIELDS)}")
-    if not all(isinstance(v, str) for v in fields.values()):
-        raise ValueError("text fields must be strings")
-    return {k: v for k, v in fields.items() if v}
+    for key in ("text", "caption"):
+        if not isinstance(doc.get(key, ""), str):
+            raise ValueError(f"text field {key!r} must be a string")
+    tags = doc.get("tags", [])
+    if not isinstance(tags, str) and not (
+        isinstance(tags, list)
+        and all(
+            isinstance(t, str) or (isinstance(t, dict) and isinstance(t.get("label"), str))
+            for t in tags
+        )
+    ):
+        raise ValueError("tags must be a string or a list of labels or {label, score}")
+    if not isinstance(doc.get("words", []), list):
+        raise ValueError("words must be a list")
+    return {k: v for k, v in doc.items() if v}
+
+
+def labels(doc: dict[str, Any]) -> list[str]:
+    """The tag labels of a text document."""
+    tags = doc.get("tags", [])
+    if isinstance(tags, str):
+        return [t.strip() for t in tags.split(",") if t.strip()]
+    return [t if isinstance(t, str) else t["label"] for t in tags]
+
+
+def doc_text(doc: dict[str, Any]) -> str:
+    """The searchable text of a document: OCR text, caption and tag labels."""
+    return " ".join([doc.get("text", ""), doc.get("caption", ""), *labels(doc)]).strip()
+
+
+Doc = dict[str, Any]
 
 
 class TextIndex(Protocol):
     """What both backends offer."""
 
-    def add(self, image_id: int, fields: dict[str, str]) -> None:
-        """Store an image's text fields (replacing earlier ones)."""
+    def add_many(self, items: list[tuple[int, Doc]]) -> None:
+        """Store images' text documents (replacing earlier ones), all in one commit."""
+
+    def add(self, image_id: int, doc: Doc) -> None:
+        """Store one image's text document."""
 
     def remove(self, ids: list[int]) -> list[int]:
         """Forget images; returns the ids that were stored."""
 
-    def get(self, image_id: int) -> dict[str, str] | None:
-        """An image's stored fields, or None."""
+    def present(self, ids: list[int]) -> list[int]:
+        """The ids that have a stored document."""
+
+    def get(self, image_id: int) -> Doc | None:
+        """An image's stored document, or None."""
 
     def search(self, query: str, k: int = 20) -> list[Hit]:
         """Images whose words match the query's, best first."""
 
     @property
     def count(self) -> int:
-        """Images with stored text."""
+        """Images with a stored document."""
 
     def close(self) -> None:
         """Release the backend."""
 
 
 class EmbeddedTextIndex:
-    """Text fields in LMDB; vocabulary, postings and metaphone keys in memory."""
+    """Text documents in LMDB; vocabulary, postings and metaphone keys in memory."""
 
     def __init__(self, path: str | Path) -> None:
         self.store = FeatureStore(Path(path) / "lmdb")
@@ -131,15 +177,15 @@ class EmbeddedTextIndex:
         for image_id, value in self.store.items():
             self._index(image_id, json.loads(bytes(value)))
 
-    def _index(self, image_id: int, fields: dict[str, str]) -> None:
-        for word in words(" ".join(fields.values())):
+    def _index(self, image_id: int, doc: Doc) -> None:
+        for word in words(doc_text(doc)):
             self.postings.setdefault(word, set()).add(image_id)
             if key := sound(word):
                 self.sounds.setdefault(key, set()).add(word)
         self._vocabulary = None
 
-    def _unindex(self, image_id: int, fields: dict[str, str]) -> None:
-        for word in words(" ".join(fields.values())):
+    def _unindex(self, image_id: int, doc: Doc) -> None:
+        for word in words(doc_text(doc)):
             ids = self.postings.get(word)
             if ids is not None:
                 ids.discard(image_id)
@@ -149,27 +195,36 @@ class EmbeddedTextIndex:
                         self.sounds[key].discard(word)
         self._vocabulary = None
 
-    def add(self, image_id: int, fields: dict[str, str]) -> None:
-        """Store an image's text fields; LMDB commits before the in-memory index changes."""
-        fields = checked_fields(fields)
+    def add_many(self, items: list[tuple[int, Doc]]) -> None:
+        """Store documents; LMDB commits before the in-memory index changes."""
+        docs = {image_id: checked_doc(doc) for image_id, doc in items}
         with self._lock:
-            old = self.get(image_id)
-            self.store.put([(image_id, json.dumps(fields).encode())])
-            if old is not None:
-                self._unindex(image_id, old)
-            self._index(image_id, fields)
+            old = {i: d for i in docs if (d := self.get(i)) is not None}
+            self.store.put([(i, json.dumps(d).encode()) for i, d in docs.items()])
+            for image_id, doc in docs.items():
+                if image_id in old:
+                    self._unindex(image_id, old[image_id])
+                self._index(image_id, doc)
+
+    def add(self, image_id: int, doc: Doc) -> None:
+        """Store one image's document."""
+        self.add_many([(image_id, doc)])
 
     def remove(self, ids: list[int]) -> list[int]:
         """Forget images; returns the ids that were stored."""
         with self._lock:
-            old = {i: f for i in ids if (f := self.get(i)) is not None}
+            old = {i: d for i in ids if (d := self.get(i)) is not None}
             removed = self.store.delete(ids)
             for image_id in removed:
                 self._unindex(image_id, old[image_id])
             return removed
 
-    def get(self, image_id: int) -> dict[str, str] | None:
-        """An image's stored fields, or None."""
+    def present(self, ids: list[int]) -> list[int]:
+        """The ids that have a stored document."""
+        return self.store.present(ids)
+
+    def get(self, image_id: int) -> Doc | None:
+        """An image's stored document, or None."""
         raw = self.store.get(image_id)
         return json.loads(raw) if raw is not None else None
 
@@ -198,7 +253,7 @@ class EmbeddedTextIndex:
 
     @property
     def count(self) -> int:
-        """Images with stored text."""
+        """Images with a stored document."""
         return self.store.count()
 
     def close(self) -> None:
@@ -207,23 +262,25 @@ class EmbeddedTextIndex:
             self.store.close()
 
 
+#: Tables of one text feature, prefixed with its name (``{t}``): each feature (OCR text,
+#: captions, tags) has its own, so that each is a source of its own in fused search.
 _SCHEMA = """
 CREATE EXTENSION IF NOT EXISTS fuzzystrmatch;
-CREATE TABLE IF NOT EXISTS image_text (image_id bigint PRIMARY KEY, fields jsonb NOT NULL);
-CREATE TABLE IF NOT EXISTS image_words (
-    image_id bigint NOT NULL REFERENCES image_text ON DELETE CASCADE,
+CREATE TABLE IF NOT EXISTS {t}_docs (image_id bigint PRIMARY KEY, doc jsonb NOT NULL);
+CREATE TABLE IF NOT EXISTS {t}_words (
+    image_id bigint NOT NULL REFERENCES {t}_docs ON DELETE CASCADE,
     word text NOT NULL
 );
-CREATE INDEX IF NOT EXISTS image_words_word ON image_words (word);
-CREATE INDEX IF NOT EXISTS image_words_image ON image_words (image_id);
+CREATE INDEX IF NOT EXISTS {t}_words_word ON {t}_words (word);
+CREATE INDEX IF NOT EXISTS {t}_words_image ON {t}_words (image_id);
 -- The vocabulary: each distinct word once, with its length and metaphone key.
-CREATE TABLE IF NOT EXISTS text_words (
+CREATE TABLE IF NOT EXISTS {t}_vocab (
     word text PRIMARY KEY,
     len int NOT NULL,
     sound text NOT NULL
 );
-CREATE INDEX IF NOT EXISTS text_words_len ON text_words (len);
-CREATE INDEX IF NOT EXISTS text_words_sound ON text_words (sound) WHERE sound <> '';
+CREATE INDEX IF NOT EXISTS {t}_vocab_len ON {t}_vocab (len);
+CREATE INDEX IF NOT EXISTS {t}_vocab_sound ON {t}_vocab (sound) WHERE sound <> '';
 """
 
 #: Per query word, the vocabulary's words with its metaphone key, or of a close length and
@@ -236,26 +293,33 @@ WITH q AS (
         WITH ORDINALITY AS q(word, lim, sound, i)
 ), found AS (
     SELECT q.i, v.word
-    FROM q JOIN text_words v
+    FROM q JOIN {t}_vocab v
       ON v.word = q.word
       OR (q.lim > 0 AND v.len BETWEEN length(q.word) - q.lim AND length(q.word) + q.lim
           AND levenshtein_less_equal(q.word, v.word, q.lim + 1) <= q.lim + 1)
       OR (q.sound <> '' AND v.sound = q.sound)
 )
 SELECT found.i, found.word, w.image_id
-FROM found JOIN image_words w ON w.word = found.word
+FROM found JOIN {t}_words w ON w.word = found.word
 """
+_TABLE = re.compile(r"[a-z_][a-z0-9_]{0,40}")
 
 
 class PostgresTextIndex:
-    """Text fields and words in PostgreSQL (``dsn``: a libpq connection string)."""
+    """Text documents and words in PostgreSQL (``dsn``: a libpq connection string), in the
+    tables named ``{table}_docs``, ``{table}_words`` and ``{table}_vocab``.
 
-    def __init__(self, dsn: str) -> None:
+    Nothing is checked at construction: while the server is down every call raises
+    ``TextUnavailable``, and the first call that reaches it creates the tables.
+    """
+
+    def __init__(self, dsn: str, table: str = "text") -> None:
+        if not _TABLE.fullmatch(table):
+            raise ValueError(f"table prefix {table!r}: lower-case letters, digits, _")
         self.dsn = dsn
+        self.table = table
         self._lock = threading.RLock()
         self._conn: Any = None
-        with self._db() as db:
-            db.execute(_SCHEMA)
 
     def _db(self) -> Any:
         """The connection (re-opened after a failure), as a context that maps errors."""
@@ -266,41 +330,65 @@ class PostgresTextIndex:
 
         if self._conn is None or self._conn.closed:
             try:
-                self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
+                conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
+                conn.execute(self._sql(_SCHEMA))
             except psycopg.Error as exc:
                 raise TextUnavailable(f"PostgreSQL is unreachable: {_first_line(exc)}") from None
+            self._conn = conn
         return self._conn
 
-    def add(self, image_id: int, fields: dict[str, str]) -> None:
-        """Store an image's text fields and words in one transaction."""
-        fields = checked_fields(fields)
-        found = words(" ".join(fields.values()))
-        with self._db() as db, db.transaction():
-            db.execute("DELETE FROM image_text WHERE image_id = %s", (image_id,))
-            db.execute("INSERT INTO image_text VALUES (%s, %s)", (image_id, json.dumps(fields)))
-            if found:
-                with db.cursor() as cur:
-                    cur.executemany(
-                        "INSERT INTO text_words VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                        [(w, len(w), sound(w)) for w in found],
-                    )
-                    cur.executemany(
-                        "INSERT INTO image_words VALUES (%s, %s)", [(image_id, w) for w in found]
-                    )
+    def _sql(self, template: str) -> Any:
+        from psycopg import sql
+
+        return sql.SQL(template.replace("{t}", self.table))
+
+    def add_many(self, items: list[tuple[int, Doc]]) -> None:
+        """Store documents and their words in one transaction."""
+        docs = {image_id: checked_doc(doc) for image_id, doc in items}
+        found = {i: words(doc_text(d)) for i, d in docs.items()}
+        vocab = sorted({w for ws in found.values() for w in ws})
+        with self._db() as db, db.transaction(), db.cursor() as cur:
+            cur.execute(self._sql("DELETE FROM {t}_docs WHERE image_id = ANY(%s)"), (list(docs),))
+            cur.executemany(
+                self._sql("INSERT INTO {t}_docs VALUES (%s, %s)"),
+                [(i, json.dumps(d)) for i, d in docs.items()],
+            )
+            if vocab:
+                cur.executemany(
+                    self._sql("INSERT INTO {t}_vocab VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"),
+                    [(w, len(w), sound(w)) for w in vocab],
+                )
+                cur.executemany(
+                    self._sql("INSERT INTO {t}_words VALUES (%s, %s)"),
+                    [(i, w) for i, ws in found.items() for w in ws],
+                )
+
+    def add(self, image_id: int, doc: Doc) -> None:
+        """Store one image's document."""
+        self.add_many([(image_id, doc)])
 
     def remove(self, ids: list[int]) -> list[int]:
         """Forget images; returns the ids that were stored."""
         with self._db() as db:
             got = db.execute(
-                "DELETE FROM image_text WHERE image_id = ANY(%s) RETURNING image_id", (ids,)
+                self._sql("DELETE FROM {t}_docs WHERE image_id = ANY(%s) RETURNING image_id"),
+                (ids,),
             ).fetchall()
         return sorted(i for (i,) in got)
 
-    def get(self, image_id: int) -> dict[str, str] | None:
-        """An image's stored fields, or None."""
+    def present(self, ids: list[int]) -> list[int]:
+        """The ids that have a stored document."""
         with self._db() as db:
             got = db.execute(
-                "SELECT fields FROM image_text WHERE image_id = %s", (image_id,)
+                self._sql("SELECT image_id FROM {t}_docs WHERE image_id = ANY(%s)"), (ids,)
+            ).fetchall()
+        return sorted(i for (i,) in got)
+
+    def get(self, image_id: int) -> Doc | None:
+        """An image's stored document, or None."""
+        with self._db() as db:
+            got = db.execute(
+                self._sql("SELECT doc FROM {t}_docs WHERE image_id = %s"), (image_id,)
             ).fetchone()
         return dict(got[0]) if got else None
 
@@ -311,7 +399,7 @@ class PostgresTextIndex:
         sounds = [sound(w) for w in wanted]
         with self._db() as db:
             params = {"words": wanted, "limits": limits, "sounds": sounds}
-            got = db.execute(_SEARCH, params).fetchall()
+            got = db.execute(self._sql(_SEARCH), params).fetchall()
         matches = []
         for q1, word, image_id in got:
             q = int(q1) - 1
@@ -323,15 +411,117 @@ class PostgresTextIndex:
 
     @property
     def count(self) -> int:
-        """Images with stored text."""
+        """Images with a stored document."""
         with self._db() as db:
-            return int(db.execute("SELECT count(*) FROM image_text").fetchone()[0])
+            return int(db.execute(self._sql("SELECT count(*) FROM {t}_docs")).fetchone()[0])
 
     def close(self) -> None:
         """Close the connection."""
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
+
+
+class TextFeatureIndex:
+    """The ``text`` index kind, as an index actor hosts it: one text feature's documents
+    (OCR text, captions or tags) in its backend, behind the other kinds' interface.
+
+    The backend is PostgreSQL when ``dsn`` is set (tables prefixed ``table``), else the
+    embedded one at ``path``. Features arrive encoded (``extractors.base.encode_doc``).
+    A query is a text, or a text feature (an image's own text, caption or tags).
+    """
+
+    LIVE: tuple[str, ...] = ()
+
+    def __init__(
+        self, path: str | Path, dim: int = 0, dsn: str | None = None, table: str | None = None
+    ) -> None:
+        self.backend: TextIndex = (
+            PostgresTextIndex(dsn, table or Path(path).name) if dsn else EmbeddedTextIndex(path)
+        )
+
+    @property
+    def live(self) -> dict[str, Any]:
+        """No live settings."""
+        return {}
+
+    def configure(self, **live: Any) -> None:
+        """Text indexes have no live settings."""
+        if live:
+            raise ValueError(f"not live settings: {sorted(live)}; a text index has none")
+
+    @staticmethod
+    def _docs(features: Any) -> list[Doc]:
+        rows = (
+            list(features)
+            if not isinstance(features, np.ndarray) or features.ndim > 1
+            else [features]
+        )
+        return [decode_doc(np.asarray(row)) for row in rows]
+
+    def add(self, ids: list[int], features: Any) -> int:
+        """Store the documents of ``ids`` (replacing), committed before this returns."""
+        docs = self._docs(features)
+        if len(docs) != len(ids):
+            raise ValueError(f"{len(ids)} ids but {len(docs)} documents")
+        self.backend.add_many(list(zip(ids, docs, strict=True)))
+        return len(ids)
+
+    def remove(self, ids: list[int]) -> list[int]:
+        """Forget images; returns the ids that were stored."""
+        return self.backend.remove(ids)
+
+    def has(self, ids: list[int]) -> list[int]:
+        """The ids that have a stored document."""
+        return self.backend.present(ids)
+
+    def docs(self, ids: list[int]) -> dict[int, Doc]:
+        """The stored documents of those ids that have one."""
+        return {i: d for i in ids if (d := self.backend.get(i)) is not None}
+
+    @property
+    def count(self) -> int:
+        """Images with a stored document."""
+        return self.backend.count
+
+    def search(
+        self,
+        queries: Any,
+        k: int | None = 20,
+        threshold: float | None = None,
+        exclude: int | None = None,
+    ) -> list[Hit]:
+        """Images matching a text (or a text feature's words): best first, at most ``k``;
+        with ``threshold`` only those at a distance <= it (0 all words exact, 1 none)."""
+        text = queries if isinstance(queries, str) else doc_text(self._docs(queries)[0])
+        wanted = query_words(text)[:MAX_QUERY_WORDS]
+        want = (k if k is not None else 10_000) + (exclude is not None)
+        hits = [
+            h
+            for h in self.backend.search(" ".join(wanted), want)
+            if h[0] != exclude and (threshold is None or h[1] <= threshold)
+        ]
+        return hits[:k] if k is not None else hits
+
+    def search_by_id(
+        self, image_id: int, k: int | None = 20, threshold: float | None = None
+    ) -> list[Hit]:
+        """Images whose words match a stored image's (the image itself left out); none when
+        it has no words. ``UnknownImage`` when it has no document."""
+        doc = self.backend.get(image_id)
+        if doc is None:
+            raise UnknownImage(image_id)
+        if not words(doc_text(doc)):
+            return []
+        return self.search(doc_text(doc), k, threshold, exclude=image_id)
+
+    def snapshot(self) -> bool:
+        """Nothing to snapshot: the backend is its own store."""
+        return False
+
+    def close(self) -> None:
+        """Release the backend."""
+        self.backend.close()
 
 
 class _Session:

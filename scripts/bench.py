@@ -71,6 +71,7 @@ from graph import build_app
 from index_actors.actor import index_actor
 from index_actors.indexes import StoredIndex, VectorIndex, build_index
 from index_actors.store import Catalog
+from index_actors.text import TextFeatureIndex
 from scripts.bench_crops import bench_crops, bench_ranges
 from scripts.bench_text import bench_ocr, bench_text
 from scripts.benchlib import Row, features, ms, row
@@ -487,7 +488,7 @@ class LocalApp:
     def __init__(self, args: AppArgs, path: Path) -> None:
         self.args = args
         self.extractors = {n: build_extractor(n, args.extractor_options(n)) for n in args.enabled}
-        self.indexes: dict[str, StoredIndex] = {}
+        self.indexes: dict[str, StoredIndex | TextFeatureIndex] = {}
         for name, ex in self.extractors.items():
             self.indexes[name] = build_index(
                 ex.kind, path / name, ex.dim, **args.index_options(name)

@@ -113,8 +113,10 @@ def test_embedded_index_comes_back_from_lmdb(tmp_path: Path) -> None:
 
 
 def test_postgres_down_at_start_and_mid_run(tmp_path: Path) -> None:
-    with pytest.raises(TextUnavailable, match="unreachable"):
-        PostgresTextIndex(f"host={tmp_path} dbname=postgres user=postgres")
+    down = PostgresTextIndex(f"host={tmp_path} dbname=postgres user=postgres")
+    for call in (lambda: down.search("receive"), lambda: down.add(1, TEXTS[1])):
+        with pytest.raises(TextUnavailable, match="unreachable"):
+            call()
     folder = Path(tempfile.mkdtemp(prefix="pg-down-"))
     os.chmod(folder, 0o755)
     with pg_server(folder / "pg") as dsn:
