@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,9 @@ class AppArgs(BaseModel):
     snapshot_interval_s: float = 30.0
     #: CPU reserved by each index actor; they mostly wait, so none by default.
     index_actor_cpus: float = 0.0
+    #: PostgreSQL connection string (libpq) for the text features' indexes (ocr, caption,
+    #: tags), each in tables of its own; unset: the embedded store under data_dir.
+    text_dsn: str | None = None
     features: dict[str, FeatureConfig] = Field(
         default_factory=lambda: {"phash": FeatureConfig(), "color": FeatureConfig()}
     )
@@ -73,6 +77,11 @@ class AppArgs(BaseModel):
         """Names of the enabled features, in config order."""
         return [name for name, cfg in self.features.items() if cfg.enabled]
 
+    @property
+    def text_features(self) -> list[str]:
+        """Enabled features whose output is text (tags, caption, ocr)."""
+        return [n for n in self.enabled if REGISTRY[n].kind == "text"]
+
     def data_path(self) -> Path:
         """Absolute data directory (relative paths resolve against the project root)."""
         path = Path(self.data_dir).expanduser()
@@ -89,6 +98,10 @@ class AppArgs(BaseModel):
         options = dict(self.features[name].index)
         if cls.kind == "vector":
             options.setdefault("metric", cls.metric)
+        if cls.kind == "text" and self.text_dsn:
+            options.setdefault("dsn", self.text_dsn)
+            # Tables of their own per app and feature: two apps may share a database.
+            options.setdefault("table", re.sub(r"[^a-z0-9_]", "_", f"{self.name}_{name}".lower()))
         return options
 
     def extractor_options(self, name: str) -> dict[str, Any]:

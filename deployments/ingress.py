@@ -14,9 +14,11 @@ from ray.serve.handle import DeploymentHandle
 from deployments.config import SEED_NAMES, AppArgs
 from deployments.fusion import fuse
 from extractors import REGISTRY, InvalidImage, WeightsUnavailable, build_extractor
+from extractors.base import decode_doc
 from extractors.local import keypoint_count
 from index_actors.actor import catalog_actor, index_actor
 from index_actors.indexes import Hit, UnknownImage
+from index_actors.text import MAX_QUERY_WORDS, TextUnavailable, doc_text, labels, words
 
 log = logging.getLogger("ray.serve")
 #: Longest text query: CLIP reads 77 tokens; a page of text is a mistake, not a query.
@@ -167,9 +169,16 @@ class Ingress:
                 self.missing[name] = f"index unavailable: {_reason(exc)}"
 
     # --- shared steps -----------------------------------------------------------------
-    def _features(self, requested: str | None) -> list[str]:
+    @property
+    def visual(self) -> list[str]:
+        """Indexed features that compare images (all but the text ones)."""
+        return [n for n in self.indexes if REGISTRY[n].kind != "text"]
+
+    def _features(self, requested: str | None, default: list[str] | None = None) -> list[str]:
+        """The requested features (a comma list), checked; ``default`` (every indexed
+        feature unless given) when none is requested."""
         if not requested:
-            return list(self.indexes)
+            return list(self.indexes) if default is None else default
         names = [n.strip() for n in requested.split(",") if n.strip()]
         unknown = [n for n in names if n not in self.extractors]
         if unknown or not names:
@@ -221,18 +230,24 @@ class Ingress:
 
     @staticmethod
     def _searchable(queries: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Query features minus local ones without a keypoint; 422 when none is left."""
-        empty = [
-            n
-            for n, q in queries.items()
-            if REGISTRY[n].kind == "keypoints"
-            and not any(keypoint_count(row) for row in np.atleast_2d(q))
-        ]
-        if empty and len(empty) == len(queries):
-            raise HTTPException(
-                422, "no keypoints found in this image (a flat or tiny image?): nothing to match"
+        """Query features minus local ones without a keypoint and text ones without a word
+        (an image searched by its own text); 422 when none is left."""
+
+        def empty(name: str, query: np.ndarray) -> bool:
+            kind = REGISTRY[name].kind
+            rows = np.atleast_2d(query)
+            if kind == "keypoints":
+                return not any(keypoint_count(row) for row in rows)
+            return kind == "text" and not words(doc_text(decode_doc(rows[0])))
+
+        gone = [n for n, q in queries.items() if empty(n, q)]
+        if gone and len(gone) == len(queries):
+            what = " or ".join(
+                "keypoints (a flat or tiny image?)" if REGISTRY[n].kind == "keypoints" else "text"
+                for n in dict.fromkeys(gone)
             )
-        return {n: q for n, q in queries.items() if n not in empty}
+            raise HTTPException(422, f"no {what} found in this image: nothing to match")
+        return {n: q for n, q in queries.items() if n not in gone}
 
     async def _seed_listing(self, name: str, hits: list[Hit]) -> list[dict]:
         """A seed service's answer: ``distance`` per image, or for local features the
@@ -374,17 +389,27 @@ class Ingress:
         if names is None:
             await self.catalog.unregister.remote(image_id)
 
+    async def _docs(self, image_id: int) -> dict[str, Any]:
+        """An image's stored text: ``tags``, ``caption``, ``text`` (None / [] when absent)."""
+        names = [n for n in self.indexes if REGISTRY[n].kind == "text"]
+        found = await asyncio.gather(*(self.indexes[n].docs.remote([image_id]) for n in names))
+        doc: dict[str, Any] = {}
+        for got in found:
+            doc.update(got.get(image_id, {}))
+        return {
+            "tags": doc.get("tags", []),
+            "caption": doc.get("caption"),
+            "text": doc.get("text"),
+        }
+
     async def _describe(self, image_id: int, file_name: str) -> dict[str, Any]:
         present = await asyncio.gather(*(a.has.remote([image_id]) for a in self.indexes.values()))
         feats = [n for n, has in zip(self.indexes, present, strict=True) if has]
-        # tags, caption and text arrive with their extractors; the contract has the keys now.
         return {
             "image_id": image_id,
             "file_name": file_name,
             "features": feats,
-            "tags": [],
-            "caption": None,
-            "text": None,
+            **(await self._docs(image_id)),
         }
 
     # --- native API -------------------------------------------------------------------
@@ -445,13 +470,16 @@ class Ingress:
     ) -> dict[str, Any]:
         """Fused search by an uploaded image (phash also searches the mirrored image).
 
+        ``features`` defaults to the visual ones; a text feature (ocr, caption, tags) named
+        there searches by the upload's own text, caption or tags.
+
         ``phash_threshold`` (default from the config, 64) is the Hamming distance at or under
         which a result is a near-duplicate; ``duplicates_only=1`` returns just those.
         ``aqe_n`` / ``aqe_alpha``: alpha query expansion of the global and clip queries.
         """
         kk = self._k(k)
         only_dups = bool(_int_field(duplicates_only, "duplicates_only", required=False))
-        names = ["phash"] if only_dups else self._features(features)
+        names = ["phash"] if only_dups else self._features(features, self.visual)
         fields = {"aqe_n": aqe_n, "aqe_alpha": aqe_alpha}
         options = {n: self._search_options(n, fields) for n in names}
         if only_dups and "phash" not in self.extractors:
@@ -468,7 +496,9 @@ class Ingress:
         lists = await self._search(queries, k_each, thresholds, options)
         return await self._fused(lists, kk, dup)
 
-    async def _fused(self, lists: dict[str, list[Hit]], k: int, dup: float) -> dict[str, Any]:
+    async def _fused(
+        self, lists: dict[str, list[Hit]], k: int, dup: float | None = None
+    ) -> dict[str, Any]:
         weights = {n: self.args.features[n].weight for n in lists}
         fused = fuse(lists, weights, self.args.fusion.rank_constant, "phash", dup)[:k]
         ids = {i for hits in lists.values() for i, _ in hits[:k]} | {f.image_id for f in fused}
@@ -529,16 +559,22 @@ class Ingress:
         except UnknownImage:
             raise HTTPException(404, f"image {image_id} has no {name} feature") from None
 
-    async def _text_hits(
-        self, text: Any, k: int | None, threshold: float | None, extra: dict[str, Any]
-    ) -> list[Hit]:
-        """CLIP's nearest stored images to a text query."""
+    @staticmethod
+    def _checked_query(text: Any) -> str:
+        """A text query, or a 422 saying what is wrong with it."""
         if not isinstance(text, str) or not text.strip():
             raise HTTPException(422, "the text query is empty")
         if len(text) > MAX_QUERY_CHARS:
             raise HTTPException(
                 422, f"the text query is {len(text)} characters; the limit is {MAX_QUERY_CHARS}"
             )
+        return text
+
+    async def _text_hits(
+        self, text: Any, k: int | None, threshold: float | None, extra: dict[str, Any]
+    ) -> list[Hit]:
+        """CLIP's nearest stored images to a text query."""
+        text = self._checked_query(text)
         if "clip" not in self.extractors:
             raise HTTPException(503, "text search needs the clip feature, which is disabled")
         self._features("clip")
@@ -554,15 +590,92 @@ class Ingress:
         self,
         q: str = Query(""),
         k: str | None = Query(None),
+        features: str | None = Query(None),
         aqe_n: str | None = Query(None),
         aqe_alpha: str | None = Query(None),
     ) -> dict[str, Any]:
-        """Stored images matching a text, by CLIP's shared image-text space."""
+        """Stored images matching a text: CLIP's shared image-text space fused with the words
+        of their OCR text, captions and tags, where misspelt and sound-alike words match too.
+
+        ``features``: a comma list of clip, ocr, caption, tags; by default every enabled one,
+        CLIP left out (and named under ``unavailable``) while its weights are missing. A text
+        backend that is down (PostgreSQL) is a 503: its results are never silently dropped.
+        """
         kk = self._k(k)
+        text = self._checked_query(q)
+        sources = [n for n in self.indexes if n == "clip" or REGISTRY[n].kind == "text"]
+        names = self._features(features, sources)
+        if other := [n for n in names if n not in sources]:
+            raise HTTPException(422, f"{other} cannot search by text; text sources: {sources}")
+        if not names:
+            raise HTTPException(
+                503, "text search needs clip or a text feature (ocr, caption, tags): none is on"
+            )
+        n_words = len(words(text))
+        if not n_words:
+            raise HTTPException(422, "the query has no words to search for")
+        if n_words > MAX_QUERY_WORDS:
+            raise HTTPException(
+                422, f"the query has {n_words} words; the limit is {MAX_QUERY_WORDS}"
+            )
         options = self._search_options("clip", {"aqe_n": aqe_n, "aqe_alpha": aqe_alpha})
-        hits = await self._text_hits(q, kk, None, options)
-        listing = await self._listing(hits)
-        return {"results": listing, "by_feature": {"clip": listing}}
+        k_each = max(kk, self.args.fusion.candidates)
+        calls = [
+            self._text_hits(text, k_each, None, options)
+            if n == "clip"
+            else self.indexes[n].search.remote(text, k_each)
+            for n in names
+        ]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        lists: dict[str, list[Hit]] = {}
+        unavailable: dict[str, str] = {}
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, HTTPException) and not features and result.status_code == 503:
+                unavailable[name] = str(result.detail)  # clip without weights: a known state
+            elif isinstance(result, TextUnavailable):
+                raise HTTPException(503, f"text search ({name}) is unavailable: {_reason(result)}")
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                lists[name] = result
+        if not lists:
+            raise HTTPException(503, f"no text source could answer: {unavailable}")
+        return {**(await self._fused(lists, kk)), "unavailable": unavailable}
+
+    async def _analyzed(self, data: bytes, names: list[str]) -> tuple[dict[str, Any], dict]:
+        """The merged text document of an upload from the text extractors ``names``, and
+        why any of them could not run."""
+        feats, failed = await self._extract(data, names, query=False)
+        doc: dict[str, Any] = {}
+        for feat in feats.values():
+            doc.update(decode_doc(feat))
+        return doc, failed
+
+    def _text_extractors(self, only: str | None = None) -> list[str]:
+        names = [n for n in self.extractors if REGISTRY[n].kind == "text"]
+        if only is not None:
+            if only not in names:
+                raise HTTPException(503, f"the {only} feature is not enabled in this app")
+            return [only]
+        if not names:
+            raise HTTPException(503, "no text feature (tags, caption, ocr) is enabled")
+        return names
+
+    @app.post("/analyze")
+    async def analyze(self, image: UploadFile | None = File(None)) -> dict[str, Any]:
+        """Tags, caption and text (and OCR's words with confidence and box) of an upload,
+        nothing stored; a feature whose model is missing is named under ``unavailable``."""
+        names = self._text_extractors()
+        doc, failed = await self._analyzed(await self._read(image), names)
+        if not doc and failed:
+            raise HTTPException(503, f"no text feature could run: {failed}")
+        return {
+            "tags": doc.get("tags", []),
+            "caption": doc.get("caption"),
+            "text": doc.get("text"),
+            "words": doc.get("words", []),
+            "unavailable": failed,
+        }
 
     @app.get("/health")
     async def health(self) -> dict[str, Any]:
@@ -650,7 +763,7 @@ class Ingress:
                 raise HTTPException(503, f"phash could not be computed: {failed}")
             hits = (await self._search(queries, None, {"phash": threshold}))["phash"]
             return {"phash_res": await self._listing(hits)} if hits else {}
-        queries, failed = await self._extract(data, list(self.indexes), query=True)
+        queries, failed = await self._extract(data, self.visual, query=True)
         if not queries:
             raise HTTPException(503, f"no feature could be computed: {failed}")
         queries = self._searchable(queries)
@@ -674,7 +787,7 @@ class Ingress:
             raise HTTPException(
                 404,
                 f"no service {svc!r} here; enabled: "
-                f"{', '.join(SEED_NAMES[n] for n in self.extractors)}",
+                f"{', '.join(SEED_NAMES[n] for n in self.extractors if n in SEED_NAMES)}",
             )
         return self._features(name)[0]
 
@@ -774,3 +887,20 @@ class Ingress:
             raise HTTPException(503, failed[name])
         hits = (await self._search(self._searchable(queries), kk, {name: t}, extra))[name]
         return JSONResponse(await self._seed_listing(name, hits))
+
+    async def _seed_analyze(self, name: str, image: UploadFile | None) -> dict[str, Any]:
+        names = self._text_extractors(name)
+        doc, failed = await self._analyzed(await self._read(image), names)
+        if name in failed:
+            raise HTTPException(503, f"{name}: {failed[name]}")
+        return doc
+
+    @app.post("/get_image_tags")
+    async def seed_tags(self, image: UploadFile | None = File(None)) -> JSONResponse:
+        """Seed tagger: the tags of an upload, a list of labels (best first)."""
+        return JSONResponse(labels(await self._seed_analyze("tags", image)))
+
+    @app.post("/get_image_caption")
+    async def seed_caption(self, image: UploadFile | None = File(None)) -> JSONResponse:
+        """Seed captioner: the caption of an upload, a string."""
+        return JSONResponse((await self._seed_analyze("caption", image)).get("caption", ""))

@@ -302,7 +302,7 @@ WITH q AS (
 SELECT found.i, found.word, w.image_id
 FROM found JOIN {t}_words w ON w.word = found.word
 """
-_TABLE = re.compile(r"[a-z_][a-z0-9_]{0,40}")
+_TABLE = re.compile(r"[a-z_][a-z0-9_]{0,50}")  # + "_vocab_sound": 63, PostgreSQL's limit
 
 
 class PostgresTextIndex:
@@ -452,12 +452,10 @@ class TextFeatureIndex:
 
     @staticmethod
     def _docs(features: Any) -> list[Doc]:
-        rows = (
-            list(features)
-            if not isinstance(features, np.ndarray) or features.ndim > 1
-            else [features]
-        )
-        return [decode_doc(np.asarray(row)) for row in rows]
+        """Documents of encoded features: one (1-D uint8), rows of a 2-D array, or a list or
+        object array of them (Ray Data's ragged column)."""
+        one = isinstance(features, np.ndarray) and features.ndim == 1 and features.dtype != object
+        return [decode_doc(np.asarray(row)) for row in ([features] if one else list(features))]
 
     def add(self, ids: list[int], features: Any) -> int:
         """Store the documents of ``ids`` (replacing), committed before this returns."""

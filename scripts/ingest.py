@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from deployments.config import AppArgs
 from extractors import REGISTRY, InvalidImage, WeightsUnavailable, build_extractor
+from extractors.base import encode_doc
 
 #: File suffixes taken as images (compared lower-cased); everything else is not even listed.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
@@ -147,12 +148,13 @@ class FeatureBatch:
         for extractor in self.extractors:
             dtype = np.dtype(extractor.dtype)
             rows: np.ndarray
-            if extractor.kind == "keypoints":
+            if extractor.kind in ("keypoints", "text"):
                 # One variable-length array per file (Ray Data carries them as ragged
                 # tensors); a failed file gets an empty feature, never written.
+                empty = np.zeros(4, np.uint8) if extractor.kind == "keypoints" else encode_doc({})
                 rows = np.empty(len(blobs), dtype=object)
                 for j in range(len(blobs)):
-                    rows[j] = np.zeros(4, np.uint8)
+                    rows[j] = empty
             else:
                 rows = np.zeros((len(blobs), extractor.nbytes // dtype.itemsize), dtype=dtype)
             errors = np.array([str(b) if not isinstance(b, bytes) else "" for b in blobs], object)
@@ -313,6 +315,8 @@ def ingest(
     progress: bool = True,
     model_pool_size: int = 1,
     local_pool_size: int | None = None,
+    ocr_pool_size: int = 1,
+    caption_pool_size: int = 1,
 ) -> IngestReport:
     """Ingest every image under ``directory`` into the running app described by ``args``.
 
@@ -322,9 +326,10 @@ def ingest(
     ``ids_from_filenames`` the integer file stem is the image id. ``pool_size`` actors (by
     default one per CPU of the cluster), each reserving ``cpus_per_actor`` CPUs, compute
     batches of ``batch_size`` files; ``model_pool_size`` actors compute the model features
-    (global, clip), their torch threads sharing the cluster's CPUs; ``local_pool_size``
-    actors (default: as ``pool_size``) the local features. A feature whose model is
-    unavailable is left out (reported) unless it was asked for by name.
+    (global, clip, tags), their torch threads sharing the cluster's CPUs;
+    ``local_pool_size`` actors (default: as ``pool_size``) the local features,
+    ``ocr_pool_size`` OCR and ``caption_pool_size`` captions, the slow ones. A feature whose
+    model is unavailable is left out (reported) unless it was asked for by name.
     """
     if not ray.is_initialized():
         raise IngestError("connect to the app's Ray cluster first (ray.init(address=...))")
@@ -364,7 +369,8 @@ def ingest(
         # The light features share one pool: each is a few ms per image, and one pass per
         # batch reads each file once. Models get a pool of their own, sized apart: a network
         # per actor costs memory, and torch spreads one actor over several cores. Local
-        # features (SIFT, ~100x phash's time) get one too, so they do not hold the others up.
+        # features (SIFT, ~100x phash's time), OCR and captions (slower still) get one each,
+        # so that they do not hold the others up.
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         pools = [
             (group, min(size, blocks), threads)
@@ -372,6 +378,8 @@ def ingest(
                 ("light", pool_size, None),
                 ("local", local_pool_size or pool_size, None),
                 ("models", model_pool_size, max(1, cpus // model_pool_size)),
+                ("ocr", ocr_pool_size, None),
+                ("caption", caption_pool_size, max(1, cpus // caption_pool_size)),
             )
             if (group := [f for f in features if REGISTRY[f].pool == pool])
         ]
@@ -446,6 +454,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="actors for local features (default: as --pool-size)",
     )
+    p.add_argument("--ocr-pool-size", type=int, default=1, help="actors for OCR (default 1)")
+    p.add_argument(
+        "--caption-pool-size", type=int, default=1, help="actors for captions (default 1)"
+    )
     p.add_argument(
         "--cpus-per-actor",
         type=float,
@@ -460,6 +472,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         or (ns.pool_size is not None and ns.pool_size < 1)
         or ns.model_pool_size < 1
         or (ns.local_pool_size is not None and ns.local_pool_size < 1)
+        or min(ns.ocr_pool_size, ns.caption_pool_size) < 1
         or ns.cpus_per_actor <= 0
     ):
         p.error("--batch-size and the pool sizes must be >= 1, --cpus-per-actor > 0")
@@ -491,6 +504,8 @@ def main(argv: list[str] | None = None) -> int:
             cpus_per_actor=ns.cpus_per_actor,
             model_pool_size=ns.model_pool_size,
             local_pool_size=ns.local_pool_size,
+            ocr_pool_size=ns.ocr_pool_size,
+            caption_pool_size=ns.caption_pool_size,
         )
     except (IngestError, NotADirectoryError) as exc:
         # A wrong directory or feature, or an app that is not running: one line, no traceback.

@@ -39,30 +39,52 @@ def _version(path: str) -> int:
     return int(part) if part.isdigit() else 0
 
 
-@contextlib.contextmanager
-def pg_server(folder: Path) -> Iterator[str]:
-    """Start a server whose data and socket are in ``folder``; yields a libpq DSN."""
-    bins = bindir()
-    folder.mkdir(parents=True, exist_ok=True)
-    data, sock = folder / "data", folder / "sock"
-    sock.mkdir(exist_ok=True)
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(folder, "postgres")
-        shutil.chown(sock, "postgres")
+def _as_user() -> list[str]:
+    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
-    def run(*cmd: str) -> None:
-        done = subprocess.run([*as_user, *cmd], capture_output=True, text=True, check=False)
-        if done.returncode:
-            raise NoPostgres(f"{Path(cmd[0]).name} failed: {done.stderr.strip()[-500:]}")
 
-    run(str(bins / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync")
+def _run(*cmd: str) -> None:
+    done = subprocess.run([*_as_user(), *cmd], capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise NoPostgres(f"{Path(cmd[0]).name} failed: {done.stderr.strip()[-500:]}")
+
+
+def start(folder: Path) -> None:
+    """Start (again) the server of ``folder``; waits until it accepts connections."""
+    sock = folder / "sock"
     # No TCP listener (nothing to collide with), the socket in our folder, no fsync: a
     # benchmark or test server holds nothing worth a crash-safe write.
     opts = f"-c listen_addresses='' -c unix_socket_directories='{sock}' -c fsync=off"
-    run(str(bins / "pg_ctl"), "-D", str(data), "-o", opts, "-w", "-l", str(folder / "log"), "start")
+    data, log = str(folder / "data"), str(folder / "log")
+    _run(str(bindir() / "pg_ctl"), "-D", data, "-o", opts, "-w", "-l", log, "start")
+
+
+def stop(folder: Path) -> None:
+    """Stop the server of ``folder`` at once, as a crash would."""
+    _run(str(bindir() / "pg_ctl"), "-D", str(folder / "data"), "-m", "immediate", "-w", "stop")
+
+
+@contextlib.contextmanager
+def pg_server(folder: Path) -> Iterator[str]:
+    """Start a server whose data and socket are in ``folder``; yields a libpq DSN."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sock = folder / "sock"
+    sock.mkdir(exist_ok=True)
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres")
+        shutil.chown(sock, "postgres")
+    _run(
+        str(bindir() / "initdb"),
+        "-D",
+        str(folder / "data"),
+        "-U",
+        "postgres",
+        "-A",
+        "trust",
+        "--no-sync",
+    )
+    start(folder)
     try:
         yield f"host={sock} dbname=postgres user=postgres"
     finally:
-        run(str(bins / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        stop(folder)

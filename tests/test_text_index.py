@@ -2,7 +2,6 @@
 PostgreSQL server (started here in a folder; `.ci/run` makes sure PostgreSQL is installed)."""
 
 import os
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from index_actors.text import (
     TextUnavailable,
     words,
 )
-from scripts.pgserver import bindir, pg_server
+from scripts.pgserver import pg_server, start, stop
 
 TEXTS = {
     1: {"text": "Please sign to receive your parcel", "tags": "office"},
@@ -122,17 +121,11 @@ def test_postgres_down_at_start_and_mid_run(tmp_path: Path) -> None:
     with pg_server(folder / "pg") as dsn:
         idx = PostgresTextIndex(dsn)
         idx.add(1, TEXTS[1])
-        as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        data = str(folder / "pg" / "data")
-        ctl = [*as_user, str(bindir() / "pg_ctl"), "-D", data, "-m", "immediate", "-w"]
-        subprocess.run([*ctl, "stop"], check=True, capture_output=True)
+        stop(folder / "pg")
         with pytest.raises(TextUnavailable):
             idx.search("receive")
         with pytest.raises(TextUnavailable):
             idx.add(2, TEXTS[2])
-        sock = dsn.split()[0].removeprefix("host=")
-        opts = f"-c listen_addresses='' -c unix_socket_directories='{sock}' -c fsync=off"
-        log = str(folder / "pg" / "log")
-        subprocess.run([*ctl, "-o", opts, "-l", log, "start"], check=True, capture_output=True)
+        start(folder / "pg")
         assert _top(idx, "receive") == 1  # reconnected; the acknowledged add is there
         idx.close()
