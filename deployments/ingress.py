@@ -427,8 +427,16 @@ class Ingress:
         data = await self._read(image)
         # Without a file_name field, the upload's own name labels the image.
         label = None if file_name is not None or image is None else image.filename
+        # Features this add does not compute described whatever the id held before: they go.
+        # Only for an id that exists: a new image has none, and a store that is down (the
+        # text store) must not refuse an upload that does not touch it.
+        existed = (
+            parsed in await self._names([parsed])
+            if parsed is not None
+            else bool(file_name) and await self.catalog.id_of.remote(file_name) is not None
+        )
         new_id, name, status = await self._add(
-            data, parsed, file_name or label, names, name_is_label=bool(label), replace_all=True
+            data, parsed, file_name or label, names, name_is_label=bool(label), replace_all=existed
         )
         return {"image_id": new_id, "file_name": name, "features": status}
 
@@ -695,7 +703,7 @@ class Ingress:
             for n, info in zip(self.extractors, infos, strict=True)
         }
         indexes: dict[str, Any] = {
-            n: c if not isinstance(c, BaseException) else {"error": str(c)}
+            n: c if not isinstance(c, BaseException) else {"error": _reason(c)}
             for n, c in zip(self.indexes, counts, strict=True)
         }
         indexes.update({n: {"error": f"no index: {why}"} for n, why in self.missing.items()})

@@ -328,6 +328,13 @@ class PostgresTextIndex:
     def _connect(self) -> Any:
         import psycopg
 
+        if self._conn is not None and not self._conn.closed:
+            try:
+                # A server restart breaks the connection silently: found here, the call
+                # gets a fresh one instead of an error (a round trip, well under 1 ms).
+                self._conn.execute("SELECT 1")
+            except psycopg.Error:
+                self._conn.close()
         if self._conn is None or self._conn.closed:
             try:
                 conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)

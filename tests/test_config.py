@@ -16,13 +16,17 @@ def test_shipped_configs_validate(config: Path) -> None:
     cfg = yaml.safe_load(config.read_text())
     for entry in cfg["applications"]:
         args = AppArgs.model_validate(entry["args"])
-        assert args.enabled == ["phash", "color", "global", "clip", "local"]
+        assert args.enabled == [
+            *("phash", "color", "global", "clip", "local"),
+            *("tags", "ocr", "caption"),
+        ]
         names = {d["name"] for d in entry["deployments"]}
         assert names == {"Ingress"} | {f"extract_{f}" for f in args.enabled}
         # Every model name is one its library knows (the weights may still be missing).
         dims = args.dims()
         assert all(isinstance(d, int) for d in dims.values()), dims
         assert dims["clip"] == 512 and dims["global"] in (1280, 768)
+        assert args.text_features == ["tags", "ocr", "caption"]
 
 
 def test_a_wrong_model_name_is_a_reason_not_a_crash() -> None:
