@@ -18,7 +18,14 @@ from extractors.base import decode_doc
 from extractors.local import keypoint_count
 from index_actors.actor import catalog_actor, index_actor
 from index_actors.indexes import Hit, UnknownImage
-from index_actors.text import MAX_QUERY_WORDS, TextUnavailable, doc_text, labels, words
+from index_actors.text import (
+    MAX_QUERY_WORDS,
+    TextUnavailable,
+    doc_text,
+    labels,
+    merge_docs,
+    words,
+)
 
 log = logging.getLogger("ray.serve")
 #: Longest text query: CLIP reads 77 tokens; a page of text is a mistake, not a query.
@@ -393,9 +400,7 @@ class Ingress:
         """An image's stored text: ``tags``, ``caption``, ``text`` (None / [] when absent)."""
         names = [n for n in self.indexes if REGISTRY[n].kind == "text"]
         found = await asyncio.gather(*(self.indexes[n].docs.remote([image_id]) for n in names))
-        doc: dict[str, Any] = {}
-        for got in found:
-            doc.update(got.get(image_id, {}))
+        doc = merge_docs(got.get(image_id, {}) for got in found)
         return {
             "tags": doc.get("tags", []),
             "caption": doc.get("caption"),
@@ -654,10 +659,7 @@ class Ingress:
         """The merged text document of an upload from the text extractors ``names``, and
         why any of them could not run."""
         feats, failed = await self._extract(data, names, query=False)
-        doc: dict[str, Any] = {}
-        for feat in feats.values():
-            doc.update(decode_doc(feat))
-        return doc, failed
+        return merge_docs(decode_doc(f) for f in feats.values()), failed
 
     def _text_extractors(self, only: str | None = None) -> list[str]:
         names = [n for n in self.extractors if REGISTRY[n].kind == "text"]
@@ -905,8 +907,15 @@ class Ingress:
 
     @app.post("/get_image_tags")
     async def seed_tags(self, image: UploadFile | None = File(None)) -> JSONResponse:
-        """Seed tagger: the tags of an upload, a list of labels (best first)."""
-        return JSONResponse(labels(await self._seed_analyze("tags", image)))
+        """Seed tagger: the tags of an upload, a list of labels (Places365's first, the
+        seed's tagger, where it is enabled; then ImageNet's)."""
+        names: list[str] = [n for n in ("places", "tags") if n in self.extractors]
+        if not names:
+            raise HTTPException(503, "no tagger (places, tags) is enabled in this app")
+        doc, failed = await self._analyzed(await self._read(image), names)
+        if len(failed) == len(names):
+            raise HTTPException(503, f"no tagger could run: {failed}")
+        return JSONResponse(labels(doc))
 
     @app.post("/get_image_caption")
     async def seed_caption(self, image: UploadFile | None = File(None)) -> JSONResponse:

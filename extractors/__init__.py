@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from extractors.analyzers import Captioner, ImageNetTagger, TesseractOcr
+from extractors.analyzers import Captioner, ImageNetTagger, Places365Tagger, TesseractOcr
 from extractors.base import Extractor, WeightsUnavailable
 from extractors.clip import ClipFeatures
 from extractors.color import ColorHistogram
@@ -24,6 +24,7 @@ REGISTRY: dict[str, type[Extractor]] = {
         ImageNetTagger,
         TesseractOcr,
         Captioner,
+        Places365Tagger,
     )
 }
 
@@ -48,6 +49,7 @@ __all__ = [
     "InvalidImage",
     "LocalFeatures",
     "PHash",
+    "Places365Tagger",
     "TesseractOcr",
     "WeightsUnavailable",
     "build_extractor",

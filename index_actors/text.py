@@ -128,6 +128,17 @@ def labels(doc: dict[str, Any]) -> list[str]:
     return [t if isinstance(t, str) else t["label"] for t in tags]
 
 
+def merge_docs(docs: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """One document from several features' (ImageNet and Places365 tags, OCR, a caption):
+    tag lists are joined in order, other keys taken from the last that has them."""
+    out: dict[str, Any] = {}
+    tags: list[Any] = []
+    for doc in docs:
+        tags += labels(doc) if isinstance(doc.get("tags"), str) else doc.get("tags", [])
+        out.update({k: v for k, v in doc.items() if k != "tags"})
+    return {**out, "tags": tags} if tags else out
+
+
 def doc_text(doc: dict[str, Any]) -> str:
     """The searchable text of a document: OCR text, caption and tag labels."""
     return " ".join([doc.get("text", ""), doc.get("caption", ""), *labels(doc)]).strip()

@@ -73,7 +73,7 @@ from index_actors.indexes import StoredIndex, VectorIndex, build_index
 from index_actors.store import Catalog
 from index_actors.text import TextFeatureIndex
 from scripts.bench_crops import bench_crops, bench_ranges
-from scripts.bench_text import bench_ocr, bench_text
+from scripts.bench_text import bench_ocr, bench_text, bench_throughput
 from scripts.benchlib import Row, features, ms, row
 from scripts.ingest import ingest, load_app_args
 from scripts.train_index import train
@@ -92,6 +92,7 @@ SECTIONS = (
     "ranges",
     "text",
     "ocr",
+    "throughput",
 )
 GiB = 1 << 30
 
@@ -798,6 +799,8 @@ def main() -> None:
             rows += bench_text(opts.n_texts, 200)
         if "ocr" in opts.only:
             rows += bench_ocr()
+        if "throughput" in opts.only:
+            rows += bench_throughput(photos)
         if "vectors" in opts.only:
             settings = [(int(a), int(b)) for a, b in (x.split(":") for x in opts.probes.split(","))]
             rows += bench_vectors(opts.n_vectors, opts.factory, settings, tmp)

@@ -1,4 +1,5 @@
-"""Text search and OCR, for ``scripts/bench.py`` (sections ``text``, ``ocr``).
+"""Text search, OCR and extractor throughput, for ``scripts/bench.py`` (sections ``text``,
+``ocr``, ``throughput``).
 
 text: ``--n-texts`` stored texts of 8 words each from a vocabulary of pronounceable
 pseudo-words (no dictionary on this machine); queries are two words of one stored text,
@@ -9,6 +10,8 @@ backend and for PostgreSQL (a throwaway server) side by side.
 
 ocr: word accuracy and images/s of Tesseract on rendered lines (Pillow's and DejaVu fonts,
 sizes, rotations of a few degrees, JPEG quality 40).
+
+throughput: images/s of every extractor on the shipped photos, beside global features.
 """
 
 from __future__ import annotations
@@ -193,4 +196,64 @@ def bench_ocr() -> list[Row]:
     return [
         row("ocr word accuracy (rendered lines)", accuracy, None, ">= 0.9", accuracy >= 0.9),
         row("ocr images/s (1400x200 lines, one core each)", images / seconds, None, "info", None),
+    ]
+
+
+def blip_base_in_memory() -> Any:
+    """A ``Captioner`` holding BLIP-base's architecture (ViT-B/16 at 384 px, a BERT-base
+    decoder) with random weights: no captioning weights can be fetched here, and the work
+    per image is the architecture's. Every caption is made 20 tokens long, a typical one."""
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    from extractors.analyzers import Captioner
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo"]
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)})
+    captioner = Captioner(num_beams=3, max_new_tokens=20, threads=os.cpu_count())
+    model = BlipForConditionalGeneration(BlipConfig()).eval()
+    model.generation_config.min_new_tokens = 20
+    captioner.model, captioner.processor = model, BlipProcessor(BlipImageProcessor(), tokenizer)
+    return captioner
+
+
+def bench_throughput(photos: dict[str, bytes]) -> list[Row]:
+    """images/s of every extractor on the shipped photos (decoding included), one process
+    with the machine's cores; the peer is global features (EfficientNet-Lite0)."""
+    from extractors import build_extractor
+    from scripts.benchlib import features
+
+    blobs = list(photos.values())
+    rates: dict[str, dict[int, float]] = {}
+    for name in ("phash", "color", "local", "global", "tags", "ocr", "caption"):
+        ex = blip_base_in_memory() if name == "caption" else build_extractor(name)
+        ex.load()
+        features(ex, blobs[:1])  # warm-up
+        rates[name] = {}
+        for batch in (1, 4) if ex.uses_torch else (1,):
+            start = time.perf_counter()
+            for lo in range(0, len(blobs), batch):
+                features(ex, blobs[lo : lo + batch])
+            rates[name][batch] = len(blobs) / (time.perf_counter() - start)
+        print(
+            f"throughput: {name} images/s "
+            + ", ".join(f"batch {b}: {r:.2f}" for b, r in rates[name].items())
+        )
+    peer = max(rates["global"].values())
+    what = {"caption": " (BLIP-base, random weights, 3 beams x 20 tokens)"}
+    return [
+        row(
+            f"{name} images/s, best batch{what.get(name, '')} (peer global)",
+            max(r.values()),
+            peer,
+            "info",
+            None,
+        )
+        for name, r in rates.items()
+        if name != "global"
     ]

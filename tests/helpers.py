@@ -124,3 +124,40 @@ def tiny_blip_dir(path: Path, favour: str = "bridge") -> Path:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def places_dir(path: Path) -> Path:
+    """The six Places365 files under ``path``, in the published formats (checkpoints with
+    ``module.`` keys under ``state_dict``, the label files), with random networks whose
+    ResNet-50 is sure of category 0, "/b/bridge", an outdoor one."""
+    import numpy as np
+    import torch
+    from torchvision.models import resnet50
+
+    from extractors.analyzers import wideresnet18
+
+    torch.manual_seed(0)
+    for name, net in (("resnet50", resnet50(num_classes=365)), ("wideresnet18", wideresnet18())):
+        if name == "resnet50":
+            with torch.no_grad():
+                net.fc.bias[0] += 30.0
+        state = {f"module.{k}": v for k, v in net.state_dict().items()}
+        torch.save(
+            {"epoch": 1, "arch": name, "state_dict": state}, path / f"{name}_places365.pth.tar"
+        )
+    categories = ["/b/bridge", "/a/apartment_building/outdoor"] + [
+        f"/c/category_{i}" for i in range(2, 365)
+    ]
+    (path / "categories_places365.txt").write_text(
+        "\n".join(f"{c} {i}" for i, c in enumerate(categories)) + "\n"
+    )
+    # Outdoor (2) but for a few indoor (1) ones.
+    (path / "IO_places365.txt").write_text(
+        "\n".join(f"{c} {1 if i % 50 == 7 else 2}" for i, c in enumerate(categories)) + "\n"
+    )
+    (path / "labels_sunattribute.txt").write_text("\n".join(f"attribute {i}" for i in range(102)))
+    rng = np.random.default_rng(0)
+    np.save(
+        path / "W_sceneattribute_wideresnet18.npy", rng.normal(size=(102, 512)).astype(np.float32)
+    )
+    return path

@@ -8,9 +8,15 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from extractors import WeightsUnavailable
-from extractors.analyzers import Captioner, ImageNetTagger, TesseractOcr
+from extractors.analyzers import (
+    Captioner,
+    ImageNetTagger,
+    Places365Tagger,
+    TesseractOcr,
+    _readable,
+)
 from scripts.benchlib import rendered_line, text_fonts
-from tests.helpers import tiny_blip_dir
+from tests.helpers import places_dir, tiny_blip_dir
 
 LINES = [
     "Please sign here to receive your parcel",
@@ -76,3 +82,36 @@ def test_captioner_runs_the_real_generate_path(tmp_path: Path) -> None:
         Captioner(model="Salesforce/not-cached-anywhere").load()  # offline: not in the cache
     with pytest.raises(ValueError):
         Captioner(num_beams=0)
+
+
+def test_places365_tags_categories_indoor_outdoor_and_attributes(
+    tmp_path: Path, photos: dict[str, bytes]
+) -> None:
+    folder = places_dir(tmp_path)
+    tagger = Places365Tagger(folder=str(folder), attributes=10)
+    image = Image.open(io.BytesIO(photos["Bridge_by_Sander_Klootwijk.jpg"]))
+    (doc,) = tagger.analyze([image])
+    labels = [t["label"] for t in doc["tags"]]
+    assert labels[0] == "bridge" and doc["tags"][0]["score"] > 0.9  # the only sure category
+    assert labels[1] == "outdoor"  # the top-10 vote: only bridge's and 9 others' sides
+    assert labels[2:] == [f"attribute {i}" for i in _top_attributes(tagger, image)]
+    assert _readable("/a/apartment_building/outdoor") == "apartment building (outdoor)"
+
+
+def _top_attributes(tagger: Places365Tagger, image: Image.Image) -> list[int]:
+    import torch
+
+    _, wide = tagger.models
+    with torch.inference_mode():
+        pooled = torch.nn.Sequential(*list(wide.children())[:-1])(tagger._tensor([image]))
+    responses = tagger.weights @ pooled.flatten(1).numpy()[0]
+    return [int(j) for j in responses.argsort()[::-1][:10]]
+
+
+def test_places365_without_its_files_or_with_foreign_ones(tmp_path: Path) -> None:
+    with pytest.raises(WeightsUnavailable, match=r"fetch_models\.py places"):
+        Places365Tagger(folder=str(tmp_path)).load()  # offline here: no download tried
+    folder = places_dir(tmp_path)
+    (folder / "resnet50_places365.pth.tar").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsUnavailable, match="unreadable"):
+        Places365Tagger(folder=str(folder)).load()

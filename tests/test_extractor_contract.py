@@ -10,18 +10,19 @@ from PIL import Image, ImageOps
 from extractors import REGISTRY, ColorHistogram, Extractor, InvalidImage, PHash, build_extractor
 from extractors.base import decode_doc
 from index_actors.text import checked_doc, labels
-from tests.helpers import encode, tiny_blip_dir, tiny_clip_dir
+from tests.helpers import encode, places_dir, tiny_blip_dir, tiny_clip_dir
 
 
 @pytest.fixture(scope="module")
 def test_options(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, object]]:
     """Options that make every extractor loadable here: CLIP's and the captioner's weights
     are not shipped, so tiny random ones stand in (global and tags use the real packaged
-    weights); OCR reads the photos at 800 px to keep this quick."""
+    weights), as do random Places365 networks; OCR reads the photos at 800 px, to be quick."""
     return {
         "clip": {"model": f"local-dir:{tiny_clip_dir(tmp_path_factory.mktemp('clip'))}"},
         "caption": {"model": str(tiny_blip_dir(tmp_path_factory.mktemp("blip")))},
         "ocr": {"max_side": 800},
+        "places": {"folder": str(places_dir(tmp_path_factory.mktemp("places")))},
     }
 
 

@@ -104,11 +104,8 @@ def test_id_from_name() -> None:
 def test_load_app_args_reads_the_serve_config() -> None:
     args = load_app_args(ROOT / "configs" / "serve.yaml", "imgsearch")
     assert args.name == "imgsearch" and args.enabled == [
-        "phash",
-        "color",
-        "global",
-        "clip",
-        "local",
+        *("phash", "color", "global", "clip", "local"),
+        *("tags", "ocr", "caption"),
     ]
     with pytest.raises(ValueError, match="no application named"):
         load_app_args(ROOT / "configs" / "serve.yaml", "nope")

@@ -12,14 +12,14 @@ from deployments.config import AppArgs
 from scripts.benchlib import DEJAVU
 from scripts.ingest import ingest
 from tests.conftest import RunningApp
-from tests.helpers import encode, tiny_blip_dir
+from tests.helpers import encode, places_dir, tiny_blip_dir
 
 pytestmark = pytest.mark.timeout(300)
 
 BRIDGE = "Bridge_by_Sander_Klootwijk.jpg"
 PARCEL = "Please sign here to receive your parcel"
 STUDIO = "Photo studio open every Sunday"
-ALL_OK = {"phash": "ok", "tags": "ok", "ocr": "ok", "caption": "ok"}
+ALL_OK = {"phash": "ok", "tags": "ok", "ocr": "ok", "caption": "ok", "places": "ok"}
 
 
 def text_image(line: str, font: str = "DejaVuSans.ttf") -> bytes:
@@ -32,14 +32,17 @@ def text_image(line: str, font: str = "DejaVuSans.ttf") -> bytes:
 
 @pytest.fixture(scope="module")
 def app_overrides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """phash beside the three text features; a tiny BLIP (it likes the word "bridge")."""
+    """phash beside the text features; a tiny BLIP (it likes the word "bridge") and random
+    Places365 networks (sure of "bridge", outdoor)."""
     blip = tiny_blip_dir(tmp_path_factory.mktemp("blip"))
+    places = places_dir(tmp_path_factory.mktemp("places"))
     return {
         "features": {
             "phash": {},
             "tags": {"options": {"cutoff": 0.05}},
             "ocr": {},
             "caption": {"options": {"model": str(blip), "num_beams": 2, "max_new_tokens": 5}},
+            "places": {"options": {"folder": str(places), "attributes": 3}},
         }
     }
 
@@ -73,8 +76,10 @@ def test_stored_text_tags_and_caption(client: httpx.Client) -> None:
     assert "receive" in parcel["text"].lower() and "parcel" in parcel["text"].lower()
     assert "bridge" in parcel["caption"]  # what the tiny captioner says of everything
     bridge = client.get("/images/3").json()
-    assert "suspension bridge" in [t["label"] for t in bridge["tags"]]
-    assert all(0.05 <= t["score"] <= 1 for t in bridge["tags"])
+    tags = [t["label"] for t in bridge["tags"]]
+    assert "suspension bridge" in tags  # ImageNet's, then Places365's
+    assert tags[-5:-3] == ["bridge", "outdoor"] and tags[-1].startswith("attribute")
+    assert all(0.05 <= t["score"] <= 1 for t in bridge["tags"][: tags.index("bridge")])
     flat = client.get("/images/4").json()  # an image with no text is stored, with none
     assert flat["text"] is None and set(flat["features"]) == set(ALL_OK)
     health = client.get("/health").json()
@@ -97,7 +102,7 @@ def test_search_text_finds_by_ocr_tags_and_misspellings(
     assert r.status_code == 200, r.text
     body = r.json()
     assert {x["image_id"] for x in body["results"][: len(want)]} == want, body
-    assert set(body["by_feature"]) == {"tags", "ocr", "caption"}
+    assert set(body["by_feature"]) == {"tags", "ocr", "caption", "places"}
     assert body["unavailable"] == {}
     top = body["results"][0]
     assert top["file_name"] and top["score"] > 0 and top["matches"]
@@ -161,7 +166,8 @@ def test_analyze_stores_nothing(client: httpx.Client, photos: dict[str, bytes]) 
 
 def test_seed_tag_and_caption_routes(client: httpx.Client, photos: dict[str, bytes]) -> None:
     r = client.post("/get_image_tags", files={"image": ("b.jpg", photos[BRIDGE])})
-    assert r.status_code == 200 and "suspension bridge" in r.json(), r.text
+    assert r.status_code == 200, r.text
+    assert r.json()[:2] == ["bridge", "outdoor"] and "suspension bridge" in r.json()
     r = client.post("/get_image_caption", files={"image": ("b.jpg", photos[BRIDGE])})
     assert r.status_code == 200 and "bridge" in r.json(), r.text
     r = client.post("/get_image_caption", files={"image": ("b.jpg", b"\xff\xd8 broken")})

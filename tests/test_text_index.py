@@ -6,13 +6,21 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from extractors.base import encode_doc
+from index_actors.indexes import UnknownImage
 from index_actors.text import (
     EmbeddedTextIndex,
     PostgresTextIndex,
+    TextFeatureIndex,
     TextIndex,
     TextUnavailable,
+    checked_doc,
+    doc_text,
+    labels,
+    merge_docs,
     words,
 )
 from scripts.pgserver import pg_server, start, stop
@@ -128,4 +136,37 @@ def test_postgres_down_at_start_and_mid_run(tmp_path: Path) -> None:
             idx.add(2, TEXTS[2])
         start(folder / "pg")
         assert _top(idx, "receive") == 1  # reconnected; the acknowledged add is there
+        idx.close()
+
+
+def test_documents_merge_and_validate() -> None:
+    imagenet = {"tags": [{"label": "suspension bridge", "score": 0.6}]}
+    places = {"tags": [{"label": "bridge", "score": 0.9}, {"label": "outdoor", "score": 1.0}]}
+    merged = merge_docs([imagenet, {"text": "EXIT", "words": []}, places, {"tags": "a, b"}])
+    assert labels(merged) == ["suspension bridge", "bridge", "outdoor", "a", "b"]
+    assert merged["text"] == "EXIT" and doc_text(merged).startswith("EXIT")
+    assert merge_docs([]) == {}
+    for bad in ([], {"text": 3}, {"tags": [{"score": 1}]}, {"words": "x"}):
+        with pytest.raises(ValueError):
+            checked_doc(bad)
+    assert checked_doc({"text": "", "caption": "a cat"}) == {"caption": "a cat"}
+
+
+def test_the_text_index_kind(tmp_path: Path, pg_dsn: str) -> None:
+    """What the index actor hosts: encoded documents in, text or document queries, by id."""
+    for idx in (
+        TextFeatureIndex(tmp_path / "ocr"),
+        TextFeatureIndex(tmp_path / "ocr", dsn=pg_dsn, table="kind_test"),
+    ):
+        docs = [encode_doc(TEXTS[i]) for i in (1, 2, 5)]
+        assert idx.add([1, 2, 5], np.array(docs, dtype=object)) == 3
+        assert idx.has([1, 2, 3]) == [1, 2] and idx.count == 3
+        assert idx.docs([2, 9]) == {2: TEXTS[2]}
+        assert idx.search("recieve", k=2)[0][0] == 1
+        assert idx.search(encode_doc({"caption": "outdoor bridge"}))[0] == (2, 0.0)
+        assert [i for i, _ in idx.search("outdoor", threshold=0.0)] == [2, 5]
+        assert [i for i, _ in idx.search_by_id(2, k=5)] == [5]  # "outdoor" in common
+        with pytest.raises(UnknownImage):
+            idx.search_by_id(3)
+        assert idx.remove([5, 7]) == [5] and idx.search("beach") == []
         idx.close()
