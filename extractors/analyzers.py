@@ -39,17 +39,21 @@ class TextExtractor(Extractor):
 class ImageNetTagger(GlobalFeatures, TextExtractor):
     """Tags from the ImageNet classifier of a global-features network (timm; the packaged
     EfficientNet-Lite0 by default): the readable class names whose probability is at least
-    ``cutoff``, at most ``top`` of them, best first. Other options as ``GlobalFeatures``'."""
+    ``cutoff``, at most ``top`` of them, best first. Other options as ``GlobalFeatures``',
+    but the crop is classification's centre crop (``crop_pct`` 0.875): on the shipped
+    photos it makes the right labels likelier (dragonfly 0.05 -> 0.13, wall clock 0.40 ->
+    0.64). A low cutoff: photos are not ImageNet's one-object pictures, and a tag under 0.1
+    is often still right (suspension bridge, 0.11)."""
 
     name: ClassVar[str] = "tags"
     kind: ClassVar[Kind] = "text"
     dtype: ClassVar[type] = np.uint8
     metric: ClassVar[str] = "text"
 
-    def __init__(self, cutoff: float = 0.1, top: int = 5, **global_options: Any) -> None:
+    def __init__(self, cutoff: float = 0.05, top: int = 5, **global_options: Any) -> None:
         if not 0.0 < cutoff <= 1.0 or top < 1:
             raise ValueError("cutoff must be in (0, 1] and top >= 1")
-        super().__init__(**global_options)
+        super().__init__(**{"crop_pct": 0.875, **global_options})
         self.dim = 0
         self.cutoff = cutoff
         self.top = top

@@ -1,7 +1,8 @@
-"""Fill the local model cache with the weights of the app's features (models, HardNet8).
+"""Fill the local model cache with the weights of the app's features (models, HardNet8, the
+captioner, the Places365 files).
 
     python scripts/fetch_models.py                  # every feature in configs/serve.yaml
-    python scripts/fetch_models.py clip global      # just these
+    python scripts/fetch_models.py clip caption     # just these
     python scripts/fetch_models.py --check          # offline: what is there, what is missing
 
 Runs each extractor's own loading code with hub downloads allowed, so what lands in the cache
@@ -45,10 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Every enabled feature: load() is a no-op for the weight-free ones (local with RootSIFT),
     # and fetches for the rest (local with HardNet8 too).
+    # By name, a feature configured but not yet enabled too: fetch first, then enable it.
     wanted = ns.features or args.enabled
-    wrong = [f for f in wanted if f not in args.enabled]
+    wrong = [f for f in wanted if f not in args.features]
     if wrong:
-        print(f"fetch_models: {wrong} are not enabled: {args.enabled}", file=sys.stderr)
+        print(
+            f"fetch_models: {wrong} are not in the config: {list(args.features)}", file=sys.stderr
+        )
         return 2
     missing = 0
     for name in wanted:
