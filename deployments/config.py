@@ -6,9 +6,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from extractors import REGISTRY, WeightsUnavailable, build_extractor
+from index_actors.text import TABLE_PREFIX
 
 #: API feature name -> the seed's service name in its routes.
 SEED_NAMES = {
@@ -57,7 +58,9 @@ class AppArgs(BaseModel):
     #: CPU reserved by each index actor; they mostly wait, so none by default.
     index_actor_cpus: float = 0.0
     #: PostgreSQL connection string (libpq) for the text features' indexes (ocr, caption,
-    #: tags), each in tables of its own; unset: the embedded store under data_dir.
+    #: tags), each in tables of its own (``<name>_<feature>_*``); unset: the embedded store
+    #: under data_dir. Keep a password out of it (~/.pgpass, or PGPASSWORD): it travels
+    #: to the index actors as an argument.
     text_dsn: str | None = None
     features: dict[str, FeatureConfig] = Field(
         default_factory=lambda: {"phash": FeatureConfig(), "color": FeatureConfig()}
@@ -71,6 +74,22 @@ class AppArgs(BaseModel):
         if unknown:
             raise ValueError(f"unknown features {sorted(unknown)}; known: {sorted(REGISTRY)}")
         return value
+
+    @model_validator(mode="after")
+    def _table_names(self) -> AppArgs:
+        if self.text_dsn and self.text_features:
+            for name in self.text_features:
+                table = self.text_table(name)
+                if not TABLE_PREFIX.fullmatch(table):
+                    raise ValueError(
+                        f"text table prefix {table!r} (from the app name): it must start "
+                        "with a letter or _ and be at most 51 characters"
+                    )
+        return self
+
+    def text_table(self, feature: str) -> str:
+        """Prefix of a text feature's PostgreSQL tables: this app's name, then the feature."""
+        return re.sub(r"[^a-z0-9_]", "_", f"{self.name}_{feature}".lower())
 
     @property
     def enabled(self) -> list[str]:
@@ -101,7 +120,7 @@ class AppArgs(BaseModel):
         if cls.kind == "text" and self.text_dsn:
             options.setdefault("dsn", self.text_dsn)
             # Tables of their own per app and feature: two apps may share a database.
-            options.setdefault("table", re.sub(r"[^a-z0-9_]", "_", f"{self.name}_{name}".lower()))
+            options.setdefault("table", self.text_table(name))
         return options
 
     def extractor_options(self, name: str) -> dict[str, Any]:

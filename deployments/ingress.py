@@ -359,16 +359,23 @@ class Ingress:
         """Extract, then register, then store every feature.
 
         Nothing is stored for a bad image. A failed index write answers 503: the client
-        retries, which is safe since re-adding replaces. ``name_is_label``: the name came
-        from the upload, not from the client, so it does not identify an image.
-        ``replace_all``: features this add does not compute are removed, since they
-        described whatever image the id held before.
+        retries, which is safe since re-adding replaces; a new image is then taken out
+        again, so that it is not half visible under an id the retry will not reuse.
+        ``name_is_label``: the name came from the upload, not from the client, so it does
+        not identify an image. ``replace_all``: for an image that exists, features this add
+        does not compute are removed, since they described what the id held before (a new
+        image has none: an upload must not fail on a store it does not touch).
         """
         if file_name is not None:
             _check_file_name(file_name)
         feats, status = await self._extract(data, names, query=False)
         if not feats:
             raise HTTPException(503, f"no feature could be computed: {status}")
+        if image_id is not None:
+            existed = image_id in await self._names([image_id])
+        else:
+            named = file_name if file_name and not name_is_label else None
+            existed = named is not None and await self.catalog.id_of.remote(named) is not None
         try:
             image_id, file_name = await self.catalog.register.remote(
                 file_name, image_id, name_is_label
@@ -376,7 +383,7 @@ class Ingress:
         except ValueError as exc:
             raise HTTPException(409, str(exc)) from None
         writes = [self.indexes[n].add.remote([image_id], f[None, :]) for n, f in feats.items()]
-        if replace_all:
+        if replace_all and existed:
             stale = [n for n in self.indexes if n not in feats]
             writes += [self.indexes[n].remove.remote([image_id]) for n in stale]
         results = await asyncio.gather(*writes, return_exceptions=True)
@@ -385,8 +392,21 @@ class Ingress:
                 "ok" if not isinstance(result, BaseException) else f"error: {_reason(result)}"
             )
         if any(isinstance(r, BaseException) for r in results):
+            if not existed:
+                await self._withdraw(image_id, [n for n in feats if status[n] == "ok"])
+                raise HTTPException(503, f"the image was not stored, retry: {status}")
             raise HTTPException(503, f"image {image_id} was not stored completely, retry: {status}")
         return image_id, file_name, {n: status[n] for n in names}
+
+    async def _withdraw(self, image_id: int, written: list[str]) -> None:
+        """Take a new image out again after a failed write: its written features, then its
+        catalog entry. Best effort: what cannot be removed now is logged."""
+        undo = [self.indexes[n].remove.remote([image_id]) for n in written]
+        results = await asyncio.gather(*undo, return_exceptions=True)
+        if any(isinstance(r, BaseException) for r in results):
+            log.error("image %s: features %s stay after a failed add", image_id, written)
+            return
+        await self.catalog.unregister.remote(image_id)
 
     async def _delete(self, image_id: int, names: list[str] | None = None) -> None:
         """Remove an image's features (all by default, then the image itself)."""
@@ -432,16 +452,8 @@ class Ingress:
         data = await self._read(image)
         # Without a file_name field, the upload's own name labels the image.
         label = None if file_name is not None or image is None else image.filename
-        # Features this add does not compute described whatever the id held before: they go.
-        # Only for an id that exists: a new image has none, and a store that is down (the
-        # text store) must not refuse an upload that does not touch it.
-        existed = (
-            parsed in await self._names([parsed])
-            if parsed is not None
-            else bool(file_name) and await self.catalog.id_of.remote(file_name) is not None
-        )
         new_id, name, status = await self._add(
-            data, parsed, file_name or label, names, name_is_label=bool(label), replace_all=existed
+            data, parsed, file_name or label, names, name_is_label=bool(label), replace_all=True
         )
         return {"image_id": new_id, "file_name": name, "features": status}
 
@@ -625,12 +637,13 @@ class Ingress:
                 503, "text search needs clip or a text feature (ocr, caption, tags): none is on"
             )
         n_words = len(words(text))
-        if not n_words:
-            raise HTTPException(422, "the query has no words to search for")
-        if n_words > MAX_QUERY_WORDS:
-            raise HTTPException(
-                422, f"the query has {n_words} words; the limit is {MAX_QUERY_WORDS}"
-            )
+        if any(REGISTRY[n].kind == "text" for n in names):  # CLIP reads any text
+            if not n_words:
+                raise HTTPException(422, "the query has no words to search for")
+            if n_words > MAX_QUERY_WORDS:
+                raise HTTPException(
+                    422, f"the query has {n_words} words; the limit is {MAX_QUERY_WORDS}"
+                )
         options = self._search_options("clip", {"aqe_n": aqe_n, "aqe_alpha": aqe_alpha})
         k_each = max(kk, self.args.fusion.candidates)
         calls = [
@@ -677,7 +690,7 @@ class Ingress:
         nothing stored; a feature whose model is missing is named under ``unavailable``."""
         names = self._text_extractors()
         doc, failed = await self._analyzed(await self._read(image), names)
-        if not doc and failed:
+        if len(failed) == len(names):
             raise HTTPException(503, f"no text feature could run: {failed}")
         return {
             "tags": doc.get("tags", []),

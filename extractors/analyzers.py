@@ -66,6 +66,14 @@ class ImageNetTagger(GlobalFeatures, TextExtractor):
             from timm.data import ImageNetInfo
 
             info = ImageNetInfo()
+            # Checked here, not per batch: a model of other classes makes the feature
+            # unavailable (its reason in /health), and uploads store everything else.
+            classes = getattr(self.model, "num_classes", None)
+            if classes != info.num_classes():
+                raise WeightsUnavailable(
+                    f"tags ({self.model_name}): the model has {classes} classes, not "
+                    f"ImageNet's {info.num_classes()}: choose an ImageNet-1k model"
+                )
             # "tiger shark, Galeocerdo cuvieri" -> "tiger shark": the common name.
             self._labels = [
                 info.index_to_description(i).split(",")[0].strip()
@@ -77,10 +85,6 @@ class ImageNetTagger(GlobalFeatures, TextExtractor):
         self.load()
         assert self._labels is not None
         _, probs = self.forward(images)
-        if probs.shape[1] != len(self._labels):
-            raise WeightsUnavailable(
-                f"tags: the model has {probs.shape[1]} classes, not ImageNet's {len(self._labels)}"
-            )
         out = []
         for row in probs:
             best = row.argsort()[::-1][: self.top]
@@ -157,7 +161,8 @@ class TesseractOcr(TextExtractor):
             gray = img.convert("L")
             scale = min(1.0, self.max_side / max(gray.size))
             if scale < 1.0:
-                size = (round(gray.width * scale), round(gray.height * scale))
+                # At least a pixel: a 5000x1 strip must not become 2000x0.
+                size = (max(1, round(gray.width * scale)), max(1, round(gray.height * scale)))
                 gray = gray.resize(size, Image.Resampling.LANCZOS)
             data = pytesseract.image_to_data(
                 gray, lang="+".join(self.languages), output_type=pytesseract.Output.DICT

@@ -49,10 +49,20 @@ class TextUnavailable(RuntimeError):
     """The text backend cannot answer (PostgreSQL down): a 503, never a silent fallback."""
 
 
+#: Longer "words" are OCR noise or pasted data, not words (and PostgreSQL's levenshtein
+#: takes at most 255 characters).
+MAX_WORD_LEN = 64
+
+
 def words(text: str) -> list[str]:
-    """Distinct lower-case words of ``text`` (letters and digits of any script), in order."""
+    """Distinct lower-case words of ``text`` (letters and digits of any script), in order;
+    lone digits and words over ``MAX_WORD_LEN`` characters left out."""
     return list(
-        dict.fromkeys(w for w in _WORD.findall(text.lower()) if not w.isdigit() or len(w) > 1)
+        dict.fromkeys(
+            w
+            for w in _WORD.findall(text.lower())
+            if (not w.isdigit() or len(w) > 1) and len(w) <= MAX_WORD_LEN
+        )
     )
 
 
@@ -117,7 +127,9 @@ def checked_doc(doc: Any) -> dict[str, Any]:
         raise ValueError("tags must be a string or a list of labels or {label, score}")
     if not isinstance(doc.get("words", []), list):
         raise ValueError("words must be a list")
-    return {k: v for k, v in doc.items() if v}
+    # NUL characters have no place in text, and PostgreSQL's jsonb refuses them.
+    clean = json.loads(json.dumps(doc).replace("\\u0000", ""))
+    return {k: v for k, v in clean.items() if v}
 
 
 def labels(doc: dict[str, Any]) -> list[str]:
@@ -295,8 +307,8 @@ CREATE INDEX IF NOT EXISTS {t}_vocab_sound ON {t}_vocab (sound) WHERE sound <> '
 """
 
 #: Per query word, the vocabulary's words with its metaphone key, or of a close length and
-#: within its edits plus one: PostgreSQL's levenshtein counts a transposition as two edits,
-#: so the candidates are measured again here as the embedded index does (OSA). The keys are
+#: within twice its edits: PostgreSQL's levenshtein counts a transposition as two edits, so
+#: the candidates are measured again here as the embedded index does (OSA). The keys are
 #: jellyfish's on both sides (computed here), so both backends agree on sound-alikes.
 _SEARCH = """
 WITH q AS (
@@ -307,13 +319,13 @@ WITH q AS (
     FROM q JOIN {t}_vocab v
       ON v.word = q.word
       OR (q.lim > 0 AND v.len BETWEEN length(q.word) - q.lim AND length(q.word) + q.lim
-          AND levenshtein_less_equal(q.word, v.word, q.lim + 1) <= q.lim + 1)
+          AND levenshtein_less_equal(q.word, v.word, 2 * q.lim) <= 2 * q.lim)
       OR (q.sound <> '' AND v.sound = q.sound)
 )
 SELECT found.i, found.word, w.image_id
 FROM found JOIN {t}_words w ON w.word = found.word
 """
-_TABLE = re.compile(r"[a-z_][a-z0-9_]{0,50}")  # + "_vocab_sound": 63, PostgreSQL's limit
+TABLE_PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,50}")  # + "_vocab_sound": 63, PostgreSQL's limit
 
 
 class PostgresTextIndex:
@@ -325,7 +337,7 @@ class PostgresTextIndex:
     """
 
     def __init__(self, dsn: str, table: str = "text") -> None:
-        if not _TABLE.fullmatch(table):
+        if not TABLE_PREFIX.fullmatch(table):
             raise ValueError(f"table prefix {table!r}: lower-case letters, digits, _")
         self.dsn = dsn
         self.table = table
@@ -348,10 +360,30 @@ class PostgresTextIndex:
                 self._conn.close()
         if self._conn is None or self._conn.closed:
             try:
-                conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
-                conn.execute(self._sql(_SCHEMA))
+                conn = psycopg.connect(
+                    self.dsn,
+                    autocommit=True,
+                    connect_timeout=5,
+                    # A hung server or a held lock must end in an error, not in a call that
+                    # holds this index's lock (and every actor thread behind it) for ever.
+                    options="-c statement_timeout=30000 -c lock_timeout=10000",
+                    keepalives=1,
+                    keepalives_idle=30,
+                )
             except psycopg.Error as exc:
                 raise TextUnavailable(f"PostgreSQL is unreachable: {_first_line(exc)}") from None
+            try:
+                # Several features' actors create their tables at the same moment on a first
+                # start: CREATE EXTENSION IF NOT EXISTS is not safe against that, so one at
+                # a time.
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(8675309)")
+                    conn.execute(self._sql(_SCHEMA))
+            except psycopg.Error as exc:
+                conn.close()
+                raise TextUnavailable(
+                    f"PostgreSQL refused the schema: {_first_line(exc)}"
+                ) from None
             self._conn = conn
         return self._conn
 
@@ -563,6 +595,8 @@ class _Session:
                 if self.index._conn is not None:
                     self.index._conn.close()
                 raise TextUnavailable(f"PostgreSQL failed: {_first_line(exc)}") from None
+            if isinstance(exc, psycopg.Error):  # a server-side refusal: said as such
+                raise TextUnavailable(f"PostgreSQL refused: {_first_line(exc)}") from None
         finally:
             self.index._lock.release()
 

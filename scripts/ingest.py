@@ -357,7 +357,10 @@ def ingest(
     catalog, indexes = _actors(args, features)
     pool_size = pool_size or max(1, int(ray.cluster_resources().get("CPU", 1)))
     writer = _Writer(catalog, indexes, ids_from_filenames, report)
-    pending = writer.plan(list_images(root))
+    try:
+        pending = writer.plan(list_images(root))
+    except ray.exceptions.RayError as exc:  # a store that is down (PostgreSQL): say which
+        raise IngestError(f"cannot check what is stored: {_reason(exc)}") from None
 
     if pending:
         by_path = {str(root / name): name for name in pending}

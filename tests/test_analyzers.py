@@ -45,6 +45,9 @@ def test_ocr_word_accuracy_on_rendered_text() -> None:
 def test_ocr_of_an_image_without_text_and_a_missing_language() -> None:
     (result,) = TesseractOcr().analyze([Image.new("RGB", (640, 480), (90, 120, 150))])
     assert result == {"text": "", "words": []}
+    # A strip that downscales to under a pixel high stays a pixel high.
+    (strip,) = TesseractOcr(max_side=2000).analyze([Image.new("RGB", (5000, 1), "white")])
+    assert strip == {"text": "", "words": []}
     with pytest.raises(WeightsUnavailable, match="tesseract-ocr-xyz"):
         TesseractOcr(languages=["eng", "xyz"]).load()
 

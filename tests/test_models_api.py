@@ -109,6 +109,13 @@ def test_bad_text_queries(client: httpx.Client, params: dict, message: str) -> N
     assert r.status_code == 422 and message in r.json()["detail"], r.text
 
 
+def test_clip_reads_queries_without_words(client: httpx.Client) -> None:
+    # No text source here: the word rules of the text index do not apply to CLIP.
+    for q in ("?!", "🌉", " ".join(f"w{i}" for i in range(80))):
+        r = client.get("/search/text", params={"q": q, "k": 2})
+        assert r.status_code == 200 and len(r.json()["results"]) == 2, r.text
+
+
 def test_seed_routes(client: httpx.Client, photos: dict[str, bytes]) -> None:
     i = photo_id(photos, BRIDGE)
     for svc in ("global_features", "image_text_features"):

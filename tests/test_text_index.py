@@ -150,6 +150,8 @@ def test_documents_merge_and_validate() -> None:
         with pytest.raises(ValueError):
             checked_doc(bad)
     assert checked_doc({"text": "", "caption": "a cat"}) == {"caption": "a cat"}
+    assert checked_doc({"text": "EX\x00IT"}) == {"text": "EXIT"}  # jsonb refuses NUL
+    assert words("ok " + "x" * 65) == ["ok"]  # OCR noise, not a word
 
 
 def test_the_text_index_kind(tmp_path: Path, pg_dsn: str) -> None:

@@ -67,6 +67,12 @@ def test_down_at_start(client: httpx.Client) -> None:
     assert r.status_code == 200 and r.json()["results"][0]["image_id"] == 1
     r = _upload(client, text_image(PARCEL), 2)  # needs the text store: not acknowledged
     assert r.status_code == 503 and "retry" in r.json()["detail"], r.text
+    # ... and not half visible either: its phash went in, and out again.
+    assert client.get("/images/2").status_code == 404
+    r = client.post("/search/image", files={"image": ("q.jpg", text_image(PARCEL))})
+    assert 2 not in {x["image_id"] for x in r.json()["results"]}
+    r = client.post("/images", files={"image": ("x.jpg", photo)})  # an id of its own: same
+    assert r.status_code == 503 and client.get("/health").json()["images"] == 1
 
 
 def test_up_then_down_mid_run_then_up(
