@@ -199,10 +199,11 @@ def bench_ocr() -> list[Row]:
     ]
 
 
-def blip_base_in_memory() -> Any:
+def blip_base_in_memory(device: str = "cpu") -> Any:
     """A ``Captioner`` holding BLIP-base's architecture (ViT-B/16 at 384 px, a BERT-base
     decoder) with random weights: no captioning weights can be fetched here, and the work
     per image is the architecture's. Every caption is made 20 tokens long, a typical one."""
+    import torch
     from transformers import (
         BertTokenizer,
         BlipConfig,
@@ -215,8 +216,10 @@ def blip_base_in_memory() -> Any:
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo"]
     tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)})
-    captioner = Captioner(num_beams=3, max_new_tokens=20, threads=os.cpu_count())
-    model = BlipForConditionalGeneration(BlipConfig()).eval()
+    captioner = Captioner(num_beams=3, max_new_tokens=20, threads=os.cpu_count(), device=device)
+    torch.manual_seed(0)
+    model: Any = BlipForConditionalGeneration(BlipConfig())
+    model = model.to(device).eval()
     model.generation_config.min_new_tokens = 20
     captioner.model, captioner.processor = model, BlipProcessor(BlipImageProcessor(), tokenizer)
     return captioner

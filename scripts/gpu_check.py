@@ -5,7 +5,8 @@
 For a machine with a GPU (no Ray needed): global features on the packaged EfficientNet-Lite0
 weights, and CLIP from ``--clip-dir`` (an open_clip ``local-dir``; a tiny random one is
 made when not given), each run on ``cuda`` and on the CPU over the same photos. Prints the
-largest difference between the two and images/s on CUDA by batch size.
+largest difference between the two and images/s on CUDA by batch size. Then tags and
+captions (BLIP-base, random weights): how many photos get the same words on both, images/s.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,6 +69,41 @@ def check(name: str, options: dict, blobs: list[bytes], batches: list[int]) -> d
     return out
 
 
+def check_text(name: str, blobs: list[bytes], batches: list[int]) -> dict:
+    """Text extractors on CUDA: the share of photos with the same tags (caption) as on the
+    CPU, and CUDA images/s by batch size. The captioner is BLIP-base with random weights
+    (``scripts/bench_text.py``): its cost, not its words."""
+    import torch
+
+    from extractors.base import decode_doc
+    from scripts.bench_text import blip_base_in_memory
+
+    def make(device: str) -> Any:
+        if name == "caption":
+            return blip_base_in_memory(device)
+        return build_extractor(name, {"device": device})
+
+    cpu, gpu = make("cpu"), make("cuda")
+    docs = [[decode_doc(f) for f in ex.extract_bytes(blobs)] for ex in (cpu, gpu)]
+    same = sum(
+        [t["label"] for t in a.get("tags", [])] == [t["label"] for t in b.get("tags", [])]
+        and a.get("caption") == b.get("caption")
+        for a, b in zip(*docs, strict=True)
+    )
+    out: dict = {"same_as_cpu": f"{same}/{len(blobs)}"}
+    many = (blobs * (-(-64 // len(blobs))))[:64]
+    for size in batches:
+        gpu.extract_bytes(many[:size])
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for lo in range(0, len(many), size):
+            gpu.extract_bytes(many[lo : lo + size])
+        torch.cuda.synchronize()
+        out[f"images_per_s_batch_{size}"] = round(len(many) / (time.perf_counter() - start), 1)
+    out["device"] = torch.cuda.get_device_name(0)
+    return out
+
+
 def main() -> None:
     """Run both checks and print one JSON line per extractor."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -80,6 +117,9 @@ def main() -> None:
         clip_dir = ns.clip_dir or tiny_clip(Path(tmp))
         for name, options in (("global", {}), ("clip", {"model": f"local-dir:{clip_dir}"})):
             print(json.dumps({"extractor": name, **check(name, options, blobs, batches)}))
+        for name in ("tags", "caption"):
+            small = [b for b in batches if b <= 32]
+            print(json.dumps({"extractor": name, **check_text(name, blobs, small)}))
 
 
 if __name__ == "__main__":
