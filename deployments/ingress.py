@@ -181,6 +181,11 @@ class Ingress:
         """Indexed features that compare images (all but the text ones)."""
         return [n for n in self.indexes if REGISTRY[n].kind != "text"]
 
+    @property
+    def textual(self) -> list[str]:
+        """Indexed text features (ocr, caption, tags, places)."""
+        return [n for n in self.indexes if REGISTRY[n].kind == "text"]
+
     def _features(self, requested: str | None, default: list[str] | None = None) -> list[str]:
         """The requested features (a comma list), checked; ``default`` (every indexed
         feature unless given) when none is requested."""
@@ -418,7 +423,7 @@ class Ingress:
 
     async def _docs(self, image_id: int) -> dict[str, Any]:
         """An image's stored text: ``tags``, ``caption``, ``text`` (None / [] when absent)."""
-        names = [n for n in self.indexes if REGISTRY[n].kind == "text"]
+        names = self.textual
         found = await asyncio.gather(*(self.indexes[n].docs.remote([image_id]) for n in names))
         doc = merge_docs(got.get(image_id, {}) for got in found)
         return {
@@ -628,7 +633,7 @@ class Ingress:
         """
         kk = self._k(k)
         text = self._checked_query(q)
-        sources = [n for n in self.indexes if n == "clip" or REGISTRY[n].kind == "text"]
+        sources = [n for n in self.indexes if n == "clip"] + self.textual
         names = self._features(features, sources)
         if other := [n for n in names if n not in sources]:
             raise HTTPException(422, f"{other} cannot search by text; text sources: {sources}")
@@ -668,30 +673,26 @@ class Ingress:
             raise HTTPException(503, f"no text source could answer: {unavailable}")
         return {**(await self._fused(lists, kk)), "unavailable": unavailable}
 
-    async def _analyzed(self, data: bytes, names: list[str]) -> tuple[dict[str, Any], dict]:
-        """The merged text document of an upload from the text extractors ``names``, and
-        why any of them could not run."""
-        feats, failed = await self._extract(data, names, query=False)
-        return merge_docs(decode_doc(f) for f in feats.values()), failed
-
-    def _text_extractors(self, only: str | None = None) -> list[str]:
-        names = [n for n in self.extractors if REGISTRY[n].kind == "text"]
-        if only is not None:
-            if only not in names:
-                raise HTTPException(503, f"the {only} feature is not enabled in this app")
-            return [only]
+    async def _analyzed(
+        self, image: UploadFile | None, wanted: tuple[str, ...], what: str
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """The merged text document of an upload from those of the ``wanted`` extractors
+        that are enabled, and why any of them could not run; 503 when none is enabled or
+        none could run (``what`` names them in the message)."""
+        names = [n for n in wanted if n in self.extractors]
         if not names:
-            raise HTTPException(503, "no text feature (tags, caption, ocr) is enabled")
-        return names
+            raise HTTPException(503, f"no {what} is enabled in this app")
+        feats, failed = await self._extract(await self._read(image), names, query=False)
+        if not feats:
+            raise HTTPException(503, f"no {what} could run: {failed}")
+        return merge_docs(decode_doc(f) for f in feats.values()), failed
 
     @app.post("/analyze")
     async def analyze(self, image: UploadFile | None = File(None)) -> dict[str, Any]:
         """Tags, caption and text (and OCR's words with confidence and box) of an upload,
         nothing stored; a feature whose model is missing is named under ``unavailable``."""
-        names = self._text_extractors()
-        doc, failed = await self._analyzed(await self._read(image), names)
-        if len(failed) == len(names):
-            raise HTTPException(503, f"no text feature could run: {failed}")
+        texts = tuple(n for n in self.extractors if REGISTRY[n].kind == "text")
+        doc, failed = await self._analyzed(image, texts, "text feature (tags, caption, ocr)")
         return {
             "tags": doc.get("tags", []),
             "caption": doc.get("caption"),
@@ -911,26 +912,15 @@ class Ingress:
         hits = (await self._search(self._searchable(queries), kk, {name: t}, extra))[name]
         return JSONResponse(await self._seed_listing(name, hits))
 
-    async def _seed_analyze(self, name: str, image: UploadFile | None) -> dict[str, Any]:
-        names = self._text_extractors(name)
-        doc, failed = await self._analyzed(await self._read(image), names)
-        if name in failed:
-            raise HTTPException(503, f"{name}: {failed[name]}")
-        return doc
-
     @app.post("/get_image_tags")
     async def seed_tags(self, image: UploadFile | None = File(None)) -> JSONResponse:
         """Seed tagger: the tags of an upload, a list of labels (Places365's first, the
         seed's tagger, where it is enabled; then ImageNet's)."""
-        names: list[str] = [n for n in ("places", "tags") if n in self.extractors]
-        if not names:
-            raise HTTPException(503, "no tagger (places, tags) is enabled in this app")
-        doc, failed = await self._analyzed(await self._read(image), names)
-        if len(failed) == len(names):
-            raise HTTPException(503, f"no tagger could run: {failed}")
+        doc, _ = await self._analyzed(image, ("places", "tags"), "tagger (places, tags)")
         return JSONResponse(labels(doc))
 
     @app.post("/get_image_caption")
     async def seed_caption(self, image: UploadFile | None = File(None)) -> JSONResponse:
         """Seed captioner: the caption of an upload, a string."""
-        return JSONResponse((await self._seed_analyze("caption", image)).get("caption", ""))
+        doc, _ = await self._analyzed(image, ("caption",), "captioner")
+        return JSONResponse(doc.get("caption", ""))

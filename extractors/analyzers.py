@@ -16,6 +16,7 @@ from PIL import Image
 
 from extractors.base import Extractor, Kind, WeightsUnavailable, encode_doc
 from extractors.global_features import GlobalFeatures
+from extractors.models import prepare_torch
 
 
 class TextExtractor(Extractor):
@@ -36,19 +37,17 @@ class TextExtractor(Extractor):
         return [encode_doc(doc) for doc in self.analyze(images)]
 
 
-class ImageNetTagger(GlobalFeatures, TextExtractor):
+class ImageNetTagger(TextExtractor, GlobalFeatures):
     """Tags from the ImageNet classifier of a global-features network (timm; the packaged
     EfficientNet-Lite0 by default): the readable class names whose probability is at least
     ``cutoff``, at most ``top`` of them, best first. Other options as ``GlobalFeatures``',
     but the crop is classification's centre crop (``crop_pct`` 0.875): on the shipped
     photos it makes the right labels likelier (dragonfly 0.05 -> 0.13, wall clock 0.40 ->
     0.64). A low cutoff: photos are not ImageNet's one-object pictures, and a tag under 0.1
-    is often still right (suspension bridge, 0.11)."""
+    is often still right (suspension bridge, 0.11). ``TextExtractor`` comes first: its kind
+    and ``extract``, the network's loading, batching and threads."""
 
     name: ClassVar[str] = "tags"
-    kind: ClassVar[Kind] = "text"
-    dtype: ClassVar[type] = np.uint8
-    metric: ClassVar[str] = "text"
 
     def __init__(self, cutoff: float = 0.05, top: int = 5, **global_options: Any) -> None:
         if not 0.0 < cutoff <= 1.0 or top < 1:
@@ -95,10 +94,6 @@ class ImageNetTagger(GlobalFeatures, TextExtractor):
             ]
             out.append({"tags": tags})
         return out
-
-    def extract(self, images: list[Image.Image]) -> list[np.ndarray]:
-        """The tags of a batch, encoded as features."""
-        return TextExtractor.extract(self, images)
 
 
 class TesseractOcr(TextExtractor):
@@ -231,15 +226,11 @@ class Captioner(TextExtractor):
         with self._lock:
             if self.model is not None:
                 return
-            import torch
             from transformers import AutoModelForImageTextToText, AutoProcessor
 
             from extractors.weights import FETCH, offline
 
-            if self.threads:
-                torch.set_num_threads(self.threads)
-            if self.device.startswith("cuda") and not torch.cuda.is_available():
-                raise WeightsUnavailable(f"caption: device {self.device} but no CUDA here")
+            prepare_torch(self.name, self.device, self.threads)
             try:
                 processor = AutoProcessor.from_pretrained(
                     self.model_name, local_files_only=offline()
@@ -373,8 +364,7 @@ class Places365Tagger(TextExtractor):
 
             from extractors.weights import read_state_dict
 
-            if self.threads:
-                torch.set_num_threads(self.threads)
+            prepare_torch(self.name, self.device, self.threads)
             paths = self._files()
             nets = []
             for arch, file in ((resnet50, "resnet50"), (wideresnet18, "wideresnet18")):
@@ -401,7 +391,9 @@ class Places365Tagger(TextExtractor):
                 or self.weights.shape != (len(self.attribute_names), 512)
             ):
                 raise WeightsUnavailable(f"places: label files in {self.folder} do not fit")
-            self.models = nets
+            resnet, wide = nets
+            # The attributes read WideResNet-18's pooled features: the network without fc.
+            self.models = (resnet, torch.nn.Sequential(*list(wide.children())[:-1]))
 
     def _tensor(self, images: list[Image.Image]) -> Any:
         import torch
@@ -426,11 +418,10 @@ class Places365Tagger(TextExtractor):
         import torch
 
         self.load()
-        resnet, wide = self.models
+        resnet, trunk = self.models
         x = self._tensor(images)
         with torch.inference_mode():
             probs = resnet(x).softmax(-1).cpu().numpy()
-            trunk = torch.nn.Sequential(*list(wide.children())[:-1])  # up to the pooling
             pooled = trunk(x).flatten(1).cpu().numpy()
         out = []
         for p, feat in zip(probs, pooled, strict=True):

@@ -23,6 +23,17 @@ if TYPE_CHECKING:
     import torch
 
 
+def prepare_torch(name: str, device: str, threads: int | None) -> None:
+    """Cap torch's CPU threads in this process, and check that a CUDA device is there; every
+    torch extractor calls it before building its model."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise WeightsUnavailable(f"{name}: device {device} but no CUDA here")
+
+
 class ModelExtractor(Extractor):
     """A network that maps a batch of images to L2-normalised float32 embeddings.
 
@@ -71,10 +82,7 @@ class ModelExtractor(Extractor):
                 return
             import torch
 
-            if self.threads:
-                torch.set_num_threads(self.threads)
-            if self.device.startswith("cuda") and not torch.cuda.is_available():
-                raise WeightsUnavailable(f"{self.name}: device {self.device} but no CUDA here")
+            prepare_torch(self.name, self.device, self.threads)
             model, preprocess = self._build()
             self.preprocess = preprocess
             self._on_pil, self._on_tensor = _split(preprocess)

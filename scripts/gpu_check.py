@@ -40,6 +40,24 @@ def tiny_clip(folder: Path) -> Path:
     return folder
 
 
+def cuda_rates(extractor: Any, blobs: list[bytes], batches: list[int], n: int) -> dict:
+    """CUDA images/s of ``extractor`` by batch size over ``n`` uploads (``blobs`` repeated),
+    after a warm-up batch each."""
+    import torch
+
+    many = (blobs * (-(-n // len(blobs))))[:n]
+    out = {}
+    for size in batches:
+        extractor.extract_bytes(many[:size])
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for lo in range(0, len(many), size):
+            extractor.extract_bytes(many[lo : lo + size])
+        torch.cuda.synchronize()
+        out[f"images_per_s_batch_{size}"] = round(len(many) / (time.perf_counter() - start), 1)
+    return out
+
+
 def check(name: str, options: dict, blobs: list[bytes], batches: list[int]) -> dict:
     """CPU-vs-CUDA agreement and CUDA images/s by batch size for one extractor."""
     import torch
@@ -52,16 +70,8 @@ def check(name: str, options: dict, blobs: list[bytes], batches: list[int]) -> d
     out: dict = {
         "max_abs_diff": float(np.abs(a - b).max()),
         "min_cosine": float((a * b).sum(1).min()),
+        **cuda_rates(gpu, blobs, batches, 256),
     }
-    many = (blobs * (-(-256 // len(blobs))))[:256]
-    for size in batches:
-        gpu.extract_bytes(many[:size])
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for lo in range(0, len(many), size):
-            gpu.extract_bytes(many[lo : lo + size])
-        torch.cuda.synchronize()
-        out[f"images_per_s_batch_{size}"] = round(len(many) / (time.perf_counter() - start), 1)
     if hasattr(gpu, "embed_text"):
         t_cpu, t_gpu = cpu.embed_text(["a bridge"])[0], gpu.embed_text(["a bridge"])[0]  # type: ignore[attr-defined]
         out["text_max_abs_diff"] = float(np.abs(t_cpu - t_gpu).max())
@@ -90,16 +100,7 @@ def check_text(name: str, blobs: list[bytes], batches: list[int]) -> dict:
         and a.get("caption") == b.get("caption")
         for a, b in zip(*docs, strict=True)
     )
-    out: dict = {"same_as_cpu": f"{same}/{len(blobs)}"}
-    many = (blobs * (-(-64 // len(blobs))))[:64]
-    for size in batches:
-        gpu.extract_bytes(many[:size])
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for lo in range(0, len(many), size):
-            gpu.extract_bytes(many[lo : lo + size])
-        torch.cuda.synchronize()
-        out[f"images_per_s_batch_{size}"] = round(len(many) / (time.perf_counter() - start), 1)
+    out: dict = {"same_as_cpu": f"{same}/{len(blobs)}", **cuda_rates(gpu, blobs, batches, 64)}
     out["device"] = torch.cuda.get_device_name(0)
     return out
 

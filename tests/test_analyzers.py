@@ -104,9 +104,9 @@ def test_places365_tags_categories_indoor_outdoor_and_attributes(
 def _top_attributes(tagger: Places365Tagger, image: Image.Image) -> list[int]:
     import torch
 
-    _, wide = tagger.models
+    _, trunk = tagger.models
     with torch.inference_mode():
-        pooled = torch.nn.Sequential(*list(wide.children())[:-1])(tagger._tensor([image]))
+        pooled = trunk(tagger._tensor([image]))
     responses = tagger.weights @ pooled.flatten(1).numpy()[0]
     return [int(j) for j in responses.argsort()[::-1][:10]]
 
