@@ -5,8 +5,8 @@ BIN := $(VENV)/bin
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 export HF_HUB_OFFLINE := 1
-# HAProxy (shipped with ray[serve]) in front of the ingress instead of the Python proxy: it
-# saves ~10 ms per request on 2 cores (scripts/bench.py measures the whole path).
+# HAProxy (shipped with ray[serve]) in front of the ingress instead of the Python proxy:
+# fewer ms per request (docs/architecture.md; the bench's http section measures it).
 export RAY_SERVE_ENABLE_HA_PROXY := 1
 
 .PHONY: serve test lint bench ingest clean system-deps ocr-deps
@@ -44,7 +44,7 @@ test: lint system-deps
 	$(BIN)/pytest
 
 bench: $(BIN)/.installed
-	$(BIN)/python scripts/bench.py
+	$(BIN)/python -m bench
 
 # make ingest DIR=~/Pictures [ARGS=--ids-from-filenames]
 ingest: $(BIN)/.installed

@@ -1,4 +1,9 @@
-"""Binds the application graph from typed settings; ``serve run configs/serve.yaml`` calls it."""
+"""Binds the application graph from typed settings; ``serve run configs/serve.yaml`` calls it.
+
+Every component is here: one extractor deployment per enabled feature, one index actor per
+feature plus the catalog (named, detached Ray actors, got or created with their settings),
+and the ingress that composes them.
+"""
 
 from typing import Any
 
@@ -7,15 +12,15 @@ from ray.serve import Application
 from deployments.config import AppArgs
 from deployments.extractor import ExtractorDeployment
 from deployments.ingress import Ingress
+from index_actors.client import IndexClient
 
 
 def build_app(args: AppArgs | dict[str, Any]) -> Application:
-    """One extractor deployment per enabled feature, composed by the ingress.
+    """The extractor deployments, the index actors and the ingress over them.
 
-    Each feature's width comes from its extractor's configuration (no weights loaded), so
-    the ingress can open the index of a model whose weights are still missing.
-
-    ``serve run`` hands over the YAML ``args`` as a dict; tests pass an ``AppArgs``.
+    ``serve run`` hands over the YAML ``args`` as a dict; tests pass an ``AppArgs``. Each
+    feature's width comes from its extractor's configuration (no weights loaded), so an
+    index opens for a model whose weights are still missing.
     """
     args = AppArgs.model_validate(args)
     extractors = {
@@ -24,4 +29,11 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         )
         for name in args.enabled
     }
-    return Ingress.bind(args, extractors, args.dims())  # type: ignore[attr-defined]
+    indexes = IndexClient.open(
+        args.name,
+        str(args.data_path()),
+        args.index_specs(),
+        args.snapshot_interval_s,
+        args.index_actor_cpus,
+    )
+    return Ingress.bind(args, extractors, indexes)  # type: ignore[attr-defined]

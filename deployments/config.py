@@ -6,10 +6,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from extractors import REGISTRY, WeightsUnavailable, build_extractor
-from index_actors.text import TABLE_PREFIX
+from index_actors.client import IndexSpec
+from index_actors.kinds import kind_of
+from index_actors.text_pg import TABLE_PREFIX
 
 #: API feature name -> the seed's service name in its routes.
 SEED_NAMES = {
@@ -99,7 +102,7 @@ class AppArgs(BaseModel):
     @property
     def text_features(self) -> list[str]:
         """Enabled features whose output is text (tags, caption, ocr)."""
-        return [n for n in self.enabled if REGISTRY[n].kind == "text"]
+        return [n for n in self.enabled if kind_of(n).reads_text]
 
     def data_path(self) -> Path:
         """Absolute data directory (relative paths resolve against the project root)."""
@@ -112,16 +115,20 @@ class AppArgs(BaseModel):
         return REGISTRY[name].light if choice is None else choice
 
     def index_options(self, name: str) -> dict[str, Any]:
-        """Options of a feature's index; a vector index takes its extractor's metric."""
-        cls = REGISTRY[name]
-        options = dict(self.features[name].index)
-        if cls.kind == "vector":
-            options.setdefault("metric", cls.metric)
-        if cls.kind == "text" and self.text_dsn:
-            options.setdefault("dsn", self.text_dsn)
-            # Tables of their own per app and feature: two apps may share a database.
-            options.setdefault("table", self.text_table(name))
-        return options
+        """Options of a feature's index as its kind completes them from the app's settings:
+        a vector index takes its extractor's metric, a text index the PostgreSQL DSN and
+        tables of its own per app and feature (two apps may share a database)."""
+        options = self.features[name].index
+        table = self.text_table(name)
+        return kind_of(name).index_options(REGISTRY[name].metric, options, self.text_dsn, table)
+
+    def index_specs(self, features: list[str] | None = None) -> dict[str, IndexSpec]:
+        """Each enabled feature's index (its kind, width and options) for the index client."""
+        dims = self.dims()
+        return {
+            name: IndexSpec(REGISTRY[name].kind, dims[name], self.index_options(name))
+            for name in (features or self.enabled)
+        }
 
     def extractor_options(self, name: str) -> dict[str, Any]:
         """Constructor options of a feature's extractor, with the app-wide pixel cap."""
@@ -140,3 +147,15 @@ class AppArgs(BaseModel):
             except WeightsUnavailable as exc:
                 out[name] = str(exc)
         return out
+
+
+def load_app_args(config: str | Path, app: str) -> AppArgs:
+    """The validated ``args`` of the application named ``app`` in a Serve config file."""
+    with open(config) as f:
+        cfg = yaml.safe_load(f) or {}
+    apps = cfg.get("applications") or []
+    for entry in apps:
+        if entry.get("name") == app:
+            return AppArgs.model_validate(entry.get("args") or {})
+    found = ", ".join(str(e.get("name")) for e in apps) or "none"
+    raise ValueError(f"no application named {app!r} in {config} (found: {found})")

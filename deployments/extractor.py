@@ -10,6 +10,7 @@ import numpy as np
 import ray
 from ray import serve
 
+from deployments.ports import extractor_info
 from extractors import REGISTRY, Extractor, InvalidImage, WeightsUnavailable, build_extractor
 
 Result = np.ndarray | InvalidImage
@@ -56,17 +57,7 @@ class ExtractorDeployment:
 
     def info(self) -> dict[str, Any]:
         """What this extractor is and whether it can run."""
-        ex = self.extractor
-        cls = REGISTRY[self.name]
-        return {
-            "name": self.name,
-            "kind": cls.kind,
-            "dim": ex.dim if ex is not None else None,
-            "metric": cls.metric,
-            "device": getattr(ex, "device", "cpu"),
-            "available": self.unavailable is None,
-            "reason": self.unavailable,
-        }
+        return extractor_info(self.name, self.extractor, self.unavailable)
 
     # No wait by default: a lone request runs at once, and under load the requests that queue
     # while a batch runs form the next batch anyway.

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from extractors.analyzers import Captioner, ImageNetTagger, Places365Tagger, TesseractOcr
 from extractors.base import Extractor, WeightsUnavailable
+from extractors.caption import Captioner
 from extractors.clip import ClipFeatures
 from extractors.color import ColorHistogram
 from extractors.global_features import GlobalFeatures
 from extractors.images import InvalidImage, decode
 from extractors.local import LocalFeatures
+from extractors.ocr import TesseractOcr
 from extractors.phash import PHash
+from extractors.places import Places365Tagger
+from extractors.tags import ImageNetTagger
 
 REGISTRY: dict[str, type[Extractor]] = {
     cls.name: cls

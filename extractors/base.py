@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Literal
 
@@ -10,23 +9,9 @@ import numpy as np
 from PIL import Image
 
 from extractors.images import InvalidImage, decode
+from extractors.textdoc import encode_doc
 
 Kind = Literal["binary", "vector", "keypoints", "text", "labels"]
-
-
-def encode_doc(doc: dict[str, Any]) -> np.ndarray:
-    """A text feature (tags, caption, OCR text: a JSON document) as the uint8 array every
-    feature travels as, through deployments, Ray Data columns and into LMDB."""
-    raw = json.dumps(doc, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    return np.frombuffer(raw.encode(), dtype=np.uint8).copy()
-
-
-def decode_doc(feature: np.ndarray) -> dict[str, Any]:
-    """The JSON document of a text feature (trailing zero padding ignored)."""
-    doc = json.loads(np.ascontiguousarray(feature, dtype=np.uint8).tobytes().rstrip(b"\0"))
-    if not isinstance(doc, dict):
-        raise ValueError("a text feature must be a JSON object")
-    return doc
 
 
 class WeightsUnavailable(RuntimeError):
@@ -76,9 +61,8 @@ class Extractor(ABC):
 
     @property
     def nbytes(self) -> int:
-        """Bytes of one stored feature (of one descriptor, for keypoints)."""
-        if self.kind == "binary":
-            return self.dim // 8
+        """Bytes of one stored feature (of one descriptor, for keypoints); bit strings
+        override it."""
         return self.dim * np.dtype(self.dtype).itemsize
 
     def decode(self, data: bytes) -> Image.Image:
@@ -143,3 +127,25 @@ class Extractor(ABC):
         # One odd image must not fail the batch it shares with other uploads: redo one by
         # one, and report the image that still fails as its own error.
         return [self._compute([img], query)[0] for img in images]
+
+
+class TextExtractor(Extractor):
+    """An extractor whose feature is a JSON document (kind ``text``), of variable length.
+
+    Each ``analyze``s a batch into one JSON document per image; as features, the documents
+    travel encoded (``encode_doc``) and the text index makes their words searchable.
+    """
+
+    kind: ClassVar[Kind] = "text"
+    dtype: ClassVar[type] = np.uint8
+    metric: ClassVar[str] = "text"
+    #: Variable-length: the document's UTF-8 bytes.
+    dim = 0
+
+    @abstractmethod
+    def analyze(self, images: list[Image.Image]) -> list[dict[str, Any]]:
+        """One document per image."""
+
+    def extract(self, images: list[Image.Image]) -> list[np.ndarray]:
+        """The documents of a batch, encoded as features."""
+        return [encode_doc(doc) for doc in self.analyze(images)]

@@ -86,8 +86,8 @@ class ModelExtractor(Extractor):
             model, preprocess = self._build()
             self.preprocess = preprocess
             self._on_pil, self._on_tensor = _split(preprocess)
-            # NHWC: oneDNN's fast convolution layout on CPUs (measured on EfficientNet-Lite0,
-            # 2 cores: 1.5x at batch 1, 2.2x at batch 4); a no-op for transformer blocks.
+            # NHWC: oneDNN's fast convolution layout on CPUs (docs/architecture.md); a no-op
+            # for transformer blocks.
             model = model.to(self.device).to(memory_format=torch.channels_last)
             self.model = model.eval()
 
@@ -96,8 +96,8 @@ class ModelExtractor(Extractor):
         a batch of images spreads over the cores where a lone image cannot.
 
         Only PIL work goes to these threads: a torch op on a thread other than the one that
-        runs the model gives that thread an OpenMP team of its own, and the extra spinning
-        threads cost a lone image 30 % (measured on 2 cores).
+        runs the model gives that thread an OpenMP team of its own, whose spinning threads
+        slow a lone image down (docs/architecture.md).
         """
         if len(items) < 2:
             return [fn(item) for item in items]

@@ -29,11 +29,15 @@ class PHash(Extractor):
     light: ClassVar[bool] = True
     decode_mode = "L"
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of one hash: its bits, packed."""
+        return self.dim // 8
+
     def __init__(self, draft: bool = True, max_pixels: int = 100_000_000) -> None:
         super().__init__(max_pixels=max_pixels)
-        # Draft to three times the hash input. Measured on ../shared/photos against the exact
-        # hash: 2x flips ~6.3 of 576 bits on average, 3x ~2.7, for ~10 % more time; JPEG
-        # entropy decoding, which no draft scale skips, is most of the cost either way.
+        # Draft to three times the hash input: close to the exact hash for little more time
+        # than 2x (measured: docs/architecture.md).
         self.decode_size = IMG_SIZE * 3 if draft else None
 
     @staticmethod

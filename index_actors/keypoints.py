@@ -14,7 +14,6 @@ swaps it in; ``nprobe`` is live. Re-matching always uses the exact descriptors i
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,67 +22,20 @@ import faiss
 import numpy as np
 
 from extractors.local import DESC, keypoint_count, pack, unpack
-from index_actors.indexes import Hit, StoredIndex, UnknownImage
+from index_actors.interface import Hit, UnknownImage
+from index_actors.ranges import RangeMap
 from index_actors.store import numbered
+from index_actors.trained import Trained
 
 
-class RangeMap:
-    """Descriptor id -> image id over sorted, disjoint ranges [start, end)."""
-
-    def __init__(self) -> None:
-        self.starts = np.empty(0, np.int64)
-        self.ends = np.empty(0, np.int64)
-        self.images = np.empty(0, np.int64)
-
-    def load(self, entries: Iterable[tuple[int, int, int]]) -> None:
-        """Replace everything by (image id, start, count) entries."""
-        rows = sorted((s, s + n, i) for i, s, n in entries if n)
-        arr = np.array(rows, np.int64).reshape(-1, 3)
-        self.starts, self.ends, self.images = arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy()
-
-    def add(self, image_id: int, start: int, count: int) -> None:
-        """A new range (ids only grow, so it goes last)."""
-        if count:
-            assert not len(self.starts) or start >= self.ends[-1]
-            self.starts = np.append(self.starts, start)
-            self.ends = np.append(self.ends, start + count)
-            self.images = np.append(self.images, image_id)
-
-    def remove(self, start: int) -> None:
-        """Forget the range that begins at ``start``."""
-        at = np.searchsorted(self.starts, start)
-        if at < len(self.starts) and self.starts[at] == start:
-            keep = np.arange(len(self.starts)) != at
-            self.starts, self.ends, self.images = (
-                self.starts[keep],
-                self.ends[keep],
-                self.images[keep],
-            )
-
-    def lookup(self, ids: np.ndarray) -> np.ndarray:
-        """Image id of each descriptor id; -1 where none (deleted, or FAISS's -1)."""
-        at = np.searchsorted(self.starts, ids, side="right") - 1
-        ok = (at >= 0) & (ids >= 0)
-        at = np.clip(at, 0, max(len(self.starts) - 1, 0))
-        if len(self.starts):
-            ok &= ids < self.ends[at]
-            return np.where(ok, self.images[at], -1)
-        return np.full(len(ids), -1, np.int64)
-
-    @property
-    def descriptors(self) -> int:
-        """How many descriptor ids the ranges cover."""
-        return int((self.ends - self.starts).sum())
-
-
-class KeypointIndex(StoredIndex):
+class KeypointIndex(Trained):
     """Images by their local features; ``search`` scores by geometrically verified matches.
 
     The distance of a hit is ``1 / (1 + inliers)``: smaller is closer, as everywhere.
     """
 
     dtype = np.dtype(np.uint8)
-    LIVE = ("nprobe",)
+    LIVE: tuple[str, ...] = ("nprobe",)
 
     def __init__(self, path: str | Path, dim: int = DESC, nprobe: int = 16, **kwargs: Any) -> None:
         self.ranges = RangeMap()
@@ -105,6 +57,10 @@ class KeypointIndex(StoredIndex):
     def trained(self) -> bool:
         """Whether a trained (approximate) descriptor index is in use."""
         return self.template is not None
+
+    def describe(self) -> dict[str, Any]:
+        """Count, live settings, and whether a trained descriptor index is in use."""
+        return {**super().describe(), "trained": self.trained}
 
     def _check_stored_width(self) -> None:
         pass  # variable-length values; the descriptor width is fixed by the format
@@ -263,8 +219,8 @@ class KeypointIndex(StoredIndex):
 
         A PQ distance is about the true squared distance plus this (the code's error is not
         correlated with the query), so the vote threshold, given in true distances, is
-        widened by it: at a plain 120, ``pairs/box.png`` got no vote for its scene among
-        10,000 images (IVF1024,PQ16); widened, it is found.
+        widened by it, or a crop finds no vote for its scene in a large trained index
+        (docs/architecture.md).
         """
         if not trained:
             return 0.0

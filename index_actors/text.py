@@ -16,176 +16,27 @@ over the query words; the distance is 1 - that score.
 from __future__ import annotations
 
 import json
-import re
 import threading
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import jellyfish
 import numpy as np
 from rapidfuzz import process
 from rapidfuzz.distance import OSA
 
-from extractors.base import decode_doc
-from index_actors.indexes import UnknownImage
+from extractors.textdoc import (
+    MAX_QUERY_WORDS,
+    Doc,
+    checked_doc,
+    decode_doc,
+    doc_text,
+    query_words,
+    words,
+)
+from index_actors.interface import UnknownImage
 from index_actors.store import FeatureStore
-
-Hit = tuple[int, float]
-#: The keys of an image's text document whose words are searchable: OCR text, a caption,
-#: tags (a string, or a list of labels / ``{"label", "score"}``).
-FIELDS = ("text", "caption", "tags")
-#: Keys stored but not searched: OCR's words with confidence and box.
-EXTRA_FIELDS = ("words",)
-_WORD = re.compile(r"\w+")
-#: Words of a query at most: a search by a stored image's text (a page of OCR) uses its
-#: first ones; each word costs a pass over the vocabulary.
-MAX_QUERY_WORDS = 64
-#: metaphone keys are cut to this length (PostgreSQL's metaphone() needs one).
-SOUND_LEN = 16
-
-
-class TextUnavailable(RuntimeError):
-    """The text backend cannot answer (PostgreSQL down): a 503, never a silent fallback."""
-
-
-#: Longer "words" are OCR noise or pasted data, not words (and PostgreSQL's levenshtein
-#: takes at most 255 characters).
-MAX_WORD_LEN = 64
-
-
-def words(text: str) -> list[str]:
-    """Distinct lower-case words of ``text`` (letters and digits of any script), in order;
-    lone digits and words over ``MAX_WORD_LEN`` characters left out."""
-    return list(
-        dict.fromkeys(
-            w
-            for w in _WORD.findall(text.lower())
-            if (not w.isdigit() or len(w) > 1) and len(w) <= MAX_WORD_LEN
-        )
-    )
-
-
-def max_edits(word: str) -> int:
-    """Edits a misspelt query word may be from the stored one: none up to 3 letters, 1 for
-    4, 2 from 5 (a 6-letter word with a letter dropped is a 5-letter query)."""
-    return 0 if len(word) <= 3 else 1 if len(word) == 4 else 2
-
-
-def sound(word: str) -> str:
-    """The metaphone key of a Latin-letter word ("" for others: no phonetic match)."""
-    if not (word.isascii() and word.isalpha()):
-        return ""
-    return jellyfish.metaphone(word)[:SOUND_LEN]
-
-
-def word_score(edits: int, limit: int, same_sound: bool) -> float:
-    """How well a stored word matches a query word: 1 exact, 0.75 / 0.5 for one / two edits
-    (within ``limit``), 0.6 for a sound-alike, 0 otherwise."""
-    by_edits = 1.0 - 0.25 * edits if edits <= limit else 0.0
-    return max(by_edits, 0.6 if same_sound else 0.0)
-
-
-def rank(n_words: int, matches: Iterable[tuple[int, int, float]], k: int) -> list[Hit]:
-    """Hits from (query word index, image id, score) matches: per image the best score per
-    query word, averaged over the ``n_words`` query words; distance = 1 - that."""
-    best: dict[int, dict[int, float]] = {}
-    for q, image_id, score in matches:
-        per = best.setdefault(image_id, {})
-        per[q] = max(per.get(q, 0.0), score)
-    hits = [(i, 1.0 - sum(per.values()) / n_words) for i, per in best.items()]
-    return sorted(hits, key=lambda h: (h[1], h[0]))[:k]
-
-
-def query_words(query: str) -> list[str]:
-    """The words of a query; ``ValueError`` when there are none (punctuation only)."""
-    found = words(query)
-    if not found:
-        raise ValueError("the query has no words to search for")
-    return found
-
-
-def checked_doc(doc: Any) -> dict[str, Any]:
-    """``doc`` (an image's text document) with known keys and well-formed values, empty
-    values left out; ``ValueError`` otherwise."""
-    if not isinstance(doc, dict):
-        raise ValueError("a text document must be a JSON object")
-    unknown = set(doc) - set(FIELDS) - set(EXTRA_FIELDS)
-    if unknown:
-        raise ValueError(f"unknown text fields {sorted(unknown)}; known: {', '.join(FIELDS)}")
-    for key in ("text", "caption"):
-        if not isinstance(doc.get(key, ""), str):
-            raise ValueError(f"text field {key!r} must be a string")
-    tags = doc.get("tags", [])
-    if not isinstance(tags, str) and not (
-        isinstance(tags, list)
-        and all(
-            isinstance(t, str) or (isinstance(t, dict) and isinstance(t.get("label"), str))
-            for t in tags
-        )
-    ):
-        raise ValueError("tags must be a string or a list of labels or {label, score}")
-    if not isinstance(doc.get("words", []), list):
-        raise ValueError("words must be a list")
-    # NUL characters have no place in text, and PostgreSQL's jsonb refuses them.
-    clean = json.loads(json.dumps(doc).replace("\\u0000", ""))
-    return {k: v for k, v in clean.items() if v}
-
-
-def labels(doc: dict[str, Any]) -> list[str]:
-    """The tag labels of a text document."""
-    tags = doc.get("tags", [])
-    if isinstance(tags, str):
-        return [t.strip() for t in tags.split(",") if t.strip()]
-    return [t if isinstance(t, str) else t["label"] for t in tags]
-
-
-def merge_docs(docs: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """One document from several features' (ImageNet and Places365 tags, OCR, a caption):
-    tag lists are joined in order, other keys taken from the last that has them."""
-    out: dict[str, Any] = {}
-    tags: list[Any] = []
-    for doc in docs:
-        tags += labels(doc) if isinstance(doc.get("tags"), str) else doc.get("tags", [])
-        out.update({k: v for k, v in doc.items() if k != "tags"})
-    return {**out, "tags": tags} if tags else out
-
-
-def doc_text(doc: dict[str, Any]) -> str:
-    """The searchable text of a document: OCR text, caption and tag labels."""
-    return " ".join([doc.get("text", ""), doc.get("caption", ""), *labels(doc)]).strip()
-
-
-Doc = dict[str, Any]
-
-
-class TextIndex(Protocol):
-    """What both backends offer."""
-
-    def add_many(self, items: list[tuple[int, Doc]]) -> None:
-        """Store images' text documents (replacing earlier ones), all in one commit."""
-
-    def add(self, image_id: int, doc: Doc) -> None:
-        """Store one image's text document."""
-
-    def remove(self, ids: list[int]) -> list[int]:
-        """Forget images; returns the ids that were stored."""
-
-    def present(self, ids: list[int]) -> list[int]:
-        """The ids that have a stored document."""
-
-    def get(self, image_id: int) -> Doc | None:
-        """An image's stored document, or None."""
-
-    def search(self, query: str, k: int = 20) -> list[Hit]:
-        """Images whose words match the query's, best first."""
-
-    @property
-    def count(self) -> int:
-        """Images with a stored document."""
-
-    def close(self) -> None:
-        """Release the backend."""
+from index_actors.text_match import Hit, TextIndex, max_edits, rank, sound, word_score
+from index_actors.text_pg import PostgresTextIndex
 
 
 class EmbeddedTextIndex:
@@ -285,199 +136,12 @@ class EmbeddedTextIndex:
             self.store.close()
 
 
-#: Tables of one text feature, prefixed with its name (``{t}``): each feature (OCR text,
-#: captions, tags) has its own, so that each is a source of its own in fused search.
-_SCHEMA = """
-CREATE EXTENSION IF NOT EXISTS fuzzystrmatch;
-CREATE TABLE IF NOT EXISTS {t}_docs (image_id bigint PRIMARY KEY, doc jsonb NOT NULL);
-CREATE TABLE IF NOT EXISTS {t}_words (
-    image_id bigint NOT NULL REFERENCES {t}_docs ON DELETE CASCADE,
-    word text NOT NULL
-);
-CREATE INDEX IF NOT EXISTS {t}_words_word ON {t}_words (word);
-CREATE INDEX IF NOT EXISTS {t}_words_image ON {t}_words (image_id);
--- The vocabulary: each distinct word once, with its length and metaphone key.
-CREATE TABLE IF NOT EXISTS {t}_vocab (
-    word text PRIMARY KEY,
-    len int NOT NULL,
-    sound text NOT NULL
-);
-CREATE INDEX IF NOT EXISTS {t}_vocab_len ON {t}_vocab (len);
-CREATE INDEX IF NOT EXISTS {t}_vocab_sound ON {t}_vocab (sound) WHERE sound <> '';
-"""
-
-#: Per query word, the vocabulary's words with its metaphone key, or of a close length and
-#: within twice its edits: PostgreSQL's levenshtein counts a transposition as two edits, so
-#: the candidates are measured again here as the embedded index does (OSA). The keys are
-#: jellyfish's on both sides (computed here), so both backends agree on sound-alikes.
-_SEARCH = """
-WITH q AS (
-    SELECT * FROM unnest(%(words)s::text[], %(limits)s::int[], %(sounds)s::text[])
-        WITH ORDINALITY AS q(word, lim, sound, i)
-), found AS (
-    SELECT q.i, v.word
-    FROM q JOIN {t}_vocab v
-      ON v.word = q.word
-      OR (q.lim > 0 AND v.len BETWEEN length(q.word) - q.lim AND length(q.word) + q.lim
-          AND levenshtein_less_equal(q.word, v.word, 2 * q.lim) <= 2 * q.lim)
-      OR (q.sound <> '' AND v.sound = q.sound)
-)
-SELECT found.i, found.word, w.image_id
-FROM found JOIN {t}_words w ON w.word = found.word
-"""
-TABLE_PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,50}")  # + "_vocab_sound": 63, PostgreSQL's limit
-
-
-class PostgresTextIndex:
-    """Text documents and words in PostgreSQL (``dsn``: a libpq connection string), in the
-    tables named ``{table}_docs``, ``{table}_words`` and ``{table}_vocab``.
-
-    Nothing is checked at construction: while the server is down every call raises
-    ``TextUnavailable``, and the first call that reaches it creates the tables.
-    """
-
-    def __init__(self, dsn: str, table: str = "text") -> None:
-        if not TABLE_PREFIX.fullmatch(table):
-            raise ValueError(f"table prefix {table!r}: lower-case letters, digits, _")
-        self.dsn = dsn
-        self.table = table
-        self._lock = threading.RLock()
-        self._conn: Any = None
-
-    def _db(self) -> Any:
-        """The connection (re-opened after a failure), as a context that maps errors."""
-        return _Session(self)
-
-    def _connect(self) -> Any:
-        import psycopg
-
-        if self._conn is not None and not self._conn.closed:
-            try:
-                # A server restart breaks the connection silently: found here, the call
-                # gets a fresh one instead of an error (a round trip, well under 1 ms).
-                self._conn.execute("SELECT 1")
-            except psycopg.Error:
-                self._conn.close()
-        if self._conn is None or self._conn.closed:
-            try:
-                conn = psycopg.connect(
-                    self.dsn,
-                    autocommit=True,
-                    connect_timeout=5,
-                    # A hung server or a held lock must end in an error, not in a call that
-                    # holds this index's lock (and every actor thread behind it) for ever.
-                    options="-c statement_timeout=30000 -c lock_timeout=10000",
-                    keepalives=1,
-                    keepalives_idle=30,
-                )
-            except psycopg.Error as exc:
-                raise TextUnavailable(f"PostgreSQL is unreachable: {_first_line(exc)}") from None
-            try:
-                # Several features' actors create their tables at the same moment on a first
-                # start: CREATE EXTENSION IF NOT EXISTS is not safe against that, so one at
-                # a time.
-                with conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(8675309)")
-                    conn.execute(self._sql(_SCHEMA))
-            except psycopg.Error as exc:
-                conn.close()
-                raise TextUnavailable(
-                    f"PostgreSQL refused the schema: {_first_line(exc)}"
-                ) from None
-            self._conn = conn
-        return self._conn
-
-    def _sql(self, template: str) -> Any:
-        from psycopg import sql
-
-        return sql.SQL(template.replace("{t}", self.table))
-
-    def add_many(self, items: list[tuple[int, Doc]]) -> None:
-        """Store documents and their words in one transaction."""
-        docs = {image_id: checked_doc(doc) for image_id, doc in items}
-        found = {i: words(doc_text(d)) for i, d in docs.items()}
-        vocab = sorted({w for ws in found.values() for w in ws})
-        with self._db() as db, db.transaction(), db.cursor() as cur:
-            cur.execute(self._sql("DELETE FROM {t}_docs WHERE image_id = ANY(%s)"), (list(docs),))
-            cur.executemany(
-                self._sql("INSERT INTO {t}_docs VALUES (%s, %s)"),
-                [(i, json.dumps(d)) for i, d in docs.items()],
-            )
-            if vocab:
-                cur.executemany(
-                    self._sql("INSERT INTO {t}_vocab VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"),
-                    [(w, len(w), sound(w)) for w in vocab],
-                )
-                cur.executemany(
-                    self._sql("INSERT INTO {t}_words VALUES (%s, %s)"),
-                    [(i, w) for i, ws in found.items() for w in ws],
-                )
-
-    def add(self, image_id: int, doc: Doc) -> None:
-        """Store one image's document."""
-        self.add_many([(image_id, doc)])
-
-    def remove(self, ids: list[int]) -> list[int]:
-        """Forget images; returns the ids that were stored."""
-        with self._db() as db:
-            got = db.execute(
-                self._sql("DELETE FROM {t}_docs WHERE image_id = ANY(%s) RETURNING image_id"),
-                (ids,),
-            ).fetchall()
-        return sorted(i for (i,) in got)
-
-    def present(self, ids: list[int]) -> list[int]:
-        """The ids that have a stored document."""
-        with self._db() as db:
-            got = db.execute(
-                self._sql("SELECT image_id FROM {t}_docs WHERE image_id = ANY(%s)"), (ids,)
-            ).fetchall()
-        return sorted(i for (i,) in got)
-
-    def get(self, image_id: int) -> Doc | None:
-        """An image's stored document, or None."""
-        with self._db() as db:
-            got = db.execute(
-                self._sql("SELECT doc FROM {t}_docs WHERE image_id = %s"), (image_id,)
-            ).fetchone()
-        return dict(got[0]) if got else None
-
-    def search(self, query: str, k: int = 20) -> list[Hit]:
-        """Exact, misspelt (OSA edits within ``max_edits``) and sound-alike matches."""
-        wanted = query_words(query)
-        limits = [max_edits(w) for w in wanted]
-        sounds = [sound(w) for w in wanted]
-        with self._db() as db:
-            params = {"words": wanted, "limits": limits, "sounds": sounds}
-            got = db.execute(self._sql(_SEARCH), params).fetchall()
-        matches = []
-        for q1, word, image_id in got:
-            q = int(q1) - 1
-            same = bool(sounds[q]) and sound(word) == sounds[q]
-            score = word_score(int(OSA.distance(wanted[q], word)), limits[q], same)
-            if score > 0:
-                matches.append((q, int(image_id), score))
-        return rank(len(wanted), matches, k)
-
-    @property
-    def count(self) -> int:
-        """Images with a stored document."""
-        with self._db() as db:
-            return int(db.execute(self._sql("SELECT count(*) FROM {t}_docs")).fetchone()[0])
-
-    def close(self) -> None:
-        """Close the connection."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-
-
 class TextFeatureIndex:
     """The ``text`` index kind, as an index actor hosts it: one text feature's documents
     (OCR text, captions or tags) in its backend, behind the other kinds' interface.
 
     The backend is PostgreSQL when ``dsn`` is set (tables prefixed ``table``), else the
-    embedded one at ``path``. Features arrive encoded (``extractors.base.encode_doc``).
+    embedded one at ``path``. Features arrive encoded (``extractors.textdoc.encode_doc``).
     A query is a text, or a text feature (an image's own text, caption or tags).
     """
 
@@ -563,6 +227,18 @@ class TextFeatureIndex:
             return []
         return self.search(doc_text(doc), k, threshold, exclude=image_id)
 
+    def describe(self) -> dict[str, Any]:
+        """The count (no live settings, no trained index)."""
+        return {"count": self.count}
+
+    def sample(self, n: int, seed: int = 0) -> Any:
+        """Text takes no trained index."""
+        raise ValueError("a text index takes no trained index")
+
+    def adopt(self, trained: bytes | None, whitening: bytes | None) -> dict[str, Any]:
+        """Text takes no trained index."""
+        raise ValueError("a text index takes no trained index")
+
     def snapshot(self) -> bool:
         """Nothing to snapshot: the backend is its own store."""
         return False
@@ -570,37 +246,3 @@ class TextFeatureIndex:
     def close(self) -> None:
         """Release the backend."""
         self.backend.close()
-
-
-class _Session:
-    """``with index._db() as db``: the lock, a live connection, and PostgreSQL's connection
-    errors as ``TextUnavailable`` (the connection is dropped, the next call reconnects)."""
-
-    def __init__(self, index: PostgresTextIndex) -> None:
-        self.index = index
-
-    def __enter__(self) -> Any:
-        self.index._lock.acquire()
-        try:
-            return self.index._connect()
-        except BaseException:
-            self.index._lock.release()
-            raise
-
-    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
-        import psycopg
-
-        try:
-            if isinstance(exc, psycopg.OperationalError):
-                if self.index._conn is not None:
-                    self.index._conn.close()
-                raise TextUnavailable(f"PostgreSQL failed: {_first_line(exc)}") from None
-            if isinstance(exc, psycopg.Error):  # a server-side refusal: said as such
-                raise TextUnavailable(f"PostgreSQL refused: {_first_line(exc)}") from None
-        finally:
-            self.index._lock.release()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -19,7 +19,7 @@ import sys
 
 import yaml
 
-from scripts.ingest import load_app_args
+from deployments.config import load_app_args
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -82,11 +82,11 @@ def check(name: str, options: dict, blobs: list[bytes], batches: list[int]) -> d
 def check_text(name: str, blobs: list[bytes], batches: list[int]) -> dict:
     """Text extractors on CUDA: the share of photos with the same tags (caption) as on the
     CPU, and CUDA images/s by batch size. The captioner is BLIP-base with random weights
-    (``scripts/bench_text.py``): its cost, not its words."""
+    (``bench/throughput.py``): its cost, not its words."""
     import torch
 
-    from extractors.base import decode_doc
-    from scripts.bench_text import blip_base_in_memory
+    from bench.throughput import blip_base_in_memory
+    from extractors.textdoc import decode_doc
 
     def make(device: str) -> Any:
         if name == "caption":

@@ -30,9 +30,11 @@ import numpy as np
 import ray
 import yaml
 
-from index_actors.indexes import METRICS, transform_to_bytes
-from index_actors.indexes import whiten as whiten_rows
-from scripts.ingest import load_app_args
+from deployments.config import load_app_args
+from index_actors.base import METRICS
+from index_actors.client import IndexClient
+from index_actors.vector import transform_to_bytes
+from index_actors.vector import whiten as whiten_rows
 
 
 def fit_whitening(sample: np.ndarray, dim: int) -> Any:
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train_index: {exc} (start the app first: make serve)", file=sys.stderr)
         return 2
     try:
-        actor = ray.get_actor(f"{args.name}:index:{ns.feature}", namespace="serve")
+        actor = IndexClient.connect(args.name, [ns.feature]).indexes[ns.feature]
         print(run(actor, metric, ns.factory, ns.whiten, ns.sample))
     except ValueError as exc:
         print(f"train_index: {exc}", file=sys.stderr)

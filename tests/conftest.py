@@ -77,7 +77,9 @@ class RunningApp:
         """The live Ray actor ``index:<feature>`` or ``catalog`` of this app."""
         import ray
 
-        return ray.get_actor(f"{self.name}:{role}", namespace="serve")
+        from index_actors.client import actor_name
+
+        return ray.get_actor(actor_name(self.name, role), namespace="serve")
 
 
 def deploy(name: str, data_dir: Path, port: int, **overrides: object) -> RunningApp:
@@ -98,10 +100,11 @@ def kill_actors(name: str) -> None:
     import ray
 
     from extractors import REGISTRY
+    from index_actors.client import actor_name
 
     for role in ("catalog", *(f"index:{f}" for f in REGISTRY)):
         with contextlib.suppress(ValueError):
-            ray.kill(ray.get_actor(f"{name}:{role}", namespace="serve"), no_restart=True)
+            ray.kill(ray.get_actor(actor_name(name, role), namespace="serve"), no_restart=True)
 
 
 @pytest.fixture(scope="module")

@@ -134,7 +134,7 @@ def places_dir(path: Path) -> Path:
     import torch
     from torchvision.models import resnet50
 
-    from extractors.analyzers import wideresnet18
+    from extractors.places import wideresnet18
 
     torch.manual_seed(0)
     for name, net in (("resnet50", resnet50(num_classes=365)), ("wideresnet18", wideresnet18())):

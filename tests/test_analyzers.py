@@ -7,15 +7,12 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
+from bench.common import rendered_line, text_fonts
 from extractors import WeightsUnavailable
-from extractors.analyzers import (
-    Captioner,
-    ImageNetTagger,
-    Places365Tagger,
-    TesseractOcr,
-    _readable,
-)
-from scripts.benchlib import rendered_line, text_fonts
+from extractors.caption import Captioner
+from extractors.ocr import TesseractOcr
+from extractors.places import Places365Tagger, _readable
+from extractors.tags import ImageNetTagger
 from tests.helpers import places_dir, tiny_blip_dir
 
 LINES = [

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from extractors import REGISTRY, ColorHistogram, Extractor, InvalidImage, PHash, build_extractor
-from extractors.base import decode_doc
-from index_actors.text import checked_doc, labels
+from extractors.textdoc import checked_doc, decode_doc, labels
+from index_actors.kinds import KeypointsKind, TextKind, kind_of
 from tests.helpers import encode, places_dir, tiny_blip_dir, tiny_clip_dir
 
 
@@ -35,7 +35,7 @@ def extractor(request: pytest.FixtureRequest, test_options: dict) -> Extractor:
 
 def _same(extractor: Extractor, a: object, b: object) -> bool:
     assert isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
-    if extractor.kind == "text" and not extractor.exact:
+    if isinstance(kind_of(extractor.name), TextKind) and not extractor.exact:
         # A network's scores move in the last digits between batch sizes: same words.
         da, db = decode_doc(a), decode_doc(b)
         return labels(da) == labels(db) and da.get("caption") == db.get("caption")
@@ -50,9 +50,10 @@ def test_shapes_and_dtypes(extractor: Extractor, photos: dict[str, bytes]) -> No
     for feat in feats:
         assert isinstance(feat, np.ndarray)
         assert feat.dtype == extractor.dtype
-        if extractor.kind == "keypoints":  # a count, then 8 + 128 bytes per keypoint
+        kind = kind_of(extractor.name)
+        if isinstance(kind, KeypointsKind):  # a count, then 8 + 128 bytes per keypoint
             assert feat.ndim == 1 and (len(feat) - 4) % (8 + extractor.dim) == 0
-        elif extractor.kind == "text":  # a JSON document the text index takes
+        elif isinstance(kind, TextKind):  # a JSON document the text index takes
             assert feat.ndim == 1 and checked_doc(decode_doc(feat)) is not None
         else:
             assert feat.shape == (extractor.nbytes // np.dtype(extractor.dtype).itemsize,)

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from deployments.fusion import fuse
-from index_actors.indexes import BinaryIndex, UnknownImage, VectorIndex
+from index_actors.binary import BinaryIndex
+from index_actors.interface import UnknownImage
 from index_actors.store import Catalog
+from index_actors.vector import VectorIndex
 
 
 def _hashes(n: int, seed: int = 0) -> np.ndarray:

@@ -11,8 +11,8 @@ import httpx
 import pytest
 import yaml
 
-from deployments.config import AppArgs
-from scripts.ingest import IngestReport, id_from_name, ingest, list_images, load_app_args
+from deployments.config import AppArgs, load_app_args
+from deployments.ingest import IngestReport, id_from_name, ingest, list_images
 from tests.conftest import RunningApp, deploy, kill_actors
 
 pytestmark = pytest.mark.timeout(300)
@@ -207,18 +207,23 @@ def test_ids_from_filenames(
 
 def test_a_name_conflict_costs_only_its_own_file(ing_app: RunningApp) -> None:
     """A name taken since the resume check (an API upload meanwhile) fails alone."""
+    import asyncio
+
     import ray
 
-    from scripts.ingest import _Writer
+    from index_actors.client import IndexClient
 
     catalog = ing_app.actor("catalog")
     assert ray.get(catalog.register.remote("conflict-a.jpg", 7001)) == (7001, "conflict-a.jpg")
-    report = IngestReport()
-    writer = _Writer(catalog, {}, True, report)
-    got = writer._register([("conflict-b.jpg", 7002), ("conflict-a.jpg", 7003)])
-    assert got == [(7002, "conflict-b.jpg"), None]
-    assert report.failed == [
-        ("conflict-a.jpg", "file name 'conflict-a.jpg' already belongs to image 7001")
+    client = IndexClient(catalog, {}, {})
+    got = asyncio.run(client.store([("conflict-b.jpg", 7002), ("conflict-a.jpg", 7003)], {}))
+    assert [(s.image_id, s.file_name) for s in got] == [
+        (7002, "conflict-b.jpg"),
+        (None, "conflict-a.jpg"),
+    ]
+    assert [s.conflict for s in got] == [
+        None,
+        "file name 'conflict-a.jpg' already belongs to image 7001",
     ]
     for image_id in (7001, 7002):
         assert ray.get(catalog.unregister.remote(image_id))
@@ -262,3 +267,35 @@ def test_command_line(
         cwd=ROOT,
     )
     assert bad.returncode == 2 and "not enabled" in bad.stderr, bad.stderr[-3000:]
+
+
+def test_a_failed_index_write_leaves_nothing_half_visible(
+    ray_session: int, tmp_path: Path, photo_paths: list[Path]
+) -> None:
+    """The ingest's write path is the ingress's: when one index cannot take a batch (its
+    actor is gone for good), the new images are taken out of the other index and of the
+    catalog again, reported, and a later run redoes them."""
+    import ray
+
+    from index_actors.client import IndexClient
+
+    name = f"half{uuid.uuid4().hex[:8]}"
+    args = AppArgs(name=name, data_dir=str(tmp_path / "data"))
+    client = IndexClient.open(name, str(args.data_path()), args.index_specs())
+    gallery = tmp_path / "photos"
+    gallery.mkdir()
+    for src in photo_paths[:3]:
+        shutil.copy(src, gallery / src.name)
+    try:
+        ray.kill(client.indexes["color"], no_restart=True)
+        report = ingest(gallery, args, progress=False, client=client)
+        assert report.stored == 0 and len(report.failed) == 3, report.summary()
+        assert all("index write failed" in why for _, why in report.failed)
+        assert ray.get(client.catalog.count.remote()) == 0
+        assert ray.get(client.indexes["phash"].count.remote()) == 0
+
+        fresh = IndexClient.open(name, str(args.data_path()), args.index_specs())
+        again = ingest(gallery, args, progress=False, client=fresh)
+        assert (again.stored, again.failed) == (3, []), again.summary()
+    finally:
+        kill_actors(name)

@@ -12,7 +12,8 @@ from PIL import Image, ImageOps
 
 from extractors import WeightsUnavailable
 from extractors.local import LocalFeatures, pack, unpack
-from index_actors.keypoints import KeypointIndex, RangeMap
+from index_actors.keypoints import KeypointIndex
+from index_actors.ranges import RangeMap
 from scripts.train_index import train
 from tests.helpers import encode
 

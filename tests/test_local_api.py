@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from deployments.config import AppArgs
-from scripts.ingest import ingest
+from deployments.ingest import ingest
 from scripts.train_index import run as train_and_adopt
 from tests.conftest import RunningApp
 from tests.helpers import encode, photo_id, store_photos

@@ -7,7 +7,7 @@ import pytest
 import ray
 
 from deployments.config import AppArgs
-from scripts.ingest import ingest
+from deployments.ingest import ingest
 from scripts.train_index import run as train_and_adopt
 from tests.conftest import RunningApp
 from tests.helpers import photo_id, reencode, store_photos, tiny_clip_dir, transformed
@@ -218,7 +218,7 @@ def test_ray_data_ingest_computes_model_features(
 def test_live_index_settings_change_without_a_new_actor(app: RunningApp) -> None:
     """What a redeploy with other nprobe / aqe settings does: the same actor, new settings;
     another fixed option (the metric) replaces the actor, which rebuilds from LMDB."""
-    from index_actors.actor import index_actor
+    from index_actors.client import index_actor
 
     before = app.actor("index:global")
     pid = ray.get(before.pid.remote())

@@ -8,9 +8,9 @@ import httpx
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
+from bench.common import DEJAVU
 from deployments.config import AppArgs
-from scripts.benchlib import DEJAVU
-from scripts.ingest import ingest
+from deployments.ingest import ingest
 from tests.conftest import RunningApp
 from tests.helpers import encode, places_dir, tiny_blip_dir
 

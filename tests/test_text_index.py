@@ -9,20 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from extractors.base import encode_doc
-from index_actors.indexes import UnknownImage
-from index_actors.text import (
-    EmbeddedTextIndex,
-    PostgresTextIndex,
-    TextFeatureIndex,
-    TextIndex,
-    TextUnavailable,
-    checked_doc,
-    doc_text,
-    labels,
-    merge_docs,
-    words,
-)
+from extractors.textdoc import checked_doc, doc_text, encode_doc, labels, merge_docs, words
+from index_actors.interface import UnknownImage
+from index_actors.text import EmbeddedTextIndex, TextFeatureIndex
+from index_actors.text_match import TextIndex, TextUnavailable
+from index_actors.text_pg import PostgresTextIndex
 from scripts.pgserver import pg_server, start, stop
 
 TEXTS = {

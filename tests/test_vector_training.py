@@ -7,7 +7,7 @@ import faiss
 import numpy as np
 import pytest
 
-from index_actors.indexes import VectorIndex
+from index_actors.vector import VectorIndex
 from scripts.train_index import train
 
 

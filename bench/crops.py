@@ -1,15 +1,12 @@
-"""Crop search with local features, for ``scripts/bench.py`` (sections ``crops``, ``ranges``).
+"""crops: local features (SIFT keypoints, RootSIFT descriptors, ``KeypointIndex``) against
+phash (the peer) on crops of the real photos: recall@1/@10, search latency (query extraction
+included) and stored bytes per image, first among ``--crop-distractors`` distractors (exact
+index), then among ``--crop-scale`` images, exact and trained (``--local-factory``).
 
-crops: the photos of ../shared/photos are split: most are stored originals, every fourth
-only feeds distractor tiles (so no distractor contains a query's original). Queries are
-crops of 50, 25 and 10 % of an original's area, each also rotated 10 degrees and at half
-size, plus the two classic pairs (graf1 -> graf3, box -> box_in_scene). Local features and
-phash answer the same queries; recall@1/@10, search latency (query extraction included),
-stored bytes per image, first among ``--crop-distractors`` distractors (exact index) and
-then among ``--crop-scale`` (exact and trained).
-
-ranges: descriptor id -> image id lookups per second, ``RangeMap`` against a PostgreSQL GiST
-``int4range`` table (the seed's way), when PostgreSQL is installed.
+The photos of ../shared/photos are split: most are stored originals, every fourth only feeds
+distractor tiles (so no distractor contains a query's original). Queries are crops of 50, 25
+and 10 % of an original's area, each also rotated 10 degrees and at half size, plus the two
+classic pairs (graf1 -> graf3, box -> box_in_scene).
 """
 
 from __future__ import annotations
@@ -18,7 +15,6 @@ import functools
 import io
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,11 +23,11 @@ import joblib
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
+from bench.common import Row, features, ms, row
 from extractors.local import LocalFeatures
 from extractors.phash import PHash
-from index_actors.indexes import BinaryIndex
-from index_actors.keypoints import KeypointIndex, RangeMap
-from scripts.benchlib import Row, features, ms, row
+from index_actors.binary import BinaryIndex
+from index_actors.keypoints import KeypointIndex
 from scripts.train_index import train
 
 AREAS = (50, 25, 10)
@@ -294,80 +290,3 @@ def bench_crops(
     local_idx.close()
     phash_idx.close()
     return rows
-
-
-def bench_ranges(n_images: int, per_image: int, seconds: float) -> list[Row]:
-    """descriptor id -> image id: RangeMap against PostgreSQL GiST int4range lookups."""
-    ranges = RangeMap()
-    counts = np.random.default_rng(0).integers(per_image // 2, per_image + 1, n_images)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    ranges.load(zip(range(n_images), starts.tolist(), counts.tolist(), strict=True))
-    total = int(counts.sum())
-    ids = np.random.default_rng(1).integers(0, total, 1_000_000)
-    start = time.perf_counter()
-    found = ranges.lookup(ids)
-    ours = len(ids) / (time.perf_counter() - start)
-    assert (found >= 0).all()
-    rows = [row("ranges: RangeMap lookups/s (1M ids, one call)", ours, None, "info", None)]
-    single = ours_single = None
-    try:
-        import psycopg
-
-        from scripts.pgserver import NoPostgres, pg_server
-    except ImportError as exc:
-        print(f"ranges: no PostgreSQL comparison ({exc})")
-        return rows
-    # One id per call as a search asks for each neighbour: our map through the same loop.
-    start, n = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
-        ranges.lookup(ids[n : n + 1])
-        n += 1
-    ours_single = n / (time.perf_counter() - start)
-    folder = Path(tempfile.mkdtemp(prefix="bench-pg-"))
-    os.chmod(folder, 0o755)  # the server runs as the postgres user
-    try:
-        with pg_server(folder / "pg") as dsn, psycopg.connect(dsn, autocommit=True) as db:
-            db.execute("CREATE TABLE ranges (image_id int, ids int4range)")
-            with db.cursor().copy("COPY ranges FROM STDIN") as copy:
-                for i, (s, c) in enumerate(zip(starts.tolist(), counts.tolist(), strict=True)):
-                    copy.write_row((i, f"[{s},{s + c})"))
-            db.execute("CREATE INDEX ranges_gist ON ranges USING gist (ids)")
-            db.execute("ANALYZE ranges")
-            query = "SELECT image_id FROM ranges WHERE ids @> %s::int"
-            start, n = time.perf_counter(), 0
-            while time.perf_counter() - start < seconds:
-                db.execute(query, (int(ids[n]),)).fetchone()
-                n += 1
-            single = n / (time.perf_counter() - start)
-            batch = ids[:20_000].tolist()
-            start = time.perf_counter()
-            got = db.execute(
-                "SELECT r.image_id FROM unnest(%s::int[]) WITH ORDINALITY q(id, o) "
-                "JOIN ranges r ON r.ids @> q.id ORDER BY q.o",
-                (batch,),
-            ).fetchall()
-            batched = len(batch) / (time.perf_counter() - start)
-            assert [g for (g,) in got] == found[: len(batch)].tolist()
-    except NoPostgres as exc:
-        print(f"ranges: no PostgreSQL comparison ({exc})")
-        return rows
-    print(
-        f"ranges: RangeMap {ours:,.0f}/s batched, {ours_single:,.0f}/s one by one; "
-        f"PostgreSQL GiST {single:,.0f}/s one by one, {batched:,.0f}/s batched"
-    )
-    return [
-        row(
-            "ranges: lookups/s batched, RangeMap (peer PostgreSQL GiST)",
-            ours,
-            batched,
-            "info",
-            None,
-        ),
-        row(
-            "ranges: lookups/s one id per call, RangeMap (peer GiST)",
-            ours_single,
-            single,
-            "info",
-            None,
-        ),
-    ]

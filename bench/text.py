@@ -1,17 +1,11 @@
-"""Text search, OCR and extractor throughput, for ``scripts/bench.py`` (sections ``text``,
-``ocr``, ``throughput``).
+"""text: recall@5 and search latency p50 of exact, misspelt and sound-alike text queries over
+``--n-texts`` stored texts, the embedded backend (``EmbeddedTextIndex``) beside PostgreSQL
+(``PostgresTextIndex`` on a throwaway server, the peer, when PostgreSQL is installed).
 
-text: ``--n-texts`` stored texts of 8 words each from a vocabulary of pronounceable
-pseudo-words (no dictionary on this machine); queries are two words of one stored text,
-exact, misspelt (each word 1 edit, 2 from 6 letters on: substitutions, transpositions,
-deletions) and sound-alike (each word's inner vowels changed and a consonant doubled: 3 or
-more edits, the same metaphone key). recall@5 of the text and latency p50 for the embedded
-backend and for PostgreSQL (a throwaway server) side by side.
-
-ocr: word accuracy and images/s of Tesseract on rendered lines (Pillow's and DejaVu fonts,
-sizes, rotations of a few degrees, JPEG quality 40).
-
-throughput: images/s of every extractor on the shipped photos, beside global features.
+The texts are 8 words each from a vocabulary of pronounceable pseudo-words (no dictionary on
+this machine); queries are two words of one stored text, exact, misspelt (each word 1 edit,
+2 from 6 letters on: substitutions, transpositions, deletions) and sound-alike (each word's
+inner vowels changed and a consonant doubled: 3 or more edits, the same metaphone key).
 """
 
 from __future__ import annotations
@@ -26,14 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from index_actors.text import (
-    EmbeddedTextIndex,
-    PostgresTextIndex,
-    TextIndex,
-    max_edits,
-    sound,
-)
-from scripts.benchlib import Row, ms, rendered_line, row, text_fonts
+from bench.common import Row, ms, row
+from index_actors.text import EmbeddedTextIndex
+from index_actors.text_match import TextIndex, max_edits, sound
+from index_actors.text_pg import PostgresTextIndex
 
 CONSONANTS = "bdfgklmnprstv"
 VOWELS = "aeiou"
@@ -159,104 +149,3 @@ def bench_text(n_texts: int, n_queries: int) -> list[Row]:
             )
         )
     return rows
-
-
-def bench_ocr() -> list[Row]:
-    """Word accuracy and images/s of Tesseract on rendered lines."""
-    from extractors.analyzers import TesseractOcr
-
-    lines = [
-        "Please sign here to receive your parcel",
-        "Platform seven departures to Amsterdam",
-        "Fresh bread baked every morning",
-        "Museum opening hours Monday closed",
-        "Keep this door closed at all times",
-        "Welcome to the annual summer festival",
-    ]
-    ocr = TesseractOcr()
-    ocr.load()
-    right = total = 0
-    seconds = 0.0
-    images = 0
-    for size in (24, 32, 48):
-        for font in text_fonts(size):
-            for angle in (-3.0, -1.0, 0.0, 2.0, 4.0):
-                batch = [rendered_line(line, font, angle) for line in lines]
-                start = time.perf_counter()
-                results = ocr.analyze(batch)
-                seconds += time.perf_counter() - start
-                images += len(batch)
-                for line, result in zip(lines, results, strict=True):
-                    got = {w["text"].lower().strip(".,") for w in result["words"]}
-                    want = line.lower().split()
-                    right += sum(w in got for w in want)
-                    total += len(want)
-    accuracy = right / total
-    print(f"ocr: word accuracy {accuracy:.3f} over {images} lines, {images / seconds:.1f} images/s")
-    return [
-        row("ocr word accuracy (rendered lines)", accuracy, None, ">= 0.9", accuracy >= 0.9),
-        row("ocr images/s (1400x200 lines, one core each)", images / seconds, None, "info", None),
-    ]
-
-
-def blip_base_in_memory(device: str = "cpu") -> Any:
-    """A ``Captioner`` holding BLIP-base's architecture (ViT-B/16 at 384 px, a BERT-base
-    decoder) with random weights: no captioning weights can be fetched here, and the work
-    per image is the architecture's. Every caption is made 20 tokens long, a typical one."""
-    import torch
-    from transformers import (
-        BertTokenizer,
-        BlipConfig,
-        BlipForConditionalGeneration,
-        BlipImageProcessor,
-        BlipProcessor,
-    )
-
-    from extractors.analyzers import Captioner
-
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo"]
-    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)})
-    captioner = Captioner(num_beams=3, max_new_tokens=20, threads=os.cpu_count(), device=device)
-    torch.manual_seed(0)
-    model: Any = BlipForConditionalGeneration(BlipConfig())
-    model = model.to(device).eval()
-    model.generation_config.min_new_tokens = 20
-    captioner.model, captioner.processor = model, BlipProcessor(BlipImageProcessor(), tokenizer)
-    return captioner
-
-
-def bench_throughput(photos: dict[str, bytes]) -> list[Row]:
-    """images/s of every extractor on the shipped photos (decoding included), one process
-    with the machine's cores; the peer is global features (EfficientNet-Lite0)."""
-    from extractors import build_extractor
-    from scripts.benchlib import features
-
-    blobs = list(photos.values())
-    rates: dict[str, dict[int, float]] = {}
-    for name in ("phash", "color", "local", "global", "tags", "ocr", "caption"):
-        ex = blip_base_in_memory() if name == "caption" else build_extractor(name)
-        ex.load()
-        features(ex, blobs[:1])  # warm-up
-        rates[name] = {}
-        for batch in (1, 4) if ex.uses_torch else (1,):
-            start = time.perf_counter()
-            for lo in range(0, len(blobs), batch):
-                features(ex, blobs[lo : lo + batch])
-            rates[name][batch] = len(blobs) / (time.perf_counter() - start)
-        print(
-            f"throughput: {name} images/s "
-            + ", ".join(f"batch {b}: {r:.2f}" for b, r in rates[name].items())
-        )
-    peer = max(rates["global"].values())
-    what = {"caption": " (BLIP-base, random weights, 3 beams x 20 tokens)"}
-    return [
-        row(
-            f"{name} images/s, best batch{what.get(name, '')} (peer global)",
-            max(r.values()),
-            peer,
-            "info",
-            None,
-        )
-        for name, r in rates.items()
-        if name != "global"
-    ]

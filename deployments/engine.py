@@ -1,0 +1,163 @@
+"""The engine: ingest and search over the extractors and the index client, without HTTP.
+
+It speaks in domain errors (``index_actors.interface``: invalid input, unknown image,
+conflict, unavailable, backend down; ``InvalidImage`` for a bad upload) and typed results
+(``deployments.schemas``); the routers only parse and shape. Ray-free: a unit test runs it
+with in-process extractors (``LocalExtractor``) and indexes (``IndexClient.local``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from deployments.schemas import (
+    Added,
+    Health,
+    ImageInfo,
+)
+from deployments.search import Data, Searches, read
+from extractors.textdoc import decode_doc, merge_docs
+from index_actors.interface import (
+    BackendDown,
+    Conflict,
+    InvalidInput,
+    Unavailable,
+    UnknownImage,
+    reason,
+)
+from index_actors.kinds import kind_of
+
+log = logging.getLogger("ray.serve")
+
+
+class Engine(Searches):
+    """Adds, deletes, describes, analyzes and searches; see the module docstring."""
+
+    # --- writes ---------------------------------------------------------------------------
+    async def add(
+        self,
+        data: Data,
+        image_id: int | None,
+        file_name: str | None,
+        names: list[str],
+        label: bool = False,
+        replace: bool = False,
+    ) -> Added:
+        """Extract, then store through the index client's write path.
+
+        Nothing is stored for a bad image. A failed write is ``BackendDown``: the client
+        retries, which is safe since re-adding replaces. ``label``: the name came from the
+        upload, not the client, so it does not identify an image. ``replace``: for an image
+        that exists, features this add does not compute are removed.
+        """
+        data = await read(data)
+        if file_name is not None:
+            _check_file_name(file_name)
+        feats, status = await self.extract(data, names, query=False)
+        if not feats:
+            raise Unavailable(f"no feature could be computed: {status}")
+        columns = {n: f[None, :] for n, f in feats.items()}
+        (stored,) = await self.client.store([(file_name, image_id)], columns, label, replace)
+        if stored.conflict is not None:
+            raise Conflict(stored.conflict)
+        status.update(stored.status)
+        if not stored.ok:
+            if not stored.existed:
+                raise BackendDown(f"the image was not stored, retry: {status}")
+            raise BackendDown(f"image {stored.image_id} was not stored completely, retry: {status}")
+        assert stored.image_id is not None and stored.file_name is not None
+        return Added(
+            image_id=stored.image_id,
+            file_name=stored.file_name,
+            features={n: status[n] for n in names},
+        )
+
+    async def delete(self, image_id: int, names: list[str] | None = None) -> None:
+        """Remove an image's features (all by default, then the image itself)."""
+        await self.known(image_id)
+        await self.client.delete(image_id, names)
+
+    async def id_of(self, file_name: str) -> int:
+        """The id of a stored file name; ``UnknownImage`` otherwise."""
+        image_id = await self.client.id_of(file_name)
+        if image_id is None:
+            raise UnknownImage(f"no image with file name {file_name!r}")
+        return image_id
+
+    async def describe(self, image_id: int, file_name: str | None = None) -> ImageInfo:
+        """What is stored for an image: its features, tags, caption and text."""
+        name = file_name if file_name is not None else await self.known(image_id)
+        feats, found = await asyncio.gather(
+            self.client.features_of(image_id), self.client.docs(self.textual, image_id)
+        )
+        doc = merge_docs(found)
+        return ImageInfo(
+            image_id=image_id,
+            file_name=name,
+            features=feats,
+            tags=doc.get("tags", []),
+            caption=doc.get("caption"),
+            text=doc.get("text"),
+        )
+
+    async def analyze(
+        self, data: Data, wanted: tuple[str, ...], what: str
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """The merged text document of an upload from the ``wanted`` extractors that are
+        enabled, and why any of them could not run; ``Unavailable`` when none is enabled or
+        none could run (``what`` names them in the message)."""
+        names = [n for n in wanted if n in self.extractors]
+        if not names:
+            raise Unavailable(f"no {what} is enabled in this app")
+        feats, failed = await self.extract(await read(data), names, query=False)
+        if not feats:
+            raise Unavailable(f"no {what} could run: {failed}")
+        return merge_docs(decode_doc(f) for f in feats.values()), failed
+
+    @property
+    def text_extractors(self) -> tuple[str, ...]:
+        """Enabled extractors whose feature is text."""
+        return tuple(n for n in self.extractors if kind_of(n).reads_text)
+
+    async def health(self) -> Health:
+        """Every extractor (available, or why not) and every index (count)."""
+        infos, (described, images) = await asyncio.gather(
+            asyncio.gather(*(e.info() for e in self.extractors.values()), return_exceptions=True),
+            self.client.describe(),
+        )
+        extractors = {
+            n: info
+            if not isinstance(info, BaseException)
+            else {"available": False, "reason": f"error: {reason(info)}", "error": True}
+            for n, info in zip(self.extractors, infos, strict=True)
+        }
+        indexes: dict[str, Any] = {
+            n: d if not isinstance(d, BaseException) else {"error": reason(d)}
+            for n, d in described.items()
+        }
+        missing = self.client.missing
+        indexes.update({n: {"error": f"no index: {why}"} for n, why in missing.items()})
+        # An extractor without weights is a known state of this install (its reason says
+        # how to fix it), not a fault: "degraded" is for what should work and does not.
+        ok = (
+            not any(e.get("error") for e in extractors.values())
+            and all("count" in i for n, i in indexes.items() if n not in missing)
+            and not isinstance(images, BaseException)
+        )
+        return Health(
+            status="ok" if ok else "degraded",
+            extractors=extractors,
+            indexes=indexes,
+            images=images if not isinstance(images, BaseException) else f"error: {images}",
+        )
+
+
+def _check_file_name(name: str) -> None:
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        raise InvalidInput("file_name is not valid Unicode text") from None
+    if not name.strip() or size > 255:
+        raise InvalidInput("file_name must be 1 to 255 bytes of UTF-8")

@@ -1,0 +1,148 @@
+"""The native HTTP API (README "Using it"): each route parses, calls the engine, shapes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
+
+from deployments.engine import Engine
+from deployments.http import as_form, as_query, engine, upload
+from deployments.schemas import (
+    Added,
+    Analysis,
+    Deleted,
+    Health,
+    ImageInfo,
+    SearchResult,
+    Similar,
+    TextSearchResult,
+)
+from index_actors.interface import InvalidInput
+from index_actors.kinds import SearchOptions, VectorOptions
+
+router = APIRouter()
+#: Image ids are signed 64-bit keys in LMDB and FAISS; negative ones are not given out.
+ID = {"ge": 0, "lt": 2**63}
+Eng = Annotated[Engine, Depends(engine)]
+Upload = Annotated[UploadFile | None, File()]
+FormOptions = Annotated[SearchOptions, Depends(as_form(SearchOptions))]
+QueryOptions = Annotated[SearchOptions, Depends(as_query(SearchOptions))]
+TextOptions = Annotated[VectorOptions, Depends(as_query(VectorOptions))]
+
+
+@router.post("/images")
+async def add_image(
+    request: Request,
+    eng: Eng,
+    image: Upload = None,
+    image_id: Annotated[int | None, Form(**ID)] = None,
+    file_name: Annotated[str | None, Form()] = None,
+    features: Annotated[str | None, Form(description="comma list; default: all")] = None,
+) -> Added:
+    """Store an image's features; re-adding an id replaces it. Without ``file_name``, the
+    upload's own name labels the image."""
+    names = eng.features(features)
+    data = upload(request, image)
+    label = None if file_name is not None or image is None else image.filename
+    name = file_name or label
+    return await eng.add(data, image_id, name, names, label=bool(label), replace=True)
+
+
+@router.get("/images/{image_id}")
+async def get_image(eng: Eng, image_id: Annotated[int, Path(**ID)]) -> ImageInfo:
+    """What is stored for an image id."""
+    return await eng.describe(image_id)
+
+
+@router.get("/images")
+async def find_image(eng: Eng, file_name: Annotated[str, Query()] = "") -> ImageInfo:
+    """What is stored for a file name."""
+    if not file_name:
+        raise InvalidInput("query parameter file_name is required")
+    return await eng.describe(await eng.id_of(file_name), file_name)
+
+
+@router.delete("/images/{image_id}")
+async def delete_image(eng: Eng, image_id: Annotated[int, Path(**ID)]) -> Deleted:
+    """Delete an image and all its features."""
+    await eng.delete(image_id)
+    return Deleted(image_id=image_id)
+
+
+@router.post("/search/image")
+async def search_image(
+    request: Request,
+    eng: Eng,
+    options: FormOptions,
+    image: Upload = None,
+    k: Annotated[int | None, Form()] = None,
+    features: Annotated[str | None, Form()] = None,
+    phash_threshold: Annotated[float | None, Form(ge=0, allow_inf_nan=False)] = None,
+    duplicates_only: Annotated[int | None, Form(ge=0)] = None,
+) -> SearchResult:
+    """Fused search by an uploaded image (phash also searches the mirrored image).
+
+    ``features`` defaults to the visual ones; a text feature (ocr, caption, tags) named there
+    searches by the upload's own text. ``phash_threshold`` (default from the config, 64) is
+    the Hamming distance at or under which a result is a near-duplicate;
+    ``duplicates_only=1`` returns just those. ``aqe_n`` / ``aqe_alpha``: alpha query
+    expansion of the global and clip queries; the local-feature options apply to ``local``.
+    """
+    data = upload(request, image)
+    only = bool(duplicates_only)
+    return await eng.search_image(data, k, features, options, phash_threshold, only)
+
+
+@router.get("/search/similar/{image_id}")
+async def search_similar(
+    eng: Eng,
+    options: QueryOptions,
+    image_id: Annotated[int, Path(**ID)],
+    feature: Annotated[str, Query()] = "phash",
+    k: Annotated[int | None, Query()] = None,
+    threshold: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
+) -> Similar:
+    """Stored images nearest to a stored one, by one feature; with ``threshold`` only those
+    within that distance (at most ``k``); ``aqe_n`` / ``aqe_alpha``: query expansion."""
+    names = eng.features(feature)
+    if len(names) != 1:
+        raise InvalidInput(f"give one feature, not {feature!r}")
+    kk, found = eng.k(k), eng.options(names[0], options)
+    return Similar(results=await eng.similar(names[0], image_id, kk, threshold, found))
+
+
+@router.get("/search/text")
+async def search_text(
+    eng: Eng,
+    options: TextOptions,
+    q: Annotated[str, Query()] = "",
+    k: Annotated[int | None, Query()] = None,
+    features: Annotated[str | None, Query()] = None,
+) -> TextSearchResult:
+    """Stored images matching a text: CLIP's shared image-text space fused with the words
+    of their OCR text, captions and tags (misspelt and sound-alike words match too).
+    ``features``: a comma list of clip, ocr, caption, tags; by default every enabled one,
+    CLIP named under ``unavailable`` while its weights are missing."""
+    return await eng.search_text(q, k, features, options)
+
+
+@router.post("/analyze")
+async def analyze(request: Request, eng: Eng, image: Upload = None) -> Analysis:
+    """Tags, caption and text (OCR's words with confidence and box) of an upload, nothing
+    stored; a feature whose model is missing is named under ``unavailable``."""
+    what = "text feature (tags, caption, ocr)"
+    doc, failed = await eng.analyze(upload(request, image), eng.text_extractors, what)
+    return Analysis(
+        tags=doc.get("tags", []),
+        caption=doc.get("caption"),
+        text=doc.get("text"),
+        words=doc.get("words", []),
+        unavailable=failed,
+    )
+
+
+@router.get("/health")
+async def health(eng: Eng) -> Health:
+    """Every extractor (available, or why not) and every index (count)."""
+    return await eng.health()

@@ -1,0 +1,233 @@
+"""The original services' routes and their gateway's, answered with their field names and
+shapes so that an existing gallery client can switch over. Their quirks that were bugs
+(every error a 500, a missing id silently "deleted") are not copied."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, File, Form, Request, Response, UploadFile
+from pydantic import BaseModel, ConfigDict, Field
+
+from deployments.config import SEED_NAMES
+from deployments.engine import Engine
+from deployments.http import as_form, engine, upload
+from deployments.schemas import Listed
+from deployments.search import read
+from extractors.textdoc import labels
+from index_actors.interface import InvalidInput, NotFound, Unavailable, UnknownImage
+from index_actors.kinds import SearchOptions, kind_of
+
+router = APIRouter(tags=["original services"])
+SEED_SERVICES = {seed: name for name, seed in SEED_NAMES.items()}
+ImageId = Annotated[int, Field(ge=0, lt=2**63)]
+Eng = Annotated[Engine, Depends(engine)]
+Upload = Annotated[UploadFile | None, File()]
+Threshold = Annotated[float, Field(ge=0, allow_inf_nan=False)] | None
+
+
+class ById(SearchOptions):
+    """``/{svc}_get_similar_images_by_id``: an id, and ``k`` or ``distance_threshold``."""
+
+    model_config = ConfigDict(extra="allow")
+    image_id: ImageId
+    k: int | None = None
+    distance_threshold: Threshold = None
+
+
+class ByText(SearchOptions):
+    """``/image_text_features_get_similar_images_by_text``."""
+
+    model_config = ConfigDict(extra="allow")
+    text: Any = None
+    k: int | None = None
+    distance_threshold: Threshold = None
+
+
+class ImageRef(BaseModel):
+    """An image by id, or (``/delete_{svc}_features``) by file name."""
+
+    model_config = ConfigDict(extra="allow")
+    image_id: ImageId | None = None
+    file_name: str | None = None
+
+
+class BufferOptions(SearchOptions):
+    """``/{svc}_get_similar_images_by_image_buffer``'s form fields."""
+
+    k: int | None = None
+    distance_threshold: Threshold = None
+
+
+def feature(eng: Engine, svc: str) -> str:
+    """The feature of a service name: "color" for color, but "global" for global_features
+    (the original route is /calculate_global_features); 404 for one not enabled here."""
+    name = SEED_SERVICES.get(svc) or SEED_SERVICES.get(f"{svc}_features")
+    if name is None or name not in eng.extractors:
+        enabled = ", ".join(SEED_NAMES[n] for n in eng.extractors if n in SEED_NAMES)
+        raise NotFound(f"no service {svc!r} here; enabled: {enabled}")
+    return eng.features(name)[0]
+
+
+def mode(eng: Engine, name: str, k: int | None, t: float | None) -> tuple[int | None, float | None]:
+    """The original's exactly-one-of k / distance_threshold; its threshold is strict (<)."""
+    if k is not None and t is not None:
+        raise InvalidInput("give k or distance_threshold, not both")
+    return (eng.k(k), None) if t is None else (None, kind_of(name).seed_threshold(t))
+
+
+def listing(name: str, hits: list[Listed]) -> list[dict[str, Any]]:
+    """A service's answer: ``distance`` per image, or for local features ``matches``."""
+    return [kind_of(name).seed_entry(h.model_dump()) for h in hits]
+
+
+def required(image_id: int | None) -> int:
+    """An image id a body must carry."""
+    if image_id is None:
+        raise InvalidInput("image_id is required (an integer)")
+    return image_id
+
+
+@router.post("/calculate_all_image_features")
+async def calculate_all(
+    request: Request,
+    eng: Eng,
+    image: Upload = None,
+    image_id: Annotated[int | None, Form(ge=0, lt=2**63)] = None,
+) -> list[dict[str, Any]]:
+    """Gateway: store every feature; one settled-promise-like entry per service."""
+    image_id = required(image_id)
+    added = await eng.add(upload(request, image), image_id, None, eng.indexed)
+    return [
+        {"status": "fulfilled", "value": ""} if s == "ok" else {"status": "rejected", "reason": s}
+        for s in added.features.values()
+    ]
+
+
+@router.post("/delete_all_image_features")
+async def delete_all(eng: Eng, body: Annotated[ImageRef, Body()]) -> list[dict[str, str]]:
+    """Gateway: delete an image everywhere (404 if unknown, unlike the original)."""
+    await eng.delete(required(body.image_id))
+    return [{"status": "fulfilled"} for _ in eng.indexed]
+
+
+@router.post("/reverse_search")
+async def reverse_search(
+    request: Request,
+    eng: Eng,
+    image: Upload = None,
+    find_duplicate: Annotated[int | None, Form(ge=0)] = None,
+) -> dict[str, Any]:
+    """Gateway: per-service lists (first 20) and ``unified_res`` from fusion.
+
+    ``find_duplicate=1`` returns only the near-duplicates (phash within the duplicate
+    threshold, mirrored included) under ``phash_res``, or ``{}`` when there are none.
+    """
+    data = await read(upload(request, image))
+    return await (duplicates(eng, data) if find_duplicate else unified(eng, data))
+
+
+async def unified(eng: Engine, data: bytes) -> dict[str, Any]:
+    """The gateway's search: each service's first 20 under ``<service>_res`` (empty ones
+    left out) and the fused list under ``unified_res`` (absent when empty)."""
+    # The original gateway's numbers: 200 candidates per service, 20 of each listed.
+    lists = await eng.search(await eng.queries(data, eng.visual), 200)
+    fused = await eng.fused(lists, 200, eng.args.fusion.duplicate_threshold)
+    out: dict[str, Any] = {
+        f"{SEED_NAMES[n]}_res": [h.model_dump() for h in hits[:20]]
+        for n, hits in fused.by_feature.items()
+        if hits
+    }
+    if fused.results:
+        out["unified_res"] = [{"image_id": r.image_id, "score": r.score} for r in fused.results]
+    return out
+
+
+async def duplicates(eng: Engine, data: bytes) -> dict[str, Any]:
+    """The gateway's ``find_duplicate``: every phash match within the duplicate threshold
+    (mirrored included) under ``phash_res``, or ``{}`` when there is none."""
+    if "phash" not in eng.extractors:
+        raise Unavailable("find_duplicate needs the phash feature, which is disabled")
+    queries, failed = await eng.extract(data, ["phash"], query=True)
+    if not queries:
+        raise Unavailable(f"phash could not be computed: {failed}")
+    threshold = eng.args.fusion.duplicate_threshold
+    hits = (await eng.search(queries, None, {"phash": threshold}))["phash"]
+    return {"phash_res": [h.model_dump() for h in await eng.listing(hits)]} if hits else {}
+
+
+@router.post("/calculate_{svc}_features")
+async def calculate(
+    request: Request,
+    svc: str,
+    eng: Eng,
+    image: Upload = None,
+    image_id: Annotated[int | None, Form(ge=0, lt=2**63)] = None,
+) -> Response:
+    """A service: store one feature of an image (replaces on re-add)."""
+    name = feature(eng, svc)
+    added = await eng.add(upload(request, image), required(image_id), None, [name])
+    if added.features[name] != "ok":
+        raise Unavailable(added.features[name])
+    return Response(status_code=200)
+
+
+@router.post("/delete_{svc}_features")
+async def delete(svc: str, eng: Eng, body: Annotated[ImageRef, Body()]) -> Response:
+    """A service: delete one feature of an image, by id or by file name."""
+    name = feature(eng, svc)
+    image_id = await eng.id_of(body.file_name) if body.file_name else required(body.image_id)
+    if not await eng.client.has(name, [image_id]):
+        raise UnknownImage(f"image {image_id} has no {name} feature")
+    await eng.delete(image_id, [name])
+    return Response(status_code=200)
+
+
+@router.post("/{svc}_get_similar_images_by_id")
+async def by_id(svc: str, eng: Eng, body: Annotated[ById, Body()]) -> list[dict[str, Any]]:
+    """A service: ``[{"image_id", "distance", "file_name"}]`` nearest to a stored image."""
+    name = feature(eng, svc)
+    k, t = mode(eng, name, body.k, body.distance_threshold)
+    options = eng.options(name, body, seed=True)
+    return listing(name, await eng.similar(name, body.image_id, k, t, options))
+
+
+@router.post("/image_text_features_get_similar_images_by_text")
+async def by_text(eng: Eng, body: Annotated[ByText, Body()]) -> list[Listed]:
+    """A service: ``[{"image_id", "distance", "file_name"}]`` matching a text (CLIP)."""
+    name = eng.embedder or "clip"
+    k, t = mode(eng, name, body.k, body.distance_threshold)
+    return await eng.listing(await eng.text_hits(body.text, k, t, body))
+
+
+@router.post("/{svc}_get_similar_images_by_image_buffer")
+async def by_image(
+    request: Request,
+    svc: str,
+    eng: Eng,
+    fields: Annotated[BufferOptions, Depends(as_form(BufferOptions))],
+    image: Upload = None,
+) -> list[dict[str, Any]]:
+    """A service: nearest stored images to an upload (phash and local: mirrored too; local
+    takes the original's matching parameters and answers ``matches`` per image)."""
+    name = feature(eng, svc)
+    k, t = mode(eng, name, fields.k, fields.distance_threshold)
+    options = {name: eng.options(name, fields, seed=True)}
+    queries = await eng.queries(upload(request, image), [name])
+    hits = (await eng.search(queries, k, {name: t}, options))[name]
+    return listing(name, await eng.listing(hits))
+
+
+@router.post("/get_image_tags")
+async def tags(request: Request, eng: Eng, image: Upload = None) -> list[str]:
+    """The tagger: an upload's tags as a list of labels (Places365's first, the original's
+    tagger, where it is enabled; then ImageNet's)."""
+    doc, _ = await eng.analyze(upload(request, image), ("places", "tags"), "tagger (places, tags)")
+    return labels(doc)
+
+
+@router.post("/get_image_caption")
+async def caption(request: Request, eng: Eng, image: Upload = None) -> str:
+    """The captioner: an upload's caption, a string."""
+    doc, _ = await eng.analyze(upload(request, image), ("caption",), "captioner")
+    return str(doc.get("caption", ""))

@@ -1,0 +1,96 @@
+"""The native API's typed answers (pydantic): what ``/docs`` shows and what the engine returns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class Listed(BaseModel):
+    """A stored image in one feature's list, at a distance (smaller is closer)."""
+
+    image_id: int
+    file_name: str | None
+    distance: float
+
+
+class Match(BaseModel):
+    """Where one feature ranked a fused result."""
+
+    rank: int
+    distance: float
+
+
+class FusedHit(BaseModel):
+    """One fused result: its score, whether it is a near-duplicate, and each feature's rank."""
+
+    image_id: int
+    file_name: str | None
+    score: float
+    duplicate: bool
+    matches: dict[str, Match]
+
+
+class SearchResult(BaseModel):
+    """Fused results, and each feature's own list."""
+
+    results: list[FusedHit]
+    by_feature: dict[str, list[Listed]]
+
+
+class TextSearchResult(SearchResult):
+    """Fused text results; sources left out (CLIP without weights) with the reason."""
+
+    unavailable: dict[str, str]
+
+
+class Similar(BaseModel):
+    """Stored images nearest to a stored one, by one feature."""
+
+    results: list[Listed]
+
+
+class Added(BaseModel):
+    """A stored image: its id, its file name and each feature's status ("ok" or the error)."""
+
+    image_id: int
+    file_name: str
+    features: dict[str, str]
+
+
+class Deleted(BaseModel):
+    """A deleted image."""
+
+    image_id: int
+    deleted: bool = True
+
+
+class ImageInfo(BaseModel):
+    """What is stored for an image: its features, and its tags, caption and OCR text."""
+
+    image_id: int
+    file_name: str
+    features: list[str]
+    tags: list[Any]
+    caption: str | None
+    text: str | None
+
+
+class Analysis(BaseModel):
+    """Tags, caption and text of an upload (nothing stored); OCR's words with their boxes."""
+
+    tags: list[Any]
+    caption: str | None
+    text: str | None
+    words: list[Any]
+    unavailable: dict[str, str]
+
+
+class Health(BaseModel):
+    """Every extractor (available, or why not), every index (count) and the image count."""
+
+    status: str
+    extractors: dict[str, dict[str, Any]]
+    indexes: dict[str, dict[str, Any]]
+    images: int | str

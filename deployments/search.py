@@ -1,0 +1,328 @@
+"""The read side of the engine: the enabled features, query extraction, searches by image,
+by a stored image and by text, and their fused answers. Ray-free; ``Engine`` adds the writes
+and the rest (``deployments/engine.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from deployments.config import AppArgs
+from deployments.fusion import fuse
+from deployments.ports import ExtractorPort
+from deployments.schemas import (
+    FusedHit,
+    Listed,
+    Match,
+    SearchResult,
+    TextSearchResult,
+)
+from extractors import REGISTRY, InvalidImage, WeightsUnavailable
+from extractors.textdoc import MAX_QUERY_WORDS, words
+from index_actors.client import IndexClient
+from index_actors.interface import (
+    BackendDown,
+    Hit,
+    InvalidInput,
+    Unavailable,
+    UnknownImage,
+    reason,
+)
+from index_actors.kinds import kind_of
+
+log = logging.getLogger("ray.serve")
+#: Longest text query: CLIP reads 77 tokens; a page of text is a mistake, not a query.
+MAX_QUERY_CHARS = 1000
+Options = BaseModel | Mapping[str, Any]
+#: An upload: its bytes, or a coroutine function that reads them. The engine reads it where
+#: the checks of the request's other fields are done, so that their errors come first.
+Data = bytes | Callable[[], Awaitable[bytes]]
+
+
+async def read(data: Data) -> bytes:
+    """The bytes of an upload."""
+    return data if isinstance(data, bytes) else await data()
+
+
+class Searches:
+    """Searches over the extractors and the index client; see the module docstring."""
+
+    def __init__(
+        self, args: AppArgs, extractors: Mapping[str, ExtractorPort], client: IndexClient
+    ) -> None:
+        self.args = args
+        self.extractors = dict(extractors)
+        self.client = client
+        #: The feature that embeds text queries into its image space (CLIP), if enabled.
+        self.embedder = next(
+            (n for n in self.extractors if hasattr(REGISTRY[n], "embed_text")), None
+        )
+
+    # --- what is enabled ------------------------------------------------------------------
+    @property
+    def indexed(self) -> list[str]:
+        """Features with an open index, in config order."""
+        return list(self.client.indexes)
+
+    @property
+    def visual(self) -> list[str]:
+        """Indexed features that compare images (all but the text ones)."""
+        return [n for n in self.indexed if kind_of(n).visual]
+
+    @property
+    def textual(self) -> list[str]:
+        """Indexed text features (ocr, caption, tags, places)."""
+        return [n for n in self.indexed if kind_of(n).reads_text]
+
+    def features(self, requested: str | None, default: list[str] | None = None) -> list[str]:
+        """The requested features (a comma list), checked; ``default`` (every indexed
+        feature unless given) when none is requested."""
+        if not requested:
+            return self.indexed if default is None else default
+        names = [n.strip() for n in requested.split(",") if n.strip()]
+        unknown = [n for n in names if n not in self.extractors]
+        if unknown or not names:
+            raise InvalidInput(
+                f"unknown or disabled features {unknown or requested!r}; "
+                f"enabled: {', '.join(self.extractors)}"
+            )
+        for name in names:
+            if name in self.client.missing:
+                raise Unavailable(f"{name} is unavailable: {self.client.missing[name]}")
+        return list(dict.fromkeys(names))
+
+    def k(self, k: int | None) -> int:
+        """A result count within the config's bounds (its default when unset)."""
+        value = self.args.fusion.default_k if k is None else k
+        if not 1 <= value <= self.args.fusion.max_k:
+            raise InvalidInput(f"k must be between 1 and {self.args.fusion.max_k}, got {value}")
+        return value
+
+    def options(self, name: str, values: Options, seed: bool = False) -> dict[str, Any]:
+        """The per-search options of one feature's index from request fields."""
+        return kind_of(name).search_options(values, REGISTRY[name].metric, seed)
+
+    # --- extraction -----------------------------------------------------------------------
+    async def extract(
+        self, data: bytes, names: list[str], query: bool
+    ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Features of one upload per extractor, and why any extractor could not run.
+
+        An unreadable image is the client's fault whichever extractor noticed: its
+        ``InvalidImage`` is raised.
+        """
+        results = await asyncio.gather(
+            *(self.extractors[n].extract(data, query) for n in names), return_exceptions=True
+        )
+        feats: dict[str, np.ndarray] = {}
+        failed: dict[str, str] = {}
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, InvalidImage):
+                raise InvalidImage(str(result), result.status)
+            if isinstance(result, WeightsUnavailable):
+                failed[name] = f"unavailable: {reason(result)}"
+            elif isinstance(result, BaseException):
+                log.error("extractor %s failed: %s", name, reason(result))
+                failed[name] = f"error: {reason(result)}"
+            else:
+                feats[name] = result
+        return feats, failed
+
+    @staticmethod
+    def searchable(queries: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Query features minus those with nothing to match (no keypoint, no word); an
+        ``InvalidInput`` when none is left."""
+        gone = [n for n, q in queries.items() if kind_of(n).is_empty(q)]
+        if gone and len(gone) == len(queries):
+            what = " or ".join(dict.fromkeys(kind_of(n).lacks for n in gone))
+            raise InvalidInput(f"no {what} found in this image: nothing to match")
+        return {n: q for n, q in queries.items() if n not in gone}
+
+    async def queries(self, data: Data, names: list[str]) -> dict[str, np.ndarray]:
+        """Searchable query features of an upload; ``Unavailable`` when none was computed."""
+        queries, failed = await self.extract(await read(data), names, query=True)
+        if not queries:
+            raise Unavailable(f"no feature could be computed: {failed}")
+        return self.searchable(queries)
+
+    async def known(self, image_id: int) -> str:
+        """The file name of a stored image; ``UnknownImage`` otherwise."""
+        names = await self.client.names([image_id])
+        if image_id not in names:
+            raise UnknownImage(f"no image with id {image_id}")
+        return names[image_id]
+
+    # --- searches -------------------------------------------------------------------------
+    async def search(
+        self,
+        queries: dict[str, np.ndarray],
+        k: int | None,
+        thresholds: Mapping[str, float | None] | None = None,
+        options: Mapping[str, dict[str, Any]] | None = None,
+    ) -> dict[str, list[Hit]]:
+        """Each feature's hits for its query, searched concurrently."""
+        thresholds, options = thresholds or {}, options or {}
+        lists = await asyncio.gather(
+            *(
+                self.client.search(n, q, k, thresholds.get(n), **options.get(n, {}))
+                for n, q in queries.items()
+            )
+        )
+        return dict(zip(queries, lists, strict=True))
+
+    async def search_image(
+        self,
+        data: Data,
+        k: int | None,
+        features: str | None,
+        values: Options,
+        duplicate_threshold: float | None = None,
+        duplicates_only: bool = False,
+    ) -> SearchResult:
+        """Fused search by an upload (phash also searches the mirrored image); with
+        ``duplicates_only`` just the near-duplicates."""
+        kk = self.k(k)
+        names = ["phash"] if duplicates_only else self.features(features, self.visual)
+        options = {n: self.options(n, values) for n in names}
+        if duplicates_only and "phash" not in self.extractors:
+            raise Unavailable("duplicates_only needs the phash feature, which is disabled")
+        dup = (
+            self.args.fusion.duplicate_threshold
+            if duplicate_threshold is None
+            else duplicate_threshold
+        )
+        queries = await self.queries(data, names)
+        k_each = kk if duplicates_only else max(kk, self.args.fusion.candidates)
+        thresholds = {"phash": dup} if duplicates_only else {}
+        return await self.fused(await self.search(queries, k_each, thresholds, options), kk, dup)
+
+    async def similar(
+        self,
+        name: str,
+        image_id: int,
+        k: int | None,
+        threshold: float | None,
+        options: Mapping[str, Any],
+    ) -> list[Listed]:
+        """Stored images nearest to a stored one by one feature (itself left out);
+        ``options``: the feature's search options (``Engine.options``)."""
+        await self.known(image_id)
+        try:
+            hits = await self.client.search_by_id(name, image_id, k, threshold, **options)
+        except UnknownImage:
+            raise UnknownImage(f"image {image_id} has no {name} feature") from None
+        return await self.listing(hits)
+
+    async def text_hits(
+        self, text: Any, k: int | None, threshold: float | None, values: Options
+    ) -> list[Hit]:
+        """The text embedder's (CLIP's) nearest stored images to a text query."""
+        text = checked_query(text)
+        if self.embedder is None:
+            raise Unavailable("text search needs the clip feature, which is disabled")
+        name = self.features(self.embedder)[0]
+        try:
+            query = await self.extractors[name].embed_text(text)
+        except WeightsUnavailable as exc:
+            raise Unavailable(f"{name} is unavailable: {reason(exc)}") from None
+        hits = await self.search(
+            {name: query}, k, {name: threshold}, {name: self.options(name, values)}
+        )
+        return hits[name]
+
+    async def search_text(
+        self, q: Any, k: int | None, features: str | None, values: Options
+    ) -> TextSearchResult:
+        """Stored images matching a text: the embedder's (CLIP's) image-text space fused with
+        the words of their OCR text, captions and tags. By default every text source, CLIP
+        left out (named under ``unavailable``) while its weights are missing; a text backend
+        that is down (PostgreSQL) is an error, never silently dropped."""
+        kk = self.k(k)
+        text = checked_query(q)
+        sources = [n for n in self.indexed if n == self.embedder] + self.textual
+        names = self.features(features, sources)
+        if other := [n for n in names if n not in sources]:
+            raise InvalidInput(f"{other} cannot search by text; text sources: {sources}")
+        if not names:
+            raise Unavailable(
+                "text search needs clip or a text feature (ocr, caption, tags): none is on"
+            )
+        if any(kind_of(n).reads_text for n in names):  # CLIP reads any text
+            n_words = len(words(text))
+            if not n_words:
+                raise InvalidInput("the query has no words to search for")
+            if n_words > MAX_QUERY_WORDS:
+                raise InvalidInput(f"the query has {n_words} words; the limit is {MAX_QUERY_WORDS}")
+        k_each = max(kk, self.args.fusion.candidates)
+        results = await asyncio.gather(
+            *(
+                self.text_hits(text, k_each, None, values)
+                if n == self.embedder
+                else self.client.search(n, text, k_each)
+                for n in names
+            ),
+            return_exceptions=True,
+        )
+        lists: dict[str, list[Hit]] = {}
+        unavailable: dict[str, str] = {}
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, Unavailable) and not features:
+                unavailable[name] = str(result)  # clip without weights: a known state
+            elif isinstance(result, BackendDown):
+                raise BackendDown(f"text search ({name}) is unavailable: {reason(result)}")
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                lists[name] = result
+        if not lists:
+            raise Unavailable(f"no text source could answer: {unavailable}")
+        fused = await self.fused(lists, kk)
+        return TextSearchResult(**dict(fused), unavailable=unavailable)
+
+    # --- answers --------------------------------------------------------------------------
+    async def listing(self, hits: list[Hit], names: dict[int, str] | None = None) -> list[Listed]:
+        """Hits with their file names (ids deleted meanwhile left out)."""
+        names = names if names is not None else await self.client.names([i for i, _ in hits])
+        return [
+            Listed(image_id=i, file_name=names.get(i), distance=d) for i, d in hits if i in names
+        ]
+
+    async def fused(
+        self, lists: dict[str, list[Hit]], k: int, dup: float | None = None
+    ) -> SearchResult:
+        """Weighted reciprocal-rank fusion of the lists, and each list's first ``k``."""
+        weights = {n: self.args.features[n].weight for n in lists}
+        fused = fuse(lists, weights, self.args.fusion.rank_constant, "phash", dup)[:k]
+        ids = {i for hits in lists.values() for i, _ in hits[:k]} | {f.image_id for f in fused}
+        names = await self.client.names(sorted(ids))
+        return SearchResult(
+            results=[
+                FusedHit(
+                    image_id=f.image_id,
+                    file_name=names.get(f.image_id),
+                    score=f.score,
+                    duplicate=f.duplicate,
+                    matches={s: Match(**m) for s, m in f.matches.items()},
+                )
+                for f in fused
+                if f.image_id in names
+            ],
+            by_feature={n: await self.listing(h[:k], names) for n, h in lists.items()},
+        )
+
+
+def checked_query(text: Any) -> str:
+    """A text query, or an ``InvalidInput`` saying what is wrong with it."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInput("the text query is empty")
+    if len(text) > MAX_QUERY_CHARS:
+        raise InvalidInput(
+            f"the text query is {len(text)} characters; the limit is {MAX_QUERY_CHARS}"
+        )
+    return text

@@ -1,0 +1,68 @@
+"""Tags: ImageNet classes from the global-features network's forward pass (Ray-free)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from PIL import Image
+
+from extractors.base import TextExtractor, WeightsUnavailable
+from extractors.global_features import GlobalFeatures
+
+
+class ImageNetTagger(TextExtractor, GlobalFeatures):
+    """Tags from the ImageNet classifier of a global-features network (timm; the packaged
+    EfficientNet-Lite0 by default): the readable class names whose probability is at least
+    ``cutoff``, at most ``top`` of them, best first. Other options as ``GlobalFeatures``',
+    but the crop is classification's centre crop (``crop_pct`` 0.875), which makes the
+    right labels likelier on photos; a low cutoff, since photos are not ImageNet's one-object
+    pictures (both measured: docs/architecture.md). ``TextExtractor`` comes first: its kind
+    and ``extract``, the network's loading, batching and threads."""
+
+    name: ClassVar[str] = "tags"
+
+    def __init__(self, cutoff: float = 0.05, top: int = 5, **global_options: Any) -> None:
+        if not 0.0 < cutoff <= 1.0 or top < 1:
+            raise ValueError("cutoff must be in (0, 1] and top >= 1")
+        super().__init__(**{"crop_pct": 0.875, **global_options})
+        self.dim = 0
+        self.cutoff = cutoff
+        self.top = top
+        self._labels: list[str] | None = None
+
+    def load(self) -> None:
+        """Load the network (``WeightsUnavailable`` with the fix when its weights are missing)."""
+        super().load()
+        if self._labels is None:
+            from timm.data import ImageNetInfo
+
+            info = ImageNetInfo()
+            # Checked here, not per batch: a model of other classes makes the feature
+            # unavailable (its reason in /health), and uploads store everything else.
+            classes = getattr(self.model, "num_classes", None)
+            if classes != info.num_classes():
+                raise WeightsUnavailable(
+                    f"tags ({self.model_name}): the model has {classes} classes, not "
+                    f"ImageNet's {info.num_classes()}: choose an ImageNet-1k model"
+                )
+            # "tiger shark, Galeocerdo cuvieri" -> "tiger shark": the common name.
+            self._labels = [
+                info.index_to_description(i).split(",")[0].strip()
+                for i in range(info.num_classes())
+            ]
+
+    def analyze(self, images: list[Image.Image]) -> list[dict[str, Any]]:
+        """Per image ``{"tags": [{"label", "score"}, ...]}``."""
+        self.load()
+        assert self._labels is not None
+        _, probs = self.forward(images)
+        out = []
+        for row in probs:
+            best = row.argsort()[::-1][: self.top]
+            tags = [
+                {"label": self._labels[j], "score": round(float(row[j]), 4)}
+                for j in best
+                if row[j] >= self.cutoff
+            ]
+            out.append({"tags": tags})
+        return out

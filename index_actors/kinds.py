@@ -1,0 +1,240 @@
+"""The feature kinds as objects: binary, vector, keypoints, text (Ray-free).
+
+A kind owns what differs between them: its index class, its per-search options and their
+validation, what an empty query is, how its distances and thresholds convert for the original
+services' routes, and its empty column in batch ingest. This is the one module that compares
+a kind's name; everything else asks the kind object (``kind_of``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from extractors import REGISTRY
+from extractors.local import keypoint_count
+from extractors.textdoc import decode_doc, doc_text, encode_doc, words
+from index_actors.binary import BinaryIndex
+from index_actors.interface import Index
+from index_actors.keypoints import KeypointIndex
+from index_actors.text import TextFeatureIndex
+from index_actors.vector import VectorIndex
+
+
+class NoOptions(BaseModel):
+    """A kind without per-search options."""
+
+
+#: Constrained option types; the constraint sits inside the ``| None`` so that it travels
+#: with the type into FastAPI's form and query parameters.
+Count = Annotated[int, Field(ge=0, lt=2**63)]
+Positive = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class VectorOptions(BaseModel):
+    """Alpha query expansion (inner-product features): the query averaged with its ``aqe_n``
+    nearest stored vectors, weighted by similarity^``aqe_alpha``."""
+
+    aqe_n: Annotated[int, Field(ge=0, le=100)] | None = None
+    aqe_alpha: Positive | None = None
+
+
+class KeypointOptions(BaseModel):
+    """The original local-features service's matching parameters."""
+
+    k_clusters: Annotated[int, Field(ge=1, le=100)] | None = None
+    knn_min_matches: Count | None = None
+    matching_threshold: Positive | None = None
+    use_smnn_matching: Count | None = None
+    smnn_match_threshold: Positive | None = None
+    use_ransac: Count | None = None
+
+
+class Kind:
+    """What one feature kind is; one instance per kind."""
+
+    name: ClassVar[str]
+    index: ClassVar[type[Index]]
+    options: ClassVar[type[BaseModel]] = NoOptions
+    #: Compares images: a source of fused image search (all but text).
+    visual: ClassVar[bool] = True
+    #: Answers a text query with its own index (text), not through an embedding.
+    reads_text: ClassVar[bool] = False
+    #: What a query without anything to match lacks, for the 422 message.
+    lacks: ClassVar[str] = ""
+
+    def open(self, path: str | Path, dim: int, **options: Any) -> Index:
+        """This kind's index, opened (or created) at ``path``."""
+        opened: Index = self.index(path, dim, **options)  # type: ignore[call-arg]
+        return opened
+
+    def fixed(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Index options that need a new index actor when they change (all but live ones)."""
+        return {k: v for k, v in options.items() if k not in self.index.LIVE}
+
+    def live(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Index options that change in place (``configure``)."""
+        return {k: v for k, v in options.items() if k in self.index.LIVE}
+
+    def index_options(
+        self, metric: str, options: Mapping[str, Any], dsn: str | None, table: str
+    ) -> dict[str, Any]:
+        """A feature's index options from its config (``metric``: its extractor's)."""
+        return dict(options)
+
+    def search_options(
+        self, values: BaseModel | Mapping[str, Any], metric: str, seed: bool = False
+    ) -> dict[str, Any]:
+        """The options of one search this kind's index takes, from validated request fields
+        (``self.options``' fields; others are ignored). ``seed``: the original service's
+        defaults for what is unset."""
+        return {}
+
+    def is_empty(self, query: np.ndarray) -> bool:
+        """Whether a query feature has nothing to match (no keypoint, no word)."""
+        return False
+
+    def seed_threshold(self, threshold: float) -> float:
+        """The original routes' strict ``distance < threshold`` as our inclusive one."""
+        return float(np.nextafter(threshold, -np.inf))
+
+    def seed_entry(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """One result as the original service listed it."""
+        return entry
+
+    def ingest_column(self, rows: int, width: int, dtype: Any) -> np.ndarray:
+        """An empty ingest column for ``rows`` files; a failed file keeps its empty row."""
+        return np.zeros((rows, width), dtype=dtype)
+
+
+class BinaryKind(Kind):
+    """Packed bit strings under Hamming distance (phash)."""
+
+    name = "binary"
+    index = BinaryIndex
+
+    def seed_threshold(self, threshold: float) -> float:
+        """Integer distances: ``d < t`` is ``d <= ceil(t) - 1``."""
+        return float(np.ceil(threshold) - 1)
+
+
+class VectorKind(Kind):
+    """Float vectors under L1, L2 or inner product (colour, global, clip)."""
+
+    name = "vector"
+    index = VectorIndex
+    options = VectorOptions
+
+    def index_options(
+        self, metric: str, options: Mapping[str, Any], dsn: str | None, table: str
+    ) -> dict[str, Any]:
+        """The extractor's metric unless the config names one."""
+        return {"metric": metric, **options}
+
+    def search_options(
+        self, values: BaseModel | Mapping[str, Any], metric: str, seed: bool = False
+    ) -> dict[str, Any]:
+        """Query expansion, for inner-product features only (elsewhere it is ignored)."""
+        if metric != "ip":
+            return {}
+        return _fields(VectorOptions, values)
+
+
+class KeypointsKind(Kind):
+    """Keypoints and descriptors of an image, found by votes and verified (local)."""
+
+    name = "keypoints"
+    index = KeypointIndex
+    options = KeypointOptions
+    lacks = "keypoints (a flat or tiny image?)"
+
+    def search_options(
+        self, values: BaseModel | Mapping[str, Any], metric: str, seed: bool = False
+    ) -> dict[str, Any]:
+        """The matching parameters; ``seed``: votes only (no mutual matching, no RANSAC)
+        where the request does not say."""
+        out = _fields(KeypointOptions, values)
+        for flag in ("use_smnn_matching", "use_ransac"):
+            if flag in out or seed:
+                out[flag] = bool(out.get(flag))
+        if "knn_min_matches" in out:
+            out["knn_min_matches"] = max(1, out["knn_min_matches"])
+        return out
+
+    def is_empty(self, query: np.ndarray) -> bool:
+        """No keypoint in any variant."""
+        return not any(keypoint_count(row) for row in np.atleast_2d(query))
+
+    def seed_entry(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """The original listed ``matches`` (inliers, or votes), not a distance."""
+        out = {k: v for k, v in entry.items() if k != "distance"}
+        return {**out, "matches": round(1 / entry["distance"] - 1)}
+
+    def ingest_column(self, rows: int, width: int, dtype: Any) -> np.ndarray:
+        """One variable-length array per file (a ragged column)."""
+        return _ragged(rows, np.zeros(4, np.uint8))
+
+
+class TextKind(Kind):
+    """A JSON document of words per image (tags, OCR text, captions)."""
+
+    name = "text"
+    index = TextFeatureIndex
+    visual = False
+    reads_text = True
+    lacks = "text"
+
+    def index_options(
+        self, metric: str, options: Mapping[str, Any], dsn: str | None, table: str
+    ) -> dict[str, Any]:
+        """PostgreSQL (in tables of its own per app and feature) when the app has a DSN."""
+        return {"dsn": dsn, "table": table, **options} if dsn else dict(options)
+
+    def is_empty(self, query: np.ndarray) -> bool:
+        """A document without a word."""
+        return not words(doc_text(decode_doc(np.atleast_2d(query)[0])))
+
+    def ingest_column(self, rows: int, width: int, dtype: Any) -> np.ndarray:
+        """One document per file (a ragged column); a failed file's stays empty."""
+        return _ragged(rows, encode_doc({}))
+
+
+def _fields(model: type[BaseModel], values: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
+    """The set fields of ``model`` among ``values`` (a validated request model or a dict)."""
+    got = values.model_dump() if isinstance(values, BaseModel) else values
+    return {k: got[k] for k in model.model_fields if got.get(k) is not None}
+
+
+def _ragged(rows: int, empty: np.ndarray) -> np.ndarray:
+    column = np.empty(rows, dtype=object)
+    for j in range(rows):
+        column[j] = empty
+    return column
+
+
+KINDS: dict[str, Kind] = {
+    k.name: k for k in (BinaryKind(), VectorKind(), KeypointsKind(), TextKind())
+}
+
+
+def kind_of(feature: str) -> Kind:
+    """The kind of a registered feature (``REGISTRY[feature].kind``)."""
+    return KINDS[REGISTRY[feature].kind]
+
+
+def open_index(kind: str, path: str | Path, dim: int, **options: Any) -> Index:
+    """The index of a kind (by name), opened at ``path``."""
+    if kind not in KINDS:
+        raise ValueError(f"no index for feature kind {kind!r}; known: {', '.join(KINDS)}")
+    return KINDS[kind].open(path, dim, **options)
+
+
+class SearchOptions(VectorOptions, KeypointOptions):
+    """Every kind's per-search options: what a search request may carry."""
+
+
+__all__ = ["KINDS", "Kind", "SearchOptions", "kind_of", "open_index"]

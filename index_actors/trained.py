@@ -1,0 +1,81 @@
+"""Trained artefacts (an empty trained FAISS index, a whitening) kept next to a store: the
+part of an index that ``scripts/train_index.py`` switches. A mixin of the trainable kinds
+(vector, keypoints) over ``StoredIndex``. Ray-free."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from index_actors.base import METRICS, StoredIndex, _fsync
+
+
+class Trained(StoredIndex):
+    """Reads, writes and installs the trained artefacts of an index (one ``trained.npz``)."""
+
+    @property
+    def _artefact_file(self) -> Path:
+        return self.path / "trained.npz"
+
+    @staticmethod
+    def _tag_of(parts: dict[str, bytes]) -> str:
+        if not parts:
+            return ""
+        digest = hashlib.sha1(usedforsecurity=False)
+        for key in sorted(parts):
+            digest.update(key.encode() + b"\0" + parts[key])
+        return digest.hexdigest()[:16]
+
+    def _read_parts(self) -> dict[str, bytes]:
+        """The trained artefacts kept next to the store (none: an empty dict)."""
+        if not self._artefact_file.exists():
+            return {}
+        with np.load(self._artefact_file) as saved:
+            return {key: saved[key].tobytes() for key in saved.files}
+
+    def _write_artefacts(self, parts: dict[str, bytes]) -> None:
+        # One file, replaced in one rename: a crash leaves the old artefacts or the new ones,
+        # never a mix; the stamp names them, so a snapshot of the other index is not loaded.
+        target = self._artefact_file
+        if not parts:
+            target.unlink(missing_ok=True)
+        else:
+            tmp = self.path / "trained.tmp.npz"
+            arrays = {k: np.frombuffer(v, np.uint8) for k, v in parts.items()}
+            np.savez(tmp, **arrays)  # type: ignore[arg-type]
+            _fsync(tmp)
+            os.replace(tmp, target)
+        _fsync(self.path)
+
+    def _check_template(self, template: Any, width: int, metric: str) -> None:
+        """A trained index must be empty, of the right width and metric, and able to take
+        ids and remove them (re-adding an image replaces it): ``_probe`` tries both."""
+        if template.d != width or not template.is_trained or template.ntotal:
+            raise ValueError(
+                f"need an empty trained {width}-d index, got {template.d}-d "
+                f"(trained={template.is_trained}, ntotal={template.ntotal})"
+            )
+        if template.metric_type != METRICS[metric]:
+            raise ValueError(f"the trained index's metric is not this feature's {metric.upper()}")
+        try:
+            self._probe(faiss.clone_index(template), width)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"this index type cannot take ids / cannot remove entries: {exc}"
+            ) from None
+
+    def _probe(self, index: Any, width: int) -> None:
+        """Add one entry to an empty ``index`` and remove it, as this kind does."""
+        raise NotImplementedError(f"{type(self).__name__} takes no trained index")
+
+    def _install(self, fresh: Any, parts: dict[str, bytes]) -> None:
+        """Swap in a filled index with the artefacts it was made from (both locks held)."""
+        self._write_artefacts(parts)
+        self.index, self._tag = fresh, self._tag_of(parts)
+        self._snapshot_generation = -1  # the old snapshot is of the old index
+        self.configure(**self.live)

@@ -1,0 +1,103 @@
+"""The engine without Serve or Ray: real extractors in this process, real indexes behind the
+index client's in-process actors; domain errors, never HTTP ones."""
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from deployments.config import AppArgs
+from deployments.engine import Engine
+from deployments.ports import LocalExtractor
+from extractors import InvalidImage, build_extractor
+from index_actors.client import IndexClient
+from index_actors.interface import BackendDown, Conflict, InvalidInput, Unavailable, UnknownImage
+from tests.helpers import reencode
+
+BRIDGE = "Bridge_by_Sander_Klootwijk.jpg"
+WINE = "Wine_by_Jakkub_Mede.jpg"
+
+
+def run(coro: Any) -> Any:
+    """Run one engine call (each on a fresh event loop, as a test needs no more)."""
+    return asyncio.run(coro)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    """phash and colour, in-process, on a fresh data directory."""
+    args = AppArgs.model_validate({"name": "unit", "data_dir": str(tmp_path)})
+    extractors = {
+        n: LocalExtractor(build_extractor(n, args.extractor_options(n))) for n in args.enabled
+    }
+    client = IndexClient.local(tmp_path, args.index_specs())
+    yield Engine(args, extractors, client)
+    for actor in client.indexes.values():
+        with contextlib.suppress(Exception):  # a store a test closed under its index
+            actor._obj.index.close()
+
+
+def test_add_describe_search_delete(engine: Engine, photos: dict[str, bytes]) -> None:
+    added = run(engine.add(photos[BRIDGE], None, BRIDGE, engine.indexed))
+    assert added.file_name == BRIDGE and added.features == {"phash": "ok", "color": "ok"}
+    run(engine.add(photos[WINE], 7, WINE, engine.indexed))
+    info = run(engine.describe(added.image_id))
+    assert info.features == ["phash", "color"] and info.file_name == BRIDGE
+
+    found = run(engine.search_image(reencode(photos[BRIDGE], 0.5), 2, None, {}))
+    assert [r.image_id for r in found.results] == [added.image_id, 7]
+    assert found.results[0].duplicate and set(found.by_feature) == {"phash", "color"}
+    similar = run(engine.similar("color", 7, 5, None, {}))
+    assert [h.image_id for h in similar] == [added.image_id]
+
+    run(engine.delete(7))
+    with pytest.raises(UnknownImage):
+        run(engine.describe(7))
+    assert run(engine.client.names([added.image_id, 7])) == {added.image_id: BRIDGE}
+
+
+def test_bad_input_raises_domain_errors(engine: Engine, photos: dict[str, bytes]) -> None:
+    with pytest.raises(InvalidImage) as bad:
+        run(engine.add(b"not an image at all", None, None, engine.indexed))
+    assert bad.value.status == 415
+    with pytest.raises(InvalidInput, match="k must be between"):
+        run(engine.search_image(photos[WINE], 0, None, {}))
+    with pytest.raises(InvalidInput, match="unknown or disabled"):
+        engine.features("phash,sift")
+    with pytest.raises(InvalidInput, match="file_name"):
+        run(engine.add(photos[WINE], None, "x" * 300, engine.indexed))
+    with pytest.raises(Unavailable, match="clip"):
+        run(engine.text_hits("a bridge", 3, None, {}))
+    run(engine.add(photos[WINE], 1, "taken.jpg", engine.indexed))
+    with pytest.raises(Conflict, match="already belongs to image 1"):
+        run(engine.add(photos[BRIDGE], 2, "taken.jpg", engine.indexed))
+    assert run(engine.client.names([2])) == {}
+
+
+def test_a_failed_write_leaves_no_new_image_half_visible(
+    engine: Engine, photos: dict[str, bytes]
+) -> None:
+    """The colour index's store is closed under it: its write fails for real, and the new
+    image is taken out of phash and the catalog again; an existing one keeps its features."""
+    run(engine.add(photos[WINE], 1, WINE, engine.indexed))
+    color = engine.client.indexes["color"]._obj.index  # type: ignore[attr-defined]
+    color.store.env.close()
+    with pytest.raises(BackendDown, match="not stored, retry"):
+        run(engine.add(photos[BRIDGE], 2, BRIDGE, engine.indexed))
+    assert run(engine.client.names([1, 2])) == {1: WINE}
+    assert run(engine.client.has("phash", [1, 2])) == [1]
+    with pytest.raises(BackendDown, match="image 1 was not stored completely"):
+        run(engine.add(photos[BRIDGE], 1, WINE, engine.indexed))
+    assert run(engine.client.names([1])) == {1: WINE}
+
+
+def test_searchable_drops_queries_with_nothing_to_match() -> None:
+    empty_text = np.frombuffer(b"{}", np.uint8)
+    with pytest.raises(InvalidInput, match="no text found"):
+        Engine.searchable({"ocr": empty_text})
+    phash = np.zeros((1, 72), np.uint8)
+    assert list(Engine.searchable({"ocr": empty_text, "phash": phash})) == ["phash"]
