@@ -10,8 +10,8 @@ import numpy as np
 import ray
 from ray import serve
 
-from deployments.ports import extractor_info
-from extractors import REGISTRY, Extractor, InvalidImage, WeightsUnavailable, build_extractor
+from deployments.ports import LocalExtractor
+from extractors import REGISTRY, InvalidImage
 
 Result = np.ndarray | InvalidImage
 
@@ -39,15 +39,9 @@ class ExtractorDeployment:
                 options.setdefault("device", "cuda")
             cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
             options.setdefault("threads", max(1, math.ceil(cpus)))
-        self.extractor: Extractor | None = None
-        self.unavailable: str | None = None
-        try:
-            # A missing or broken model must not stop the app: the replica comes up, says
-            # why in info() (hence /health), and answers every call with that reason.
-            self.extractor = build_extractor(name, options)
-            self.extractor.load()
-        except WeightsUnavailable as exc:
-            self.unavailable = str(exc)
+        # A missing or broken model must not stop the app: the replica comes up, says why
+        # in info() (hence /health), and answers every call with that reason.
+        self.local = LocalExtractor.build(name, options)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Apply ``user_config``: ``max_batch_size`` and ``batch_wait_timeout_s``."""
@@ -55,9 +49,9 @@ class ExtractorDeployment:
         batch.set_max_batch_size(int(config.get("max_batch_size", 16)))
         batch.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.0)))
 
-    def info(self) -> dict[str, Any]:
+    async def info(self) -> dict[str, Any]:
         """What this extractor is and whether it can run."""
-        return extractor_info(self.name, self.extractor, self.unavailable)
+        return await self.local.info()
 
     # No wait by default: a lone request runs at once, and under load the requests that queue
     # while a batch runs form the next batch anyway.
@@ -66,27 +60,21 @@ class ExtractorDeployment:
         return await asyncio.to_thread(self._run, items)
 
     def _run(self, items: list[tuple[bytes, bool]]) -> list[Result]:
-        assert self.extractor is not None
+        extractor = self.local.ready()
         out: list[Result] = [InvalidImage("not computed")] * len(items)
         for query in (False, True):
             slots = [i for i, (_, q) in enumerate(items) if q is query]
             if slots:
-                results = self.extractor.extract_bytes([items[i][0] for i in slots], query=query)
+                results = extractor.extract_bytes([items[i][0] for i in slots], query=query)
                 for slot, result in zip(slots, results, strict=True):
                     out[slot] = result
         return out
 
     async def extract(self, data: bytes, query: bool = False) -> Result:
         """Feature of one upload (batched with concurrent calls)."""
-        if self.unavailable is not None:
-            raise WeightsUnavailable(self.unavailable)
+        self.local.ready()
         return await self._batch((data, query))
 
     async def embed_text(self, text: str) -> np.ndarray:
         """Embedding of a text query (extractors that map text and images to one space)."""
-        if self.unavailable is not None:
-            raise WeightsUnavailable(self.unavailable)
-        embed = getattr(self.extractor, "embed_text", None)
-        if embed is None:
-            raise ValueError(f"{self.name} does not embed text")
-        return (await asyncio.to_thread(embed, [text]))[0]
+        return await self.local.embed_text(text)

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from extractors import REGISTRY, Extractor, InvalidImage, WeightsUnavailable
+from extractors import REGISTRY, Extractor, InvalidImage, WeightsUnavailable, build_extractor
 
 
 class ExtractorPort(Protocol):
@@ -40,31 +40,43 @@ def extractor_info(name: str, extractor: Extractor | None, unavailable: str | No
 
 
 class LocalExtractor:
-    """An extractor run in this process, in a worker thread."""
+    """An extractor run in this process, in a worker thread (tests, tools, and the extractor
+    deployment around its batching). A missing or broken model is a state, not a crash:
+    every call answers ``WeightsUnavailable`` with the reason."""
 
-    def __init__(self, extractor: Extractor) -> None:
+    def __init__(self, name: str, extractor: Extractor | None, unavailable: str | None = None):
+        self.name = name
         self.extractor = extractor
-        self.unavailable: str | None = None
+        self.unavailable = unavailable
+
+    @classmethod
+    def build(cls, name: str, options: dict[str, Any] | None = None) -> LocalExtractor:
+        """The registered extractor ``name``, built with ``options`` and loaded."""
         try:
+            extractor = build_extractor(name, options)
             extractor.load()
         except WeightsUnavailable as exc:
-            self.unavailable = str(exc)
+            return cls(name, None, str(exc))
+        return cls(name, extractor)
+
+    def ready(self) -> Extractor:
+        """The loaded extractor; ``WeightsUnavailable`` with the reason otherwise."""
+        if self.extractor is None or self.unavailable is not None:
+            raise WeightsUnavailable(self.unavailable or f"{self.name} is not loaded")
+        return self.extractor
 
     async def extract(self, data: bytes, query: bool) -> np.ndarray | InvalidImage:
         """See ``ExtractorPort.extract``."""
-        if self.unavailable is not None:
-            raise WeightsUnavailable(self.unavailable)
-        return (await asyncio.to_thread(self.extractor.extract_bytes, [data], query))[0]
+        extractor = self.ready()
+        return (await asyncio.to_thread(extractor.extract_bytes, [data], query))[0]
 
     async def embed_text(self, text: str) -> np.ndarray:
         """See ``ExtractorPort.embed_text``."""
-        if self.unavailable is not None:
-            raise WeightsUnavailable(self.unavailable)
-        embed = getattr(self.extractor, "embed_text", None)
+        embed = getattr(self.ready(), "embed_text", None)
         if embed is None:
-            raise ValueError(f"{self.extractor.name} does not embed text")
+            raise ValueError(f"{self.name} does not embed text")
         return (await asyncio.to_thread(embed, [text]))[0]
 
     async def info(self) -> dict[str, Any]:
         """See ``ExtractorPort.info``."""
-        return extractor_info(self.extractor.name, self.extractor, self.unavailable)
+        return extractor_info(self.name, self.extractor, self.unavailable)

@@ -53,15 +53,6 @@ class KeypointIndex(Trained):
         """Bytes of one descriptor."""
         return self.dim
 
-    @property
-    def trained(self) -> bool:
-        """Whether a trained (approximate) descriptor index is in use."""
-        return self.template is not None
-
-    def describe(self) -> dict[str, Any]:
-        """Count, live settings, and whether a trained descriptor index is in use."""
-        return {**super().describe(), "trained": self.trained}
-
     def _check_stored_width(self) -> None:
         pass  # variable-length values; the descriptor width is fixed by the format
 

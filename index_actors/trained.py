@@ -16,7 +16,20 @@ from index_actors.base import METRICS, StoredIndex, _fsync
 
 
 class Trained(StoredIndex):
-    """Reads, writes and installs the trained artefacts of an index (one ``trained.npz``)."""
+    """Reads, writes and installs the trained artefacts of an index (one ``trained.npz``).
+
+    ``template``: the empty trained index in use (None: the kind's exact index)."""
+
+    template: Any = None
+
+    @property
+    def trained(self) -> bool:
+        """Whether a trained (approximate) index is in use."""
+        return self.template is not None
+
+    def describe(self) -> dict[str, Any]:
+        """Count, live settings, and whether a trained index is in use."""
+        return {**super().describe(), "trained": self.trained}
 
     @property
     def _artefact_file(self) -> Path:

@@ -89,18 +89,9 @@ class VectorIndex(Trained):
         """Floats per stored vector."""
         return self.dim
 
-    @property
-    def trained(self) -> bool:
-        """Whether a trained (approximate) index is in use."""
-        return self.template is not None
-
     def describe(self) -> dict[str, Any]:
         """Count, live settings, and whether a trained index and whitening are in use."""
-        return {
-            **super().describe(),
-            "trained": self.trained,
-            "whitened": self.whitening is not None,
-        }
+        return {**super().describe(), "whitened": self.whitening is not None}
 
     @property
     def _index_width(self) -> int:

@@ -13,7 +13,7 @@ import pytest
 from deployments.config import AppArgs
 from deployments.engine import Engine
 from deployments.ports import LocalExtractor
-from extractors import InvalidImage, build_extractor
+from extractors import InvalidImage
 from index_actors.client import IndexClient
 from index_actors.interface import BackendDown, Conflict, InvalidInput, Unavailable, UnknownImage
 from tests.helpers import reencode
@@ -31,9 +31,7 @@ def run(coro: Any) -> Any:
 def engine(tmp_path: Path) -> Iterator[Engine]:
     """phash and colour, in-process, on a fresh data directory."""
     args = AppArgs.model_validate({"name": "unit", "data_dir": str(tmp_path)})
-    extractors = {
-        n: LocalExtractor(build_extractor(n, args.extractor_options(n))) for n in args.enabled
-    }
+    extractors = {n: LocalExtractor.build(n, args.extractor_options(n)) for n in args.enabled}
     client = IndexClient.local(tmp_path, args.index_specs())
     yield Engine(args, extractors, client)
     for actor in client.indexes.values():
@@ -101,3 +99,31 @@ def test_searchable_drops_queries_with_nothing_to_match() -> None:
         Engine.searchable({"ocr": empty_text})
     phash = np.zeros((1, 72), np.uint8)
     assert list(Engine.searchable({"ocr": empty_text, "phash": phash})) == ["phash"]
+
+
+def test_the_http_app_over_the_engine_documents_typed_schemas(
+    engine: Engine, photos: dict[str, bytes]
+) -> None:
+    """The routers in-process (no Serve): /openapi.json shows the answers' models and the
+    kinds' options as form fields, FastAPI's 422 names the field, and a domain error maps
+    to its status."""
+    from fastapi.testclient import TestClient
+
+    from deployments.ingress import create_app
+
+    client = TestClient(create_app(engine, 2 * 1024 * 1024))
+    spec = client.get("/openapi.json").json()
+    assert {"SearchResult", "Added", "ImageInfo", "Health"} <= set(spec["components"]["schemas"])
+    form = spec["paths"]["/search/image"]["post"]["requestBody"]["content"]
+    fields = next(iter(form.values()))["schema"]
+    fields = spec["components"]["schemas"][fields["$ref"].split("/")[-1]]["properties"]
+    assert {"image", "k", "aqe_n", "k_clusters"} <= set(fields)
+
+    r = client.post("/images", files={"image": ("w.jpg", photos[WINE])}, data={"image_id": "x"})
+    assert r.status_code == 422 and "image_id must be an integer" in r.json()["detail"]
+    r = client.post("/search/image", files={"image": ("w.jpg", photos[WINE])}, data={"aqe_n": 500})
+    assert r.status_code == 422 and "aqe_n" in r.json()["detail"]
+    assert client.get("/images/12345").status_code == 404
+    r = client.post("/images", files={"image": ("w.jpg", photos[WINE])}, data={"image_id": 5})
+    assert r.status_code == 200 and r.json()["features"] == {"phash": "ok", "color": "ok"}
+    assert client.get("/images/5").json()["file_name"] == "w.jpg"
