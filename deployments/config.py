@@ -34,6 +34,8 @@ class FeatureConfig(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     index: dict[str, Any] = Field(default_factory=dict)
     weight: float = 1.0
+    #: Index actors this feature's images are spread over; unset: the app's ``shards``.
+    shards: int | None = Field(default=None, ge=1, le=1024)
 
 
 class FusionConfig(BaseModel):
@@ -60,6 +62,9 @@ class AppArgs(BaseModel):
     snapshot_interval_s: float = 30.0
     #: CPU reserved by each index actor; they mostly wait, so none by default.
     index_actor_cpus: float = 0.0
+    #: Index actors each feature's images are spread over (one: a single actor per feature,
+    #: the layout from before shards); a feature's own ``shards`` overrides it.
+    shards: int = Field(default=1, ge=1, le=1024)
     #: PostgreSQL connection string (libpq) for the text features' indexes (ocr, caption,
     #: tags), each in tables of its own (``<name>_<feature>_*``); unset: the embedded store
     #: under data_dir. Keep a password out of it (~/.pgpass, or PGPASSWORD): it travels
@@ -124,24 +129,36 @@ class AppArgs(BaseModel):
 
     def index_specs(self, features: list[str] | None = None) -> dict[str, IndexSpec]:
         """Each enabled feature's index (its kind, width and options) for the index client."""
-        dims = self.dims()
+        names = features or self.enabled
+        dims = self.dims(names)
         return {
-            name: IndexSpec(REGISTRY[name].kind, dims[name], self.index_options(name))
-            for name in (features or self.enabled)
+            name: IndexSpec(
+                REGISTRY[name].kind, dims[name], self.index_options(name), self.shards_of(name)
+            )
+            for name in names
         }
+
+    def shards_of(self, name: str) -> int:
+        """How many index actors a feature's images are spread over. A text feature in
+        PostgreSQL has one: the database is its store, shared by any number of shards."""
+        if self.text_dsn and kind_of(name).reads_text:
+            return 1
+        own = self.features[name].shards
+        return self.shards if own is None else own
 
     def extractor_options(self, name: str) -> dict[str, Any]:
         """Constructor options of a feature's extractor, with the app-wide pixel cap."""
         return {"max_pixels": self.max_pixels, **self.features[name].options}
 
-    def dims(self) -> dict[str, int | str]:
-        """Each enabled feature's width, or why it cannot be known (an unknown model name).
+    def dims(self, features: list[str] | None = None) -> dict[str, int | str]:
+        """Each enabled feature's width (or of ``features``), or why it cannot be known (an
+        unknown model name).
 
         Model extractors read it from the model's configuration, without weights: an index
         can be opened for a model whose weights arrive later.
         """
         out: dict[str, int | str] = {}
-        for name in self.enabled:
+        for name in features or self.enabled:
             try:
                 out[name] = build_extractor(name, self.extractor_options(name)).dim
             except WeightsUnavailable as exc:

@@ -215,7 +215,7 @@ class _Writer:
     async def _stored(self, names: list[str]) -> tuple[list[int | None], set[int]]:
         known = await self.client.ids_of(names)
         ids = [i for i in known if i is not None]
-        return known, await self.client.stored_everywhere(ids, self.client.indexes)
+        return known, await self.client.stored_everywhere(ids, self.client.features)
 
     def write(self, batch: dict[str, np.ndarray], names: list[str]) -> None:
         """Store a computed batch through the write path. A file that any extractor
@@ -223,7 +223,7 @@ class _Writer:
         taken out again: the next run redoes it)."""
         good = []
         for j, name in enumerate(names):
-            errors = [str(batch[f"{f}_error"][j]) for f in self.client.indexes]
+            errors = [str(batch[f"{f}_error"][j]) for f in self.client.features]
             errors = list(dict.fromkeys(e for e in errors if e))  # one decoder error, once
             if errors:
                 self.report.failed.append((name, "; ".join(errors)))
@@ -234,7 +234,7 @@ class _Writer:
         images: list[tuple[str | None, int | None]] = [
             (names[j], self.wanted[names[j]]) for j in good
         ]
-        columns = {f: take_rows(batch[f"{f}_feature"], good) for f in self.client.indexes}
+        columns = {f: take_rows(batch[f"{f}_feature"], good) for f in self.client.features}
         for j, stored in zip(good, asyncio.run(self.client.store(images, columns)), strict=True):
             if stored.conflict is not None:
                 self.report.failed.append((names[j], stored.conflict))
@@ -299,7 +299,8 @@ def ingest(
     if not features:
         raise IngestError(f"no feature can be computed: {report.unavailable}")
     try:
-        client = (client or IndexClient.connect(args.name, features)).subset(features)
+        client = client or IndexClient.connect(args.name, args.index_specs(features))
+        client = client.subset(features)
     except ValueError as exc:
         raise IngestError(str(exc)) from None
     pool_size = pool_size or max(1, int(ray.cluster_resources().get("CPU", 1)))

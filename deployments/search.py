@@ -68,7 +68,7 @@ class Searches:
     @property
     def indexed(self) -> list[str]:
         """Features with an open index, in config order."""
-        return list(self.client.indexes)
+        return self.client.features
 
     @property
     def visual(self) -> list[str]:

@@ -3,6 +3,7 @@ client makes it a named, detached, restartable Ray actor)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -85,6 +86,10 @@ class IndexActor:
         """See ``Index.search_by_id``; raises ``UnknownImage``."""
         return self.index.search_by_id(image_id, k=k, threshold=threshold, **extra)
 
+    def query_of(self, image_id: int) -> Any:
+        """See ``Index.query_of``."""
+        return self.index.query_of(image_id)
+
     def configure(self, live: dict[str, Any]) -> None:
         """Apply live settings (the index kind's ``LIVE``: nprobe, rerank, aqe_n, ...)."""
         if live:
@@ -113,3 +118,21 @@ class IndexActor:
     def pid(self) -> int:
         """Process id, for fault-injection tests."""
         return os.getpid()
+
+
+class LocalActor:
+    """A plain object with a Ray actor's calling shape: ``obj.method.remote(...)`` runs the
+    method in a worker thread and gives an awaitable (tests, single-process tools)."""
+
+    def __init__(self, obj: Any) -> None:
+        self._obj = obj
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._obj, name)
+
+        class _Remote:
+            @staticmethod
+            def remote(*args: Any, **kwargs: Any) -> Any:
+                return asyncio.ensure_future(asyncio.to_thread(method, *args, **kwargs))
+
+        return _Remote()

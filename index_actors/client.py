@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from index_actors.actor import IndexActor
+from index_actors import shards
+from index_actors.actor import IndexActor, LocalActor
 from index_actors.interface import Hit, reason
 from index_actors.kinds import KINDS
 from index_actors.store import Catalog
@@ -40,6 +41,8 @@ class IndexSpec:
     #: Width of a feature; a string where it cannot be known (why: an unknown model name).
     dim: int | str
     options: dict[str, Any] = field(default_factory=dict)
+    #: Index actors the feature's images are spread over (``index_actors.shards``).
+    shards: int = 1
 
 
 # Actors survive the Serve application (detached), come back after a crash (max_restarts)
@@ -79,18 +82,19 @@ def index_actor(
     options: dict[str, Any] | None = None,
     snapshot_interval_s: float = 30.0,
     num_cpus: float = 0.0,
+    shard: tuple[int, int] = (0, 1),
 ) -> Any:
-    """Get or create the index actor of one feature of an app, with these settings."""
+    """Get or create the index actor of one feature (``shard``: i of N) of an app."""
     import ray
 
-    path = str(Path(data_dir) / feature)
+    path = str(shards.directory(data_dir, feature, *shard))
     options = options or {}
     wanted = {"kind": kind, "path": path, "dim": dim, "options": KINDS[kind].fixed(options)}
     actor = _current(
         lambda: (
             ray.remote(IndexActor)
             .options(
-                name=actor_name(app_name, f"index:{feature}"),
+                name=actor_name(app_name, shards.role(feature, *shard)),
                 num_cpus=num_cpus,
                 # Threads, so that searches and adds go on while adopt() fills a trained
                 # index; the index's own lock keeps it a single writer.
@@ -121,24 +125,6 @@ def catalog_actor(app_name: str, data_dir: str, num_cpus: float = 0.0) -> Any:
     )
 
 
-class LocalActor:
-    """A plain object with a Ray actor's calling shape: ``obj.method.remote(...)`` runs the
-    method in a worker thread and gives an awaitable (tests, single-process tools)."""
-
-    def __init__(self, obj: Any) -> None:
-        self._obj = obj
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self._obj, name)
-
-        class _Remote:
-            @staticmethod
-            def remote(*args: Any, **kwargs: Any) -> Any:
-                return asyncio.ensure_future(asyncio.to_thread(method, *args, **kwargs))
-
-        return _Remote()
-
-
 @dataclass
 class Stored:
     """What the write path did with one image."""
@@ -159,14 +145,30 @@ class Stored:
 
 
 class IndexClient:
-    """An app's catalog and index actors (handles), and what is done with them."""
+    """An app's catalog and index actors (handles), and what is done with them.
 
-    def __init__(self, catalog: Any, indexes: Mapping[str, Any], missing: Mapping[str, str]):
+    ``shards[feature]`` lists a feature's index actors; an image's features live in the
+    shard that owns its id (``index_actors.shards.owner``), searches ask every shard.
+    """
+
+    def __init__(
+        self, catalog: Any, indexes: Mapping[str, Any | list[Any]], missing: Mapping[str, str]
+    ):
         self.catalog = catalog
-        self.indexes = dict(indexes)
+        self.shards = {f: a if isinstance(a, list) else [a] for f, a in indexes.items()}
         #: Enabled features without an index, and why (a model whose width is unknown, an
         #: index that could not open); their routes answer 503 with the reason.
         self.missing = dict(missing)
+
+    @property
+    def features(self) -> list[str]:
+        """The features with an open index, in config order."""
+        return list(self.shards)
+
+    def owner(self, feature: str, image_id: int) -> Any:
+        """The index actor of the shard that owns an image's feature."""
+        actors = self.shards[feature]
+        return actors[shards.owner(image_id, len(actors))]
 
     # --- opening ------------------------------------------------------------------------
     @classmethod
@@ -182,29 +184,41 @@ class IndexClient:
         from ray.exceptions import RayError
 
         missing: dict[str, str] = {}
-        indexes: dict[str, Any] = {}
+        indexes: dict[str, list[Any]] = {}
         for name, spec in specs.items():
             if isinstance(spec.dim, str):
                 missing[name] = spec.dim
                 continue
-            try:
-                indexes[name] = index_actor(
-                    app_name,
-                    name,
-                    spec.kind,
-                    data_dir,
-                    spec.dim,
-                    spec.options,
-                    snapshot_interval_s,
-                    num_cpus,
+            if others := shards.other_layouts(data_dir, name, spec.shards):
+                missing[name] = (
+                    f"index unavailable: {data_dir}/{name} holds images in "
+                    f"{', '.join(f'{n} shard(s) ({c} images)' for n, c in others.items())}, "
+                    f"not in the {spec.shards} this config asks for: set shards back "
+                    "(resharding is not available yet)"
                 )
+                continue
+            try:
+                indexes[name] = [
+                    index_actor(
+                        app_name,
+                        name,
+                        spec.kind,
+                        data_dir,
+                        spec.dim,
+                        spec.options,
+                        snapshot_interval_s,
+                        num_cpus,
+                        (i, spec.shards),
+                    )
+                    for i in range(spec.shards)
+                ]
             except RayError as exc:  # a store of another model's features, say
                 log.error("index of %s unavailable: %s", name, exc)
                 missing[name] = f"index unavailable: {reason(exc)}"
         return cls(catalog_actor(app_name, data_dir), indexes, missing)
 
     @classmethod
-    def connect(cls, app_name: str, features: Iterable[str]) -> IndexClient:
+    def connect(cls, app_name: str, specs: Mapping[str, IndexSpec]) -> IndexClient:
         """The running app's actors (scripts); ``ValueError`` naming what is not running."""
         import ray
 
@@ -216,27 +230,39 @@ class IndexClient:
                     f"no actor {actor_name(app_name, role)!r}: is the app running (make serve)?"
                 ) from None
 
-        return cls(get("catalog"), {f: get(f"index:{f}") for f in features}, {})
+        indexes = {
+            f: [get(shards.role(f, i, spec.shards)) for i in range(spec.shards)]
+            for f, spec in specs.items()
+        }
+        return cls(get("catalog"), indexes, {})
 
     @classmethod
     def local(
         cls, data_dir: str | Path, specs: Mapping[str, IndexSpec], snapshot_interval_s: float = 3600
     ) -> IndexClient:
         """The same indexes hosted in this process, without Ray (unit tests, tools)."""
-        root = Path(data_dir)
         indexes = {
-            name: LocalActor(
-                IndexActor(spec.kind, str(root / name), spec.dim, spec.options, snapshot_interval_s)
-            )
+            name: [
+                LocalActor(
+                    IndexActor(
+                        spec.kind,
+                        str(shards.directory(data_dir, name, i, spec.shards)),
+                        spec.dim,
+                        spec.options,
+                        snapshot_interval_s,
+                    )
+                )
+                for i in range(spec.shards)
+            ]
             for name, spec in specs.items()
             if isinstance(spec.dim, int)
         }
         missing = {n: s.dim for n, s in specs.items() if isinstance(s.dim, str)}
-        return cls(LocalActor(Catalog(root / "catalog")), indexes, missing)
+        return cls(LocalActor(Catalog(Path(data_dir) / "catalog")), indexes, missing)
 
     def subset(self, features: Iterable[str]) -> IndexClient:
         """The same actors, only these features' indexes."""
-        return IndexClient(self.catalog, {f: self.indexes[f] for f in features}, self.missing)
+        return IndexClient(self.catalog, {f: self.shards[f] for f in features}, self.missing)
 
     # --- reading ------------------------------------------------------------------------
     async def names(self, ids: list[int]) -> dict[int, str]:
@@ -252,20 +278,26 @@ class IndexClient:
         return await self.catalog.ids_of.remote(file_names)
 
     async def has(self, feature: str, ids: list[int]) -> list[int]:
-        """The ids among ``ids`` stored in one feature's index."""
-        return await self.indexes[feature].has.remote(ids)
+        """The ids among ``ids`` stored in one feature's index (each asked of its shard)."""
+        actors = self.shards[feature]
+        groups = shards.by_owner(ids, len(actors))
+        found = await asyncio.gather(
+            *(actors[s].has.remote([ids[j] for j in rows]) for s, rows in groups.items())
+        )
+        return sorted(i for present in found for i in present)
 
     async def features_of(self, image_id: int) -> list[str]:
         """The features stored for an image, in index order."""
-        present = await asyncio.gather(*(a.has.remote([image_id]) for a in self.indexes.values()))
-        return [n for n, has in zip(self.indexes, present, strict=True) if has]
+        present = await asyncio.gather(
+            *(self.owner(f, image_id).has.remote([image_id]) for f in self.shards)
+        )
+        return [n for n, has in zip(self.shards, present, strict=True) if has]
 
     async def stored_everywhere(self, ids: list[int], features: Iterable[str]) -> set[int]:
         """The ids among ``ids`` stored in every one of ``features``' indexes."""
         stored = set(ids)
         if ids:
-            found = await asyncio.gather(*(self.indexes[f].has.remote(ids) for f in features))
-            for present in found:
+            for present in await asyncio.gather(*(self.has(f, ids) for f in features)):
                 stored &= set(present)
         return stored
 
@@ -275,30 +307,80 @@ class IndexClient:
         query: Any,
         k: int | None,
         threshold: float | None = None,
+        exclude: int | None = None,
         **options: Any,
     ) -> list[Hit]:
-        """One feature's nearest stored images to a query feature (or a text)."""
-        return await self.indexes[feature].search.remote(query, k, threshold, **options)
+        """One feature's nearest stored images to a query feature (or a text): every shard
+        at once, merged."""
+        found = await asyncio.gather(
+            *(
+                a.search.remote(query, k, threshold, exclude, **options)
+                for a in self.shards[feature]
+            )
+        )
+        return found[0] if len(found) == 1 else shards.merge(found, k)
 
     async def search_by_id(
         self, feature: str, image_id: int, k: int | None, threshold: float | None, **options: Any
     ) -> list[Hit]:
-        """One feature's nearest stored images to a stored one; ``UnknownImage``."""
-        return await self.indexes[feature].search_by_id.remote(image_id, k, threshold, **options)
+        """One feature's nearest stored images to a stored one; ``UnknownImage``. Sharded:
+        the owner gives the stored query, every shard searches by it (query expansion then
+        expands within each shard)."""
+        if len(self.shards[feature]) == 1:
+            return await self.owner(feature, image_id).search_by_id.remote(
+                image_id, k, threshold, **options
+            )
+        query = await self.owner(feature, image_id).query_of.remote(image_id)
+        if query is None:  # nothing to match by (a text without words)
+            return []
+        return await self.search(feature, query, k, threshold, image_id, **options)
 
     async def docs(self, features: Sequence[str], image_id: int) -> list[dict[str, Any]]:
         """An image's stored text documents, one per text feature (empty where none)."""
-        found = await asyncio.gather(*(self.indexes[f].docs.remote([image_id]) for f in features))
+        found = await asyncio.gather(
+            *(self.owner(f, image_id).docs.remote([image_id]) for f in features)
+        )
         return [got.get(image_id, {}) for got in found]
 
     async def describe(self) -> tuple[dict[str, Any], int | BaseException]:
-        """Each index's description (or the error of one that failed), and the image count."""
+        """Each index's description (or the error of one that failed; sharded: the counts
+        summed and each shard's own), and the image count."""
+        actors = [(f, a) for f, shard_list in self.shards.items() for a in shard_list]
         *described, images = await asyncio.gather(
-            *(a.describe.remote() for a in self.indexes.values()),
+            *(a.describe.remote() for _, a in actors),
             self.catalog.count.remote(),
             return_exceptions=True,
         )
-        return dict(zip(self.indexes, described, strict=True)), images
+        out: dict[str, Any] = {}
+        for feature, actor_list in self.shards.items():
+            mine, described = described[: len(actor_list)], described[len(actor_list) :]
+            out[feature] = mine[0] if len(mine) == 1 else _combined(mine)
+        return out, images
+
+    # --- training -----------------------------------------------------------------------
+    async def sample(self, feature: str, n: int, seed: int = 0) -> np.ndarray:
+        """Training data drawn across the shards: about ``n`` rows, each shard's share in
+        proportion to its count."""
+        actors = self.shards[feature]
+        counts = await asyncio.gather(*(a.count.remote() for a in actors))
+        total = max(1, sum(counts))
+        parts = await asyncio.gather(
+            *(
+                a.sample.remote(max(1, round(n * c / total)), seed + i)
+                for i, (a, c) in enumerate(zip(actors, counts, strict=True))
+                if c
+            )
+        )
+        return np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
+
+    async def adopt(
+        self, feature: str, trained: bytes | None, whitening: bytes | None
+    ) -> dict[str, Any]:
+        """Every shard switches to the same trained index (each fills it from its store)."""
+        done = await asyncio.gather(
+            *(a.adopt.remote(trained, whitening) for a in self.shards[feature])
+        )
+        return done[0] if len(done) == 1 else _combined(list(done))
 
     # --- writing ------------------------------------------------------------------------
     async def store(
@@ -330,23 +412,31 @@ class IndexClient:
         rows = [j for j, s in enumerate(out) if s.conflict is None]
         if not rows:
             return out
-        ids = [out[j].image_id for j in rows]
+        ids = [i for j in rows if (i := out[j].image_id) is not None]
         written = list(features)
-        calls = [self.indexes[f].add.remote(ids, take_rows(features[f], rows)) for f in written]
-        stale = [f for f in self.indexes if f not in features] if replace else []
-        old_ids = [out[j].image_id for j in rows if out[j].existed]
-        if stale and old_ids:
-            calls += [self.indexes[f].remove.remote(old_ids) for f in stale]
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        status = {
-            f: "ok" if not isinstance(r, BaseException) else f"error: {reason(r)}"
-            for f, r in zip(written, results, strict=False)
-        }
-        for j in rows:
-            out[j].status = dict(status)
-        if any(isinstance(r, BaseException) for r in results):
-            new = [out[j].image_id for j in rows if not out[j].existed]
-            await self._withdraw([i for i in new if i is not None], written, status)
+        # One call per feature and owning shard; each image's status is its own call's.
+        calls: list[tuple[str, list[int], Any]] = []
+        for f in written:
+            column = take_rows(features[f], rows)
+            calls += [
+                (f, pos, a.add.remote([ids[p] for p in pos], take_rows(column, pos)))
+                for a, pos in self._groups(f, ids)
+            ]
+        stale = [f for f in self.shards if f not in features] if replace else []
+        old = [j for j, i in enumerate(ids) if out[rows[j]].existed]
+        for f in stale if old else []:
+            calls += [
+                (f, [old[p] for p in pos], a.remove.remote([ids[old[p]] for p in pos]))
+                for a, pos in self._groups(f, [ids[j] for j in old])
+            ]
+        results = await asyncio.gather(*(c for _, _, c in calls), return_exceptions=True)
+        for (f, positions, _), result in zip(calls, results, strict=True):
+            state = "ok" if not isinstance(result, BaseException) else f"error: {reason(result)}"
+            for p in positions:
+                out[rows[p]].status[f] = state
+        await self._withdraw(
+            [out[j] for j in rows if not out[j].ok and not out[j].existed], written
+        )
         return out
 
     async def _existing(
@@ -380,29 +470,42 @@ class IndexClient:
                 out.append(reason(exc))
         return out
 
-    async def _withdraw(self, ids: list[int], written: list[str], status: dict[str, str]) -> None:
+    async def _withdraw(self, failed: list[Stored], written: list[str]) -> None:
         """Take new images out after a failed write: their features, then their catalog
         entries. The features written fine must go; a failed one is tried too (its write may
-        have committed before the error). Best effort: what stays is logged."""
+        have committed before the error). Best effort: an image whose written feature cannot
+        be removed now stays registered, and is logged."""
+        ids = [s.image_id for s in failed if s.image_id is not None]
         if not ids:
             return
-        undo = await asyncio.gather(
-            *(self.indexes[f].remove.remote(ids) for f in written), return_exceptions=True
-        )
-        left = [
-            f
-            for f, r in zip(written, undo, strict=True)
-            if isinstance(r, BaseException) and status[f] == "ok"
+        undo = [
+            (f, pos, a.remove.remote([ids[p] for p in pos]))
+            for f in written
+            for a, pos in self._groups(f, ids)
         ]
-        if left:
-            log.error("images %s: features %s stay after a failed add", ids, left)
-            return
-        await asyncio.gather(*(self.catalog.unregister.remote(i) for i in ids))
+        results = await asyncio.gather(*(c for _, _, c in undo), return_exceptions=True)
+        stuck = {
+            p
+            for (f, pos, _), result in zip(undo, results, strict=True)
+            if isinstance(result, BaseException)
+            for p in pos
+            if failed[p].status.get(f) == "ok"
+        }
+        if stuck:
+            log.error("images %s: features stay after a failed add", [ids[p] for p in stuck])
+        await asyncio.gather(
+            *(self.catalog.unregister.remote(i) for p, i in enumerate(ids) if p not in stuck)
+        )
+
+    def _groups(self, feature: str, ids: list[int]) -> list[tuple[Any, list[int]]]:
+        """(shard actor, positions in ``ids``) for each shard that owns some of ``ids``."""
+        actors = self.shards[feature]
+        return [(actors[s], pos) for s, pos in shards.by_owner(ids, len(actors)).items()]
 
     async def delete(self, image_id: int, features: Sequence[str] | None = None) -> None:
         """Remove an image's features (all by default, then the image itself)."""
-        targets = list(features) if features is not None else list(self.indexes)
-        await asyncio.gather(*(self.indexes[f].remove.remote([image_id]) for f in targets))
+        targets = list(features) if features is not None else self.features
+        await asyncio.gather(*(self.owner(f, image_id).remove.remote([image_id]) for f in targets))
         if features is None:
             await self.catalog.unregister.remote(image_id)
 
@@ -413,3 +516,19 @@ def take_rows(column: Any, rows: list[int]) -> Any:
     if isinstance(column, np.ndarray) and column.dtype != object:
         return np.ascontiguousarray(column[rows])
     return [column[j] for j in rows]
+
+
+def _combined(described: list[Any]) -> dict[str, Any]:
+    """One description of a sharded index: shard 0's settings, the counts summed, and each
+    shard's own description (or its error)."""
+    parts = [d if not isinstance(d, BaseException) else {"error": reason(d)} for d in described]
+    good = [d for d in parts if "error" not in d]
+    out: dict[str, Any] = dict(good[0]) if good else {}
+    if len(good) == len(parts):
+        out["count"] = sum(d.get("count", 0) for d in parts)
+    else:
+        out.pop("count", None)
+        out["error"] = "; ".join(
+            f"shard {i}/{len(parts)}: {d['error']}" for i, d in enumerate(parts) if "error" in d
+        )
+    return {**out, "shards": parts}

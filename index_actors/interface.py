@@ -86,6 +86,10 @@ class Index(Protocol):
     ) -> list[Hit]:
         """Nearest stored ids to a stored image (itself left out); ``UnknownImage``."""
 
+    def query_of(self, image_id: int) -> Any:
+        """A stored image's feature as a query (None: nothing to match by); ``UnknownImage``.
+        A sharded search asks the owner for it, then every shard searches by it."""
+
     def describe(self) -> dict[str, Any]:
         """Count, live settings and what the kind adds (trained, whitened)."""
 

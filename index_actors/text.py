@@ -215,17 +215,21 @@ class TextFeatureIndex:
         ]
         return hits[:k] if k is not None else hits
 
+    def query_of(self, image_id: int) -> str | None:
+        """A stored image's text as a query (None when it has no words); ``UnknownImage``
+        when it has no document."""
+        doc = self.backend.get(image_id)
+        if doc is None:
+            raise UnknownImage(image_id)
+        return doc_text(doc) if words(doc_text(doc)) else None
+
     def search_by_id(
         self, image_id: int, k: int | None = 20, threshold: float | None = None
     ) -> list[Hit]:
         """Images whose words match a stored image's (the image itself left out); none when
         it has no words. ``UnknownImage`` when it has no document."""
-        doc = self.backend.get(image_id)
-        if doc is None:
-            raise UnknownImage(image_id)
-        if not words(doc_text(doc)):
-            return []
-        return self.search(doc_text(doc), k, threshold, exclude=image_id)
+        query = self.query_of(image_id)
+        return [] if query is None else self.search(query, k, threshold, exclude=image_id)
 
     def describe(self) -> dict[str, Any]:
         """The count (no live settings, no trained index)."""

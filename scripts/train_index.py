@@ -20,6 +20,7 @@ when the index is built and to every query.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 import time
@@ -66,16 +67,22 @@ def train(
 
 
 def run(
-    actor: Any, metric: str, factory: str | None, whiten: int | None, sample_size: int
+    client: IndexClient,
+    feature: str,
+    metric: str,
+    factory: str | None,
+    whiten: int | None,
+    sample_size: int,
 ) -> dict[str, Any]:
-    """Sample from the index actor, train here, and have the actor adopt the result."""
+    """Sample from the feature's index actors (across its shards), train here, and have
+    every shard adopt the result."""
     started = time.perf_counter()
-    sample = ray.get(actor.sample.remote(sample_size))
+    sample = asyncio.run(client.sample(feature, sample_size))
     if len(sample) == 0:
         raise ValueError("the index is empty: ingest images before training")
     trained, white = train(sample, metric, factory, whiten)
     trained_s = time.perf_counter() - started
-    result = ray.get(actor.adopt.remote(trained, white))
+    result = asyncio.run(client.adopt(feature, trained, white))
     return {
         **result,
         "sample": len(sample),
@@ -121,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train_index: {exc} (start the app first: make serve)", file=sys.stderr)
         return 2
     try:
-        actor = IndexClient.connect(args.name, [ns.feature]).indexes[ns.feature]
-        print(run(actor, metric, ns.factory, ns.whiten, ns.sample))
+        client = IndexClient.connect(args.name, args.index_specs([ns.feature]))
+        print(run(client, ns.feature, metric, ns.factory, ns.whiten, ns.sample))
     except ValueError as exc:
         print(f"train_index: {exc}", file=sys.stderr)
         return 2

@@ -34,7 +34,7 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
     extractors = {n: LocalExtractor.build(n, args.extractor_options(n)) for n in args.enabled}
     client = IndexClient.local(tmp_path, args.index_specs())
     yield Engine(args, extractors, client)
-    for actor in client.indexes.values():
+    for (actor,) in client.shards.values():
         with contextlib.suppress(Exception):  # a store a test closed under its index
             actor._obj.index.close()
 
@@ -82,7 +82,7 @@ def test_a_failed_write_leaves_no_new_image_half_visible(
     """The colour index's store is closed under it: its write fails for real, and the new
     image is taken out of phash and the catalog again; an existing one keeps its features."""
     run(engine.add(photos[WINE], 1, WINE, engine.indexed))
-    color = engine.client.indexes["color"]._obj.index  # type: ignore[attr-defined]
+    color = engine.client.shards["color"][0]._obj.index  # type: ignore[attr-defined]
     color.store.env.close()
     with pytest.raises(BackendDown, match="not stored, retry"):
         run(engine.add(photos[BRIDGE], 2, BRIDGE, engine.indexed))

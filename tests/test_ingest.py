@@ -287,12 +287,12 @@ def test_a_failed_index_write_leaves_nothing_half_visible(
     for src in photo_paths[:3]:
         shutil.copy(src, gallery / src.name)
     try:
-        ray.kill(client.indexes["color"], no_restart=True)
+        ray.kill(client.shards["color"][0], no_restart=True)
         report = ingest(gallery, args, progress=False, client=client)
         assert report.stored == 0 and len(report.failed) == 3, report.summary()
         assert all("index write failed" in why for _, why in report.failed)
         assert ray.get(client.catalog.count.remote()) == 0
-        assert ray.get(client.indexes["phash"].count.remote()) == 0
+        assert ray.get(client.shards["phash"][0].count.remote()) == 0
 
         fresh = IndexClient.open(name, str(args.data_path()), args.index_specs())
         again = ingest(gallery, args, progress=False, client=fresh)

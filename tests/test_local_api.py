@@ -9,6 +9,7 @@ from PIL import Image
 
 from deployments.config import AppArgs
 from deployments.ingest import ingest
+from index_actors.client import IndexClient
 from scripts.train_index import run as train_and_adopt
 from tests.conftest import RunningApp
 from tests.helpers import encode, photo_id, store_photos
@@ -110,7 +111,8 @@ def test_a_trained_descriptor_index_is_adopted_while_serving(
     import ray
 
     actor = app.actor("index:local")
-    result = train_and_adopt(actor, "l2", "IVF4,PQ16x4", None, 100_000)
+    indexes = IndexClient(app.actor("catalog"), {"local": actor}, {})
+    result = train_and_adopt(indexes, "local", "l2", "IVF4,PQ16x4", None, 100_000)
     assert result["trained"] and result["sample"] > 1000
     described = ray.get(actor.describe.remote())
     assert described["trained"] and described["nprobe"] == 16

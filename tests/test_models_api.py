@@ -8,6 +8,7 @@ import ray
 
 from deployments.config import AppArgs
 from deployments.ingest import ingest
+from index_actors.client import IndexClient
 from scripts.train_index import run as train_and_adopt
 from tests.conftest import RunningApp
 from tests.helpers import photo_id, reencode, store_photos, tiny_clip_dir, transformed
@@ -174,7 +175,8 @@ def test_train_whitened_ivf_index_while_serving(
 ) -> None:
     """scripts/train_index.py's path: sample, train here, the actor adopts; searches go on."""
     actor = app.actor("index:global")
-    result = train_and_adopt(actor, "ip", "IVF2,Flat", 4, 1000)
+    indexes = IndexClient(app.actor("catalog"), {"global": actor}, {})
+    result = train_and_adopt(indexes, "global", "ip", "IVF2,Flat", 4, 1000)
     assert result["trained"] and result["width"] == 4 and result["count"] == 8
     health = client.get("/health").json()["indexes"]["global"]
     assert health["trained"] and health["whitened"]

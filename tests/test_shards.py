@@ -1,0 +1,160 @@
+"""Sharded indexes without Ray: ownership by id, writes to the owner, and searches over every
+shard merged into exactly what one unsharded index answers, for every kind."""
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from extractors import build_extractor
+from extractors.textdoc import encode_doc
+from index_actors import shards
+from index_actors.client import IndexClient, IndexSpec
+from tests.helpers import reencode
+
+
+def run(coro: Any) -> Any:
+    """One client call on a fresh event loop."""
+    return asyncio.run(coro)
+
+
+def test_owner_is_stable_even_and_moves_little() -> None:
+    ids = list(range(1, 20_001))
+    assert [shards.owner(i, 4) for i in (1, 2, 3, 1000, 2**62)] == [
+        shards.owner(i, 4) for i in (1, 2, 3, 1000, 2**62)
+    ]
+    assert all(shards.owner(i, 1) == 0 for i in ids[:100])
+    counts = Counter(shards.owner(i, 4) for i in ids)
+    assert set(counts) == {0, 1, 2, 3} and max(counts.values()) < 1.05 * len(ids) / 4
+    # Jump hashing: from 3 to 4 shards only the images the new shard takes move.
+    moved = [i for i in ids if shards.owner(i, 3) != shards.owner(i, 4)]
+    assert all(shards.owner(i, 4) == 3 for i in moved)
+    assert 0.2 < len(moved) / len(ids) < 0.3
+    groups = shards.by_owner([5, 6, 7, 8], 2)
+    assert sorted(p for pos in groups.values() for p in pos) == [0, 1, 2, 3]
+
+
+def _pair(tmp: Path, feature: str, spec: IndexSpec, n: int) -> tuple[IndexClient, IndexClient]:
+    """One unsharded client and one over ``n`` shards, on their own folders."""
+    one = IndexClient.local(tmp / "one", {feature: spec})
+    many = IndexClient.local(
+        tmp / "many", {feature: IndexSpec(spec.kind, spec.dim, spec.options, n)}
+    )
+    return one, many
+
+
+def _store_both(pair: tuple[IndexClient, IndexClient], feature: str, rows: list[Any]) -> None:
+    for client in pair:
+        images: list[tuple[str | None, int | None]] = [
+            (f"img{i}", 100 + i) for i in range(len(rows))
+        ]
+        done = run(client.store(images, {feature: rows}))
+        assert all(s.ok for s in done)
+
+
+def _same_answers(
+    pair: tuple[IndexClient, IndexClient], feature: str, queries: list[Any], **options: Any
+) -> None:
+    one, many = pair
+    for query in queries:
+        for k, threshold in ((5, None), (50, None)):
+            want = run(one.search(feature, query, k, threshold, **options))
+            assert want, "the query must find something"
+            assert run(many.search(feature, query, k, threshold, **options)) == want
+    for image_id in (100, 103, 107):
+        want = run(one.search_by_id(feature, image_id, 5, None))
+        assert run(many.search_by_id(feature, image_id, 5, None)) == want
+
+
+def test_binary_and_vector_shards_merge_exactly(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    hashes = list(rng.integers(0, 256, (60, 72), dtype=np.uint8))
+    pair = _pair(tmp_path / "phash", "phash", IndexSpec("binary", 576), 3)
+    _store_both(pair, "phash", hashes)
+    _same_answers(pair, "phash", [hashes[3], hashes[40] ^ 1])
+    one, many = pair
+    assert run(many.search("phash", hashes[3], None, 300)) == run(
+        one.search("phash", hashes[3], None, 300)
+    )
+
+    vectors = rng.normal(size=(60, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    spec = IndexSpec("vector", 16, {"metric": "ip"})
+    pair = _pair(tmp_path / "vec", "global", spec, 4)
+    _store_both(pair, "global", list(vectors))
+    _same_answers(pair, "global", [vectors[5], vectors[9] + 0.1])
+    # Each shard holds only what it owns, and the counts add up.
+    described, _ = run(pair[1].describe())
+    assert described["global"]["count"] == 60 and len(described["global"]["shards"]) == 4
+    for s, actor in enumerate(pair[1].shards["global"]):
+        stored = actor._obj.index.store  # type: ignore[attr-defined]
+        assert all(shards.owner(i, 4) == s for i, _ in stored.items())
+
+
+def test_keypoint_votes_and_verification_merge_exactly(
+    tmp_path: Path, photos: dict[str, bytes]
+) -> None:
+    """Votes are per image, so each shard counts its own: crops of real photos find the same
+    images with the same inliers across 3 shards as in one index."""
+    local = build_extractor("local")
+    names = sorted(photos)
+    rows = [r for r in local.extract_bytes([photos[n] for n in names])]
+    pair = _pair(tmp_path, "local", IndexSpec("keypoints", local.dim), 3)
+    _store_both(pair, "local", rows)
+    queries = local.extract_bytes([reencode(photos[n], scale=0.6) for n in names[:3]], True)
+    _same_answers(pair, "local", queries)
+    seed = {"use_smnn_matching": False, "use_ransac": False, "k_clusters": 10}
+    _same_answers(pair, "local", queries, **seed)
+
+
+def test_text_shards_merge_exactly(tmp_path: Path) -> None:
+    words = ["bridge", "river", "sunset", "wine", "glass", "bee", "daisy", "garden", "friends"]
+    docs = [
+        encode_doc({"text": " ".join(words[(i * j) % len(words)] for j in range(1, 4))})
+        for i in range(30)
+    ]
+    pair = _pair(tmp_path, "ocr", IndexSpec("text", 0), 3)
+    _store_both(pair, "ocr", docs)
+    _same_answers(pair, "ocr", ["bridge wine", "sunsett", "glass bee daisy"])
+
+
+def test_writes_and_deletes_go_to_the_owner_and_training_spans_shards(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(300, 8)).astype(np.float32)
+    client = IndexClient.local(tmp_path, {"color": IndexSpec("vector", 8, {"metric": "l2"}, 3)})
+    images: list[tuple[str | None, int | None]] = [(None, i) for i in range(1, 301)]
+    assert all(s.ok for s in run(client.store(images, {"color": vectors})))
+    assert run(client.has("color", [1, 2, 3, 999])) == [1, 2, 3]
+    run(client.delete(2))
+    assert run(client.has("color", [1, 2, 3])) == [1, 3]
+    assert run(client.names([2])) == {}
+
+    sample = run(client.sample("color", 150))
+    assert 140 <= len(sample) <= 160 and sample.shape[1] == 8
+    from scripts.train_index import train
+
+    trained, _ = train(sample, "l2", "IVF2,Flat", None)
+    adopted = run(client.adopt("color", trained, None))
+    assert adopted["count"] == 299 and all(d["trained"] for d in adopted["shards"])
+    hits = run(client.search("color", vectors[10], 3, None))
+    assert hits[0] == (11, pytest.approx(0.0, abs=1e-4))
+
+
+def test_a_layout_of_another_shard_count_is_found(tmp_path: Path) -> None:
+    """Changing the count must not hide stored images behind empty new shards: the client
+    refuses to open such a feature (it is unavailable, with the reason) until resharded."""
+    vectors = np.ones((5, 4), np.float32)
+    for n in (1, 2):
+        client = IndexClient.local(tmp_path, {"color": IndexSpec("vector", 4, {}, n)})
+        images: list[tuple[str | None, int | None]] = [(None, i) for i in range(10 * n, 10 * n + 5)]
+        run(client.store(images, {"color": vectors}))
+        for actor in client.shards["color"]:
+            actor._obj.index.close()  # type: ignore[attr-defined]
+        client.catalog._obj.close()  # type: ignore[attr-defined]
+    assert shards.other_layouts(tmp_path, "color", 1) == {2: 5}
+    assert shards.other_layouts(tmp_path, "color", 2) == {1: 5}
+    assert shards.other_layouts(tmp_path, "color", 3) == {1: 5, 2: 5}
+    assert shards.other_layouts(tmp_path, "phash", 3) == {}
