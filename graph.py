@@ -35,5 +35,6 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         args.index_specs(),
         args.snapshot_interval_s,
         args.index_actor_cpus,
+        args.shard_timeout_s,
     )
     return Ingress.bind(args, extractors, indexes)  # type: ignore[attr-defined]

@@ -65,6 +65,9 @@ class AppArgs(BaseModel):
     #: Index actors each feature's images are spread over (one: a single actor per feature,
     #: the layout from before shards); a feature's own ``shards`` overrides it.
     shards: int = Field(default=1, ge=1, le=1024)
+    #: How long a search waits for one of several shards before answering without it (the
+    #: answer then names it under ``partial``).
+    shard_timeout_s: float = Field(default=10.0, gt=0)
     #: PostgreSQL connection string (libpq) for the text features' indexes (ocr, caption,
     #: tags), each in tables of its own (``<name>_<feature>_*``); unset: the embedded store
     #: under data_dir. Keep a password out of it (~/.pgpass, or PGPASSWORD): it travels

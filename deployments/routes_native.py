@@ -70,7 +70,8 @@ async def delete_image(eng: Eng, image_id: Annotated[int, Path(**ID)]) -> Delete
     return Deleted(image_id=image_id)
 
 
-@router.post("/search/image")
+# ``partial`` only when a shard did not answer (no other field of these answers is None).
+@router.post("/search/image", response_model_exclude_none=True)
 async def search_image(
     request: Request,
     eng: Eng,
@@ -112,7 +113,7 @@ async def search_similar(
     return Similar(results=await eng.similar(names[0], image_id, kk, threshold, found))
 
 
-@router.get("/search/text")
+@router.get("/search/text", response_model_exclude_none=True)
 async def search_text(
     eng: Eng,
     options: TextOptions,

@@ -33,10 +33,12 @@ class FusedHit(BaseModel):
 
 
 class SearchResult(BaseModel):
-    """Fused results, and each feature's own list."""
+    """Fused results, and each feature's own list; ``partial`` (only when a shard did not
+    answer): per feature, the shards whose images are left out."""
 
     results: list[FusedHit]
     by_feature: dict[str, list[Listed]]
+    partial: dict[str, list[str]] | None = None
 
 
 class TextSearchResult(SearchResult):

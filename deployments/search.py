@@ -29,6 +29,7 @@ from index_actors.client import IndexClient
 from index_actors.interface import (
     BackendDown,
     Hit,
+    Hits,
     InvalidInput,
     Unavailable,
     UnknownImage,
@@ -301,7 +302,9 @@ class Searches:
         fused = fuse(lists, weights, self.args.fusion.rank_constant, "phash", dup)[:k]
         ids = {i for hits in lists.values() for i, _ in hits[:k]} | {f.image_id for f in fused}
         names = await self.client.names(sorted(ids))
+        partial = {n: h.missing for n, h in lists.items() if isinstance(h, Hits) and h.missing}
         return SearchResult(
+            partial=partial or None,
             results=[
                 FusedHit(
                     image_id=f.image_id,

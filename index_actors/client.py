@@ -21,7 +21,7 @@ import numpy as np
 
 from index_actors import shards
 from index_actors.actor import IndexActor, LocalActor
-from index_actors.interface import Hit, reason
+from index_actors.interface import BackendDown, Hit, Hits, reason
 from index_actors.kinds import KINDS
 from index_actors.store import Catalog
 
@@ -152,9 +152,15 @@ class IndexClient:
     """
 
     def __init__(
-        self, catalog: Any, indexes: Mapping[str, Any | list[Any]], missing: Mapping[str, str]
+        self,
+        catalog: Any,
+        indexes: Mapping[str, Any | list[Any]],
+        missing: Mapping[str, str],
+        timeout_s: float = 10.0,
     ):
         self.catalog = catalog
+        #: How long a search waits for a shard (of several) before answering without it.
+        self.timeout_s = timeout_s
         self.shards = {f: a if isinstance(a, list) else [a] for f, a in indexes.items()}
         #: Enabled features without an index, and why (a model whose width is unknown, an
         #: index that could not open); their routes answer 503 with the reason.
@@ -179,6 +185,7 @@ class IndexClient:
         specs: Mapping[str, IndexSpec],
         snapshot_interval_s: float = 30.0,
         num_cpus: float = 0.0,
+        timeout_s: float = 10.0,
     ) -> IndexClient:
         """Get or create the app's actors with these settings (what ``graph.py`` does)."""
         from ray.exceptions import RayError
@@ -215,7 +222,7 @@ class IndexClient:
             except RayError as exc:  # a store of another model's features, say
                 log.error("index of %s unavailable: %s", name, exc)
                 missing[name] = f"index unavailable: {reason(exc)}"
-        return cls(catalog_actor(app_name, data_dir), indexes, missing)
+        return cls(catalog_actor(app_name, data_dir), indexes, missing, timeout_s)
 
     @classmethod
     def connect(cls, app_name: str, specs: Mapping[str, IndexSpec]) -> IndexClient:
@@ -262,7 +269,8 @@ class IndexClient:
 
     def subset(self, features: Iterable[str]) -> IndexClient:
         """The same actors, only these features' indexes."""
-        return IndexClient(self.catalog, {f: self.shards[f] for f in features}, self.missing)
+        chosen = {f: self.shards[f] for f in features}
+        return IndexClient(self.catalog, chosen, self.missing, self.timeout_s)
 
     # --- reading ------------------------------------------------------------------------
     async def names(self, ids: list[int]) -> dict[int, str]:
@@ -311,14 +319,34 @@ class IndexClient:
         **options: Any,
     ) -> list[Hit]:
         """One feature's nearest stored images to a query feature (or a text): every shard
-        at once, merged."""
+        at once, merged. A shard that fails or does not answer within ``timeout_s`` is left
+        out and named in ``Hits.missing``; ``BackendDown`` when none answered."""
+        actors = self.shards[feature]
+        if len(actors) == 1:
+            return await actors[0].search.remote(query, k, threshold, exclude, **options)
         found = await asyncio.gather(
             *(
-                a.search.remote(query, k, threshold, exclude, **options)
-                for a in self.shards[feature]
-            )
+                asyncio.wait_for(
+                    a.search.remote(query, k, threshold, exclude, **options), self.timeout_s
+                )
+                for a in actors
+            ),
+            return_exceptions=True,
         )
-        return found[0] if len(found) == 1 else shards.merge(found, k)
+        good = [hits for hits in found if not isinstance(hits, BaseException)]
+        missing = [
+            shards.role(feature, i, len(actors))
+            for i, hits in enumerate(found)
+            if isinstance(hits, BaseException)
+        ]
+        if not good:
+            why = "; ".join(
+                f"{m}: {reason(e) or type(e).__name__}" for m, e in zip(missing, found, strict=True)
+            )
+            raise BackendDown(f"no shard of {feature} answered, retry: {why}")
+        if missing:
+            log.warning("%s answered without %s", feature, missing)
+        return Hits(shards.merge(good, k), missing)
 
     async def search_by_id(
         self, feature: str, image_id: int, k: int | None, threshold: float | None, **options: Any

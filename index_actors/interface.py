@@ -12,6 +12,15 @@ from typing import Any, Protocol, runtime_checkable
 Hit = tuple[int, float]  # (image id, distance): smaller is closer for every kind
 
 
+class Hits(list[Hit]):
+    """The hits of a search over shards; ``missing`` names the shards that did not answer
+    (down, or too slow), whose images are not in the list."""
+
+    def __init__(self, hits: Any = (), missing: Any = ()) -> None:
+        super().__init__(hits)
+        self.missing: list[str] = list(missing)
+
+
 class InvalidInput(ValueError):
     """The request is wrong (a bad parameter, a query with nothing to match): a 422."""
 

@@ -96,15 +96,18 @@ def deploy(name: str, data_dir: Path, port: int, **overrides: object) -> Running
 
 
 def kill_actors(name: str) -> None:
-    """Kill every actor of an app for good (the detached actors outlive the Serve app)."""
+    """Kill every actor of an app for good (the detached actors outlive the Serve app),
+    every shard of every index included."""
     import ray
+    from ray.util import list_named_actors
 
-    from extractors import REGISTRY
     from index_actors.client import actor_name
 
-    for role in ("catalog", *(f"index:{f}" for f in REGISTRY)):
-        with contextlib.suppress(ValueError):
-            ray.kill(ray.get_actor(actor_name(name, role), namespace="serve"), no_restart=True)
+    prefix = actor_name(name, "")
+    for entry in list_named_actors(all_namespaces=True):
+        if entry["namespace"] == "serve" and entry["name"].startswith(prefix):
+            with contextlib.suppress(ValueError):
+                ray.kill(ray.get_actor(entry["name"], namespace="serve"), no_restart=True)
 
 
 @pytest.fixture(scope="module")

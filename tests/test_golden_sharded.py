@@ -38,3 +38,41 @@ def test_sharded_answers_match_the_unsharded_recording(
     indexes = httpx.get(f"{app.url}/health", timeout=60).json()["indexes"]
     assert all(len(indexes[f]["shards"]) == 3 for f in ("phash", "global", "local", "ocr"))
     assert sum(s["count"] for s in indexes["phash"]["shards"]) == indexes["phash"]["count"]
+
+
+def test_a_shard_that_is_down(app: RunningApp, payloads: dict[str, bytes]) -> None:
+    """One colour shard dies for good: searches answer from the other two and name it under
+    ``partial``, /health is degraded and names it, adds it owns answer 503 "retry" and leave
+    nothing behind, every other request goes on."""
+    import ray
+
+    from index_actors import shards
+
+    ray.kill(app.actor("index:color:1/3"), no_restart=True)
+    query = {"image": ("q.jpg", payloads["bridge_half"])}
+    with httpx.Client(base_url=app.url, timeout=120) as client:
+        r = client.post("/search/image", files=query, data={"k": 50})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["partial"] == {"color": ["index:color:1/3"]}
+        assert {h["image_id"] for h in body["by_feature"]["color"]}.isdisjoint(
+            {
+                h["image_id"]
+                for h in body["by_feature"]["phash"]
+                if shards.owner(h["image_id"], 3) == 1
+            }
+        )
+        whole = client.post("/search/image", files=query, data={"features": "phash"}).json()
+        assert "partial" not in whole
+        health = client.get("/health").json()
+        assert health["status"] == "degraded" and "shard 1/3" in health["indexes"]["color"]["error"]
+
+        ids = range(5000, 5100)
+        mine = next(i for i in ids if shards.owner(i, 3) == 1)
+        other = next(i for i in ids if shards.owner(i, 3) != 1)
+        upload = {"image": ("w.jpg", payloads["wine_mirror"])}
+        r = client.post("/images", files=upload, data={"image_id": mine})
+        assert r.status_code == 503 and "retry" in r.json()["detail"], r.text
+        assert client.get(f"/images/{mine}").status_code == 404
+        r = client.post("/images", files=upload, data={"image_id": other})
+        assert r.status_code == 200 and r.json()["features"]["color"] == "ok", r.text

@@ -158,3 +158,29 @@ def test_a_layout_of_another_shard_count_is_found(tmp_path: Path) -> None:
     assert shards.other_layouts(tmp_path, "color", 2) == {1: 5}
     assert shards.other_layouts(tmp_path, "color", 3) == {1: 5, 2: 5}
     assert shards.other_layouts(tmp_path, "phash", 3) == {}
+
+
+def test_a_shard_that_cannot_write_fails_only_the_adds_it_owns(
+    tmp_path: Path, photos: dict[str, bytes]
+) -> None:
+    """One of 3 shards loses its store: adds it owns answer "retry" and leave nothing
+    behind, all others are stored (searches over a shard that is down: test_golden_sharded)."""
+    from deployments.config import AppArgs
+    from deployments.engine import Engine
+    from deployments.ports import LocalExtractor
+    from index_actors.interface import BackendDown
+
+    args = AppArgs.model_validate({"name": "unit", "data_dir": str(tmp_path), "shards": 3})
+    extractors = {n: LocalExtractor.build(n, args.extractor_options(n)) for n in args.enabled}
+    engine = Engine(args, extractors, IndexClient.local(tmp_path, args.index_specs()))
+    broken = engine.client.shards["color"][1]._obj.index  # type: ignore[attr-defined]
+    broken.store.env.close()
+    data = photos[sorted(photos)[0]]
+    mine = next(i for i in range(100, 130) if shards.owner(i, 3) == 1)
+    other = next(i for i in range(100, 130) if shards.owner(i, 3) != 1)
+    with pytest.raises(BackendDown, match="retry"):
+        run(engine.add(data, mine, None, engine.indexed))
+    assert run(engine.client.names([mine])) == {}
+    assert run(engine.client.has("phash", [mine])) == []
+    assert run(engine.add(data, other, None, engine.indexed)).image_id == other
+    assert run(engine.client.has("color", [other])) == [other]
