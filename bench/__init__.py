@@ -49,6 +49,7 @@ os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
 SECTIONS = (
     "phash",
     "search",
+    "shards",
     "http",
     "memory",
     "ingest",

@@ -27,6 +27,7 @@ from bench.phash import bench_phash
 from bench.quality import bench_quality
 from bench.ranges import bench_ranges
 from bench.search import bench_search
+from bench.shards import bench_shards
 from bench.text import bench_text
 from bench.throughput import bench_throughput
 from bench.vectors import bench_vectors
@@ -63,6 +64,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-dashboard", action="store_true", help="start Ray without dashboard")
     p.add_argument("--batches", default="2,4,8,16", help="batch sizes for models (batch 1 always)")
     p.add_argument("--n-vectors", type=int, default=1_000_000, help="stored vectors")
+    p.add_argument(
+        "--shard-vectors",
+        type=int,
+        default=1_000_000,
+        help="1280-d vectors for shards (two copies, each in LMDB and FAISS: ~20 GB at 1M)",
+    )
     # PCA to 256-d before IVF-PQ: embeddings have far fewer real dimensions than 1280, and
     # 4-d PQ sub-vectors keep their order where 20-d ones lose it (measured: recall@10 0.72
     # against 0.44 at nprobe 16, rerank 100, 1M vectors).
@@ -117,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         if "vectors" in opts.only:
             settings = [(int(a), int(b)) for a, b in (x.split(":") for x in opts.probes.split(","))]
             rows += bench_vectors(opts.n_vectors, opts.factory, settings, tmp)
-        if opts.only & {"search", "http", "memory", "ingest"}:
+        if opts.only & {"search", "shards", "http", "memory", "ingest"}:
             isolate_ports()
             # The real `make serve` runs the dashboard, so the memory figure includes it.
             ray.init(
@@ -130,6 +137,10 @@ def main(argv: list[str] | None = None) -> None:
                 if "search" in opts.only:
                     query = features(PHash(), [next(iter(photos.values()))], query=True)[0]
                     rows += bench_search(query, opts.n_hashes, opts.searches, tmp / "search")
+                if "shards" in opts.only:
+                    rows += bench_shards(
+                        opts.n_hashes, opts.shard_vectors, opts.searches, tmp / "shards"
+                    )
                 if opts.only & {"http", "memory", "ingest"}:
                     args, url = deploy(tmp, opts.features.split(","))
                     if "http" in opts.only:

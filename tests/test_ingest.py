@@ -299,3 +299,35 @@ def test_a_failed_index_write_leaves_nothing_half_visible(
         assert (again.stored, again.failed) == (3, []), again.summary()
     finally:
         kill_actors(name)
+
+
+def test_ingest_writes_each_image_to_its_shard(
+    ray_session: int, tmp_path: Path, photo_paths: list[Path]
+) -> None:
+    """With 2 shards, each batch is split by owner: every image is in its owner's index
+    actor and in no other, and a second run finds everything stored."""
+    import ray
+
+    from index_actors.client import IndexClient
+    from index_actors.shards import owner
+
+    name = f"shard{uuid.uuid4().hex[:8]}"
+    args = AppArgs(name=name, data_dir=str(tmp_path / "data"), shards=2)
+    client = IndexClient.open(name, str(args.data_path()), args.index_specs())
+    gallery = tmp_path / "photos"
+    gallery.mkdir()
+    for src in photo_paths[:6]:
+        shutil.copy(src, gallery / src.name)
+    try:
+        report = ingest(gallery, args, progress=False, batch_size=4)
+        assert (report.stored, report.failed) == (6, []), report.summary()
+        ids = ray.get(client.catalog.ids_of.remote(sorted(p.name for p in photo_paths[:6])))
+        assert {owner(i, 2) for i in ids} == {0, 1}
+        for feature in ("phash", "color"):
+            for shard, actor in enumerate(client.shards[feature]):
+                mine = sorted(i for i in ids if owner(i, 2) == shard)
+                assert ray.get(actor.has.remote(ids)) == mine
+        again = ingest(gallery, args, progress=False)
+        assert (again.stored, again.skipped) == (0, 6)
+    finally:
+        kill_actors(name)

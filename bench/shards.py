@@ -1,0 +1,122 @@
+"""shards: a feature's index over 4 shards against 1, through the index client and real index
+actors, on synthetic phash hashes and 1280-d embeddings: search p50 (every shard searched at
+once and merged, against one actor), adds per second through the write path (catalog
+included), and the memory of each shard's actor against the one actor's."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from bench.common import GiB, Row, ms, row
+from index_actors.client import IndexClient, IndexSpec
+
+#: Images per write-path call: an ingest batch.
+BATCH = 1000
+
+
+def _fill(client: IndexClient, feature: str, data: np.ndarray) -> float:
+    """Store every row through the write path in batches; returns adds per second."""
+    start = time.perf_counter()
+    for lo in range(0, len(data), BATCH):
+        hi = min(lo + BATCH, len(data))
+        images: list[tuple[str | None, int | None]] = [(None, i) for i in range(lo + 1, hi + 1)]
+        done = asyncio.run(client.store(images, {feature: data[lo:hi]}))
+        assert all(s.ok for s in done), [s.status for s in done if not s.ok][:3]
+    return len(data) / (time.perf_counter() - start)
+
+
+def _rss(client: IndexClient, feature: str) -> list[float]:
+    """Resident memory (GiB) of each shard's actor process."""
+    import psutil  # Ray ships it (ray/thirdparty_files), on the path once ray is imported
+
+    pids = ray.get([a.pid.remote() for a in client.shards[feature]])
+    return [psutil.Process(p).memory_info().rss / GiB for p in pids]
+
+
+def _one_kind(
+    feature: str, spec: IndexSpec, data: np.ndarray, queries: np.ndarray, searches: int, tmp: Path
+) -> list[Row]:
+    n = len(data)
+    clients: dict[int, IndexClient] = {}
+    rates: dict[int, float] = {}
+    try:
+        for count in (1, 4):
+            name = f"bench{uuid.uuid4().hex[:8]}"
+            sharded = IndexSpec(spec.kind, spec.dim, spec.options, count)
+            clients[count] = IndexClient.open(name, str(tmp / name), {feature: sharded})
+            rates[count] = _fill(clients[count], feature, data)
+            print(f"shards: {feature} x{count}: {n} added, {rates[count]:.0f}/s", flush=True)
+        # Same answers both ways, then interleaved timings.
+        one, four = clients[1], clients[4]
+        for q in queries[:5]:
+            assert asyncio.run(one.search(feature, q, 20)) == asyncio.run(
+                four.search(feature, q, 20)
+            )
+        took: dict[int, list[float]] = {1: [], 4: []}
+
+        async def timed(client: IndexClient, query: Any) -> float:
+            t0 = time.perf_counter()
+            await client.search(feature, query, 20)
+            return time.perf_counter() - t0
+
+        for i in range(searches):
+            q = queries[i % len(queries)]
+            for count in (1, 4) if i % 2 else (4, 1):
+                took[count].append(asyncio.run(timed(clients[count], q)))
+        rss = {count: _rss(c, feature) for count, c in clients.items()}
+    finally:
+        for c in clients.values():
+            for actor in [c.catalog, *c.shards[feature]]:
+                ray.kill(actor, no_restart=True)  # detached: they would outlive the section
+    p50 = {count: ms(took[count], 50) for count in took}
+    print(
+        f"shards: {feature} at {n}: p50 {p50[4]:.2f} ms (4 shards) vs {p50[1]:.2f} ms (1); "
+        f"adds {rates[4]:.0f}/s vs {rates[1]:.0f}/s; RSS per shard "
+        f"{', '.join(f'{r:.2f}' for r in rss[4])} GiB vs {rss[1][0]:.2f} GiB"
+    )
+    return [
+        row(
+            f"{feature} search p50 ms, 4 shards vs 1 @{n}",
+            p50[4],
+            p50[1],
+            "<= 1.3x",
+            p50[4] / p50[1] <= 1.3,
+        ),
+        row(
+            f"{feature} search p95 ms, 4 shards vs 1",
+            ms(took[4], 95),
+            ms(took[1], 95),
+            "info",
+            None,
+        ),
+        row(f"{feature} adds/s, 4 shards vs 1", rates[4], rates[1], "info", None),
+        row(f"{feature} largest shard GiB vs one actor", max(rss[4]), rss[1][0], "info", None),
+        row(f"{feature} all shards GiB vs one actor", sum(rss[4]), rss[1][0], "info", None),
+    ]
+
+
+def bench_shards(n_hashes: int, n_vectors: int, searches: int, tmp: Path) -> list[Row]:
+    """4 shards against 1 at ``n_hashes`` phash hashes and ``n_vectors`` 1280-d vectors."""
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 256, (n_hashes, 72), dtype=np.uint8)
+    rows = _one_kind(
+        "phash",
+        IndexSpec("binary", 576),
+        hashes,
+        hashes[rng.integers(0, n_hashes, 50)],
+        searches,
+        tmp,
+    )
+    del hashes
+    vectors = rng.normal(size=(n_vectors, 1280)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[rng.integers(0, n_vectors, 50)] + 0.01
+    spec = IndexSpec("vector", 1280, {"metric": "ip"})
+    return rows + _one_kind("global", spec, vectors, queries, searches, tmp)
