@@ -8,6 +8,7 @@ a kind's name; everything else asks the kind object (``kind_of``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
@@ -21,6 +22,7 @@ from extractors.textdoc import decode_doc, doc_text, encode_doc, words
 from index_actors.binary import BinaryIndex
 from index_actors.interface import Index
 from index_actors.keypoints import KeypointIndex
+from index_actors.store import numbered
 from index_actors.text import TextFeatureIndex
 from index_actors.vector import VectorIndex
 
@@ -110,6 +112,10 @@ class Kind:
         """An empty ingest column for ``rows`` files; a failed file keeps its empty row."""
         return np.zeros((rows, width), dtype=dtype)
 
+    def stored_feature(self, raw: bytes) -> np.ndarray:
+        """A value of this kind's LMDB store as the feature ``add`` takes (resharding)."""
+        return np.frombuffer(raw, self.index.dtype).copy()  # type: ignore[attr-defined]
+
 
 class BinaryKind(Kind):
     """Packed bit strings under Hamming distance (phash)."""
@@ -178,6 +184,11 @@ class KeypointsKind(Kind):
         """One variable-length array per file (a ragged column)."""
         return _ragged(rows, np.zeros(4, np.uint8))
 
+    def stored_feature(self, raw: bytes) -> np.ndarray:
+        """The packed keypoints without the store's first-descriptor-id header: a new store
+        numbers the descriptors anew."""
+        return np.frombuffer(numbered(raw)[1], np.uint8).copy()
+
 
 class TextKind(Kind):
     """A JSON document of words per image (tags, OCR text, captions)."""
@@ -201,6 +212,10 @@ class TextKind(Kind):
     def ingest_column(self, rows: int, width: int, dtype: Any) -> np.ndarray:
         """One document per file (a ragged column); a failed file's stays empty."""
         return _ragged(rows, encode_doc({}))
+
+    def stored_feature(self, raw: bytes) -> np.ndarray:
+        """The embedded store keeps each document as JSON."""
+        return encode_doc(json.loads(raw))
 
 
 def _fields(model: type[BaseModel], values: BaseModel | Mapping[str, Any]) -> dict[str, Any]:

@@ -184,3 +184,71 @@ def test_a_shard_that_cannot_write_fails_only_the_adds_it_owns(
     assert run(engine.client.has("phash", [mine])) == []
     assert run(engine.add(data, other, None, engine.indexed)).image_id == other
     assert run(engine.client.has("color", [other])) == [other]
+
+
+def test_resharding_1_3_2_keeps_every_image_with_identical_features(
+    tmp_path: Path, photos: dict[str, bytes]
+) -> None:
+    """Every kind, a trained vector index included: after 1 -> 3 -> 2 shards each image is in
+    its owner's store with the same feature, the answers are the unsharded ones, and the
+    old layouts are moved aside (so the app opens the new one)."""
+    from index_actors.kinds import KINDS
+    from index_actors.reshard import reshard
+    from index_actors.store import FeatureStore
+    from scripts.train_index import train
+
+    rng = np.random.default_rng(2)
+    local = build_extractor("local")
+    names = sorted(photos)
+    vectors = rng.normal(size=(len(names) * 5, 8)).astype(np.float32)
+    columns: dict[str, tuple[IndexSpec, list[Any]]] = {
+        "phash": (IndexSpec("binary", 576), list(rng.integers(0, 256, (len(names), 72), np.uint8))),
+        "color": (IndexSpec("vector", 8, {"metric": "l2"}), list(vectors[: len(names)])),
+        "local": (
+            IndexSpec("keypoints", local.dim),
+            local.extract_bytes([photos[n] for n in names]),
+        ),
+        "ocr": (
+            IndexSpec("text", 0),
+            [encode_doc({"text": f"word{i} photo"}) for i in range(len(names))],
+        ),
+    }
+    data = tmp_path / "data"
+    client = IndexClient.local(data, {f: spec for f, (spec, _) in columns.items()})
+    images: list[tuple[str | None, int | None]] = [(n, None) for n in names]
+    stored = run(client.store(images, {f: rows for f, (_, rows) in columns.items()}))
+    ids = [s.image_id for s in stored]
+    trained, _ = train(vectors, "l2", "IVF2,Flat", None)
+    run(client.adopt("color", trained, None))
+    queries = {f: rows[2] for f, (_, rows) in columns.items()}
+    queries["ocr"] = "word3 photo"
+    want = {f: run(client.search(f, q, 5)) for f, q in queries.items()}
+    for (actor,) in client.shards.values():
+        actor._obj.index.close()  # type: ignore[attr-defined]
+    client.catalog._obj.close()  # type: ignore[attr-defined]
+
+    for count in (3, 2):
+        for feature, (spec, _) in columns.items():
+            done = reshard(data, feature, spec.kind, spec.dim, spec.options, count)
+            assert sum(done["moved"].values()) == len(names)
+            assert shards.other_layouts(data, feature, count) == {}
+            for shard in range(count):
+                folder = shards.directory(data, feature, shard, count)
+                store = FeatureStore(folder / "lmdb")
+                for image_id, raw in store.items():
+                    assert shards.owner(image_id, count) == shard
+                    got = KINDS[spec.kind].stored_feature(bytes(raw))
+                    assert np.array_equal(got, columns[feature][1][ids.index(image_id)])
+                store.close()
+        sharded = IndexClient.local(
+            data, {f: IndexSpec(s.kind, s.dim, s.options, count) for f, (s, _) in columns.items()}
+        )
+        for feature, query in queries.items():
+            assert run(sharded.search(feature, query, 5)) == want[feature], (count, feature)
+        described, _ = run(sharded.describe())
+        assert all(d["count"] == len(names) for d in described.values())
+        assert all(s["trained"] for s in described["color"]["shards"])
+        for actors in sharded.shards.values():
+            for actor in actors:
+                actor._obj.index.close()  # type: ignore[attr-defined]
+        sharded.catalog._obj.close()  # type: ignore[attr-defined]
