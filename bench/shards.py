@@ -102,8 +102,35 @@ def _one_kind(
     ]
 
 
+def _catalog(tmp: Path) -> list[Row]:
+    """Images per second the catalog actor registers: in ingest batches (one call per
+    1000), and one call per image (HTTP uploads, each awaited)."""
+    from index_actors.client import catalog_actor
+
+    catalog = catalog_actor(f"bench{uuid.uuid4().hex[:8]}", str(tmp / "catalog"))
+    try:
+        start = time.perf_counter()
+        for b in range(50):
+            names = [f"b{b}/{i}.jpg" for i in range(BATCH)]
+            ray.get(catalog.register_many.remote([(n, None) for n in names]))
+        batched = 50 * BATCH / (time.perf_counter() - start)
+        start = time.perf_counter()
+        for i in range(2000):
+            ray.get(catalog.register.remote(f"one/{i}.jpg", None))
+        single = 2000 / (time.perf_counter() - start)
+    finally:
+        ray.kill(catalog, no_restart=True)
+    print(f"shards: catalog registers {batched:.0f}/s in batches, {single:.0f}/s one by one")
+    return [
+        row("catalog registrations/s, batches of 1000", batched, None, "info", None),
+        row("catalog registrations/s, one per call", single, None, "info", None),
+    ]
+
+
 def bench_shards(n_hashes: int, n_vectors: int, searches: int, tmp: Path) -> list[Row]:
-    """4 shards against 1 at ``n_hashes`` phash hashes and ``n_vectors`` 1280-d vectors."""
+    """4 shards against 1 at ``n_hashes`` phash hashes and ``n_vectors`` 1280-d vectors,
+    and the catalog's registration rate."""
+    catalog = _catalog(tmp)
     rng = np.random.default_rng(0)
     hashes = rng.integers(0, 256, (n_hashes, 72), dtype=np.uint8)
     rows = _one_kind(
@@ -119,4 +146,4 @@ def bench_shards(n_hashes: int, n_vectors: int, searches: int, tmp: Path) -> lis
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     queries = vectors[rng.integers(0, n_vectors, 50)] + 0.01
     spec = IndexSpec("vector", 1280, {"metric": "ip"})
-    return rows + _one_kind("global", spec, vectors, queries, searches, tmp)
+    return catalog + rows + _one_kind("global", spec, vectors, queries, searches, tmp)

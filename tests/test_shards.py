@@ -252,3 +252,26 @@ def test_resharding_1_3_2_keeps_every_image_with_identical_features(
             for actor in actors:
                 actor._obj.index.close()  # type: ignore[attr-defined]
         sharded.catalog._obj.close()  # type: ignore[attr-defined]
+
+
+def test_the_reshard_command_follows_the_config(tmp_path: Path) -> None:
+    import yaml
+
+    from scripts.reshard import main
+
+    data = tmp_path / "data"
+    client = IndexClient.local(data, {"phash": IndexSpec("binary", 576)})
+    hashes = np.random.default_rng(3).integers(0, 256, (40, 72), np.uint8)
+    images: list[tuple[str | None, int | None]] = [(None, i) for i in range(1, 41)]
+    run(client.store(images, {"phash": hashes}))
+    client.shards["phash"][0]._obj.index.close()  # type: ignore[attr-defined]
+    client.catalog._obj.close()  # type: ignore[attr-defined]
+    config = tmp_path / "serve.yaml"
+    args = {"name": "r", "data_dir": str(data), "shards": 3, "features": {"phash": {}}}
+    config.write_text(yaml.safe_dump({"applications": [{"name": "r", "args": args}]}))
+
+    assert main([f"--config={config}", "--app=r"]) == 0
+    assert shards.other_layouts(data, "phash", 3) == {}
+    assert {p.name.split("-")[0] for p in (data / "phash").iterdir()} == {"shards", "retired"}
+    assert main([f"--config={config}", "--app=r"]) == 0  # nothing left to move
+    assert main([f"--config={config}", "--app=r", "--features=clip"]) == 2
