@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -69,8 +69,11 @@ def _as(model: type[BaseModel], where: Callable[..., Any]) -> Callable[..., Base
             name,
             inspect.Parameter.KEYWORD_ONLY,
             default=where(None),
-            # The constraints (ge, le, ...) sit inside the type (``index_actors.kinds``).
-            annotation=field.annotation,
+            # The constraints (ge, le, ...) sit inside the type (``index_actors.kinds``);
+            # what is left as metadata is a validator of the whole field (``Blank``).
+            annotation=Annotated[(field.annotation, *field.metadata)]
+            if field.metadata
+            else field.annotation,
         )
         for name, field in model.model_fields.items()
     ]

@@ -19,7 +19,7 @@ from deployments.schemas import (
     TextSearchResult,
 )
 from index_actors.interface import InvalidInput
-from index_actors.kinds import SearchOptions, VectorOptions
+from index_actors.kinds import Blank, SearchOptions, VectorOptions
 
 router = APIRouter()
 #: Image ids are signed 64-bit keys in LMDB and FAISS; negative ones are not given out.
@@ -101,8 +101,8 @@ async def search_similar(
     options: QueryOptions,
     image_id: Annotated[int, Path(**ID)],
     feature: Annotated[str, Query()] = "phash",
-    k: Annotated[int | None, Query()] = None,
-    threshold: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
+    k: Annotated[int | None, Query(), Blank] = None,
+    threshold: Annotated[float | None, Query(ge=0, allow_inf_nan=False), Blank] = None,
 ) -> Similar:
     """Stored images nearest to a stored one, by one feature; with ``threshold`` only those
     within that distance (at most ``k``); ``aqe_n`` / ``aqe_alpha``: query expansion."""
@@ -118,7 +118,7 @@ async def search_text(
     eng: Eng,
     options: TextOptions,
     q: Annotated[str, Query()] = "",
-    k: Annotated[int | None, Query()] = None,
+    k: Annotated[int | None, Query(), Blank] = None,
     features: Annotated[str | None, Query()] = None,
 ) -> TextSearchResult:
     """Stored images matching a text: CLIP's shared image-text space fused with the words

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, File, Form, Request, Response, UploadFile
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from deployments.config import SEED_NAMES
 from deployments.engine import Engine
@@ -16,14 +16,23 @@ from deployments.schemas import Listed
 from deployments.search import read
 from extractors.textdoc import labels
 from index_actors.interface import InvalidInput, NotFound, Unavailable, UnknownImage
-from index_actors.kinds import SearchOptions, kind_of
+from index_actors.kinds import Blank, SearchOptions, kind_of
+
+
+def _not_bool(value: Any) -> Any:
+    """JSON true is not an id (pydantic would read it as 1)."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be an integer, got {value!r}")
+    return value
+
 
 router = APIRouter(tags=["original services"])
 SEED_SERVICES = {seed: name for name, seed in SEED_NAMES.items()}
-ImageId = Annotated[int, Field(ge=0, lt=2**63)]
+ImageId = Annotated[int, Field(ge=0, lt=2**63), BeforeValidator(_not_bool)]
 Eng = Annotated[Engine, Depends(engine)]
 Upload = Annotated[UploadFile | None, File()]
-Threshold = Annotated[float, Field(ge=0, allow_inf_nan=False)] | None
+Threshold = Annotated[Annotated[float, Field(ge=0, allow_inf_nan=False)] | None, Blank]
+K = Annotated[int | None, Blank]
 
 
 class ById(SearchOptions):
@@ -31,7 +40,7 @@ class ById(SearchOptions):
 
     model_config = ConfigDict(extra="allow")
     image_id: ImageId
-    k: int | None = None
+    k: K = None
     distance_threshold: Threshold = None
 
 
@@ -40,7 +49,7 @@ class ByText(SearchOptions):
 
     model_config = ConfigDict(extra="allow")
     text: Any = None
-    k: int | None = None
+    k: K = None
     distance_threshold: Threshold = None
 
 
@@ -55,7 +64,7 @@ class ImageRef(BaseModel):
 class BufferOptions(SearchOptions):
     """``/{svc}_get_similar_images_by_image_buffer``'s form fields."""
 
-    k: int | None = None
+    k: K = None
     distance_threshold: Threshold = None
 
 
@@ -148,6 +157,7 @@ async def duplicates(eng: Engine, data: bytes) -> dict[str, Any]:
     (mirrored included) under ``phash_res``, or ``{}`` when there is none."""
     if "phash" not in eng.extractors:
         raise Unavailable("find_duplicate needs the phash feature, which is disabled")
+    eng.features("phash")  # Unavailable when its index is not open
     queries, failed = await eng.extract(data, ["phash"], query=True)
     if not queries:
         raise Unavailable(f"phash could not be computed: {failed}")

@@ -193,6 +193,8 @@ class Searches:
         options = {n: self.options(n, values) for n in names}
         if duplicates_only and "phash" not in self.extractors:
             raise Unavailable("duplicates_only needs the phash feature, which is disabled")
+        if duplicates_only:
+            self.features("phash")  # Unavailable when its index is not open
         dup = (
             self.args.fusion.duplicate_threshold
             if duplicate_threshold is None

@@ -200,8 +200,8 @@ class IndexClient:
                 missing[name] = (
                     f"index unavailable: {data_dir}/{name} holds images in "
                     f"{', '.join(f'{n} shard(s) ({c} images)' for n, c in others.items())}, "
-                    f"not in the {spec.shards} this config asks for: set shards back "
-                    "(resharding is not available yet)"
+                    f"not in the {spec.shards} this config asks for: stop the app and run "
+                    "scripts/reshard.py, or set shards back"
                 )
                 continue
             try:
@@ -358,7 +358,9 @@ class IndexClient:
             return await self.owner(feature, image_id).search_by_id.remote(
                 image_id, k, threshold, **options
             )
-        query = await self.owner(feature, image_id).query_of.remote(image_id)
+        query = await asyncio.wait_for(
+            self.owner(feature, image_id).query_of.remote(image_id), self.timeout_s
+        )
         if query is None:  # nothing to match by (a text without words)
             return []
         return await self.search(feature, query, k, threshold, image_id, **options)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from extractors import REGISTRY
 from extractors.local import keypoint_count
@@ -31,29 +31,36 @@ class NoOptions(BaseModel):
     """A kind without per-search options."""
 
 
+def _blank(value: Any) -> Any:
+    """An empty value is an unset one, as the original services read their fields."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+#: Marks an optional field whose empty value ("", as forms and query strings send) is unset.
+Blank = BeforeValidator(_blank)
 #: Constrained option types; the constraint sits inside the ``| None`` so that it travels
 #: with the type into FastAPI's form and query parameters.
-Count = Annotated[int, Field(ge=0, lt=2**63)]
-Positive = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Count = Annotated[Annotated[int, Field(ge=0, lt=2**63)] | None, Blank]
+Positive = Annotated[Annotated[float, Field(ge=0, allow_inf_nan=False)] | None, Blank]
 
 
 class VectorOptions(BaseModel):
     """Alpha query expansion (inner-product features): the query averaged with its ``aqe_n``
     nearest stored vectors, weighted by similarity^``aqe_alpha``."""
 
-    aqe_n: Annotated[int, Field(ge=0, le=100)] | None = None
-    aqe_alpha: Positive | None = None
+    aqe_n: Annotated[Annotated[int, Field(ge=0, le=100)] | None, Blank] = None
+    aqe_alpha: Positive = None
 
 
 class KeypointOptions(BaseModel):
     """The original local-features service's matching parameters."""
 
-    k_clusters: Annotated[int, Field(ge=1, le=100)] | None = None
-    knn_min_matches: Count | None = None
-    matching_threshold: Positive | None = None
-    use_smnn_matching: Count | None = None
-    smnn_match_threshold: Positive | None = None
-    use_ransac: Count | None = None
+    k_clusters: Annotated[Annotated[int, Field(ge=1, le=100)] | None, Blank] = None
+    knn_min_matches: Count = None
+    matching_threshold: Positive = None
+    use_smnn_matching: Count = None
+    smnn_match_threshold: Positive = None
+    use_ransac: Count = None
 
 
 class Kind:

@@ -95,8 +95,10 @@ def _retire(base: Path, count: int, to: Path) -> None:
     """Move an old layout aside (the one-shard layout is the feature folder's own files)."""
     to.mkdir(parents=True)
     if count == 1:
-        for entry in list(base.iterdir()):
-            if not entry.name.startswith(("shards-", "retired-")):
-                entry.rename(to / entry.name)
+        # The store last: until it has moved, the layout is still found, and a rerun
+        # finishes the move (the copy before it only replaces what it wrote).
+        entries = [e for e in base.iterdir() if not e.name.startswith(("shards-", "retired-"))]
+        for entry in sorted(entries, key=lambda e: e.name == "lmdb"):
+            entry.rename(to / entry.name)
     else:
         (base / f"shards-{count}").rename(to / f"shards-{count}")

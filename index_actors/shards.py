@@ -68,9 +68,11 @@ def other_layouts(data_dir: str | Path, feature: str, shards: int) -> dict[int, 
         if count != shards and stores:
             images = 0
             for path in stores:
-                store = FeatureStore(path, map_size=1 << 20)
-                images += store.count()
-                store.close()
+                store = FeatureStore(path, map_size=1 << 20)  # LMDB grows it to the file's
+                try:
+                    images += store.count()
+                finally:
+                    store.close()
             if images:
                 out[count] = images
     return out

@@ -127,3 +127,40 @@ def test_the_http_app_over_the_engine_documents_typed_schemas(
     r = client.post("/images", files={"image": ("w.jpg", photos[WINE])}, data={"image_id": 5})
     assert r.status_code == 200 and r.json()["features"] == {"phash": "ok", "color": "ok"}
     assert client.get("/images/5").json()["file_name"] == "w.jpg"
+
+
+def test_http_edges_empty_fields_booleans_and_a_missing_phash_index(
+    tmp_path: Path, photos: dict[str, bytes]
+) -> None:
+    """An empty query or JSON value is unset, as the original services read them; JSON true
+    is not an id; duplicate searches over a phash whose index is not open answer 503."""
+    from fastapi.testclient import TestClient
+
+    from deployments.ingress import create_app
+    from index_actors.client import IndexSpec
+
+    args = AppArgs.model_validate({"name": "unit", "data_dir": str(tmp_path)})
+    extractors = {n: LocalExtractor.build(n, args.extractor_options(n)) for n in args.enabled}
+    specs = {"phash": IndexSpec("binary", "its index is not open"), **args.index_specs(["color"])}
+    engine = Engine(args, extractors, IndexClient.local(tmp_path, specs))
+    client = TestClient(create_app(engine, 2 * 1024 * 1024))
+    upload = {"image": ("w.jpg", photos[WINE])}
+    assert client.post(
+        "/images", files=upload, data={"image_id": 1, "features": "color"}
+    ).is_success
+    assert client.post(
+        "/images", files=upload, data={"image_id": 2, "features": "color"}
+    ).is_success
+
+    r = client.get("/search/similar/1", params={"feature": "color", "k": "", "threshold": ""})
+    assert r.status_code == 200 and [h["image_id"] for h in r.json()["results"]] == [2], r.text
+    body = {"image_id": 1, "k": "", "distance_threshold": "", "aqe_n": ""}
+    r = client.post("/color_get_similar_images_by_id", json=body)
+    assert r.status_code == 200 and [h["image_id"] for h in r.json()] == [2], r.text
+    r = client.post("/color_get_similar_images_by_id", json={"image_id": True})
+    assert r.status_code == 422, r.text
+
+    r = client.post("/search/image", files=upload, data={"duplicates_only": 1})
+    assert r.status_code == 503 and "not open" in r.json()["detail"], r.text
+    r = client.post("/reverse_search", files=upload, data={"find_duplicate": 1})
+    assert r.status_code == 503 and "not open" in r.json()["detail"], r.text

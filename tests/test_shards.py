@@ -1,5 +1,6 @@
 """Sharded indexes without Ray: ownership by id, writes to the owner, and searches over every
-shard merged into exactly what one unsharded index answers, for every kind."""
+shard merged into what one unsharded index answers, for every kind (data without ties at
+the k-th distance, nor keypoint votes crowded out: docs/architecture.md#shards)."""
 
 import asyncio
 from collections import Counter
