@@ -1,0 +1,197 @@
+"""The one write path of the index client (``IndexClient.store``): register the images,
+write every feature to the shard that owns it, and take a new image out again when its
+write failed, so that nothing is half visible. Deletes go to the owners too."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from index_actors import shards
+from index_actors.interface import reason
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stored:
+    """What the write path did with one image."""
+
+    image_id: int | None
+    file_name: str | None
+    #: Feature -> "ok" or "error: ..." for each feature written.
+    status: dict[str, str] = field(default_factory=dict)
+    #: Whether the image was known before this write.
+    existed: bool = False
+    #: Why the image was not registered (a file name of another id); None when it was.
+    conflict: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Registered, and every feature written."""
+        return self.conflict is None and all(s == "ok" for s in self.status.values())
+
+
+class WritePath:
+    """``IndexClient``'s writes; it needs the client's ``catalog``, ``shards``, ``features``
+    and ``names`` / ``ids_of``."""
+
+    catalog: Any
+    shards: dict[str, list[Any]]
+
+    @property
+    def features(self) -> list[str]:
+        """The features with an open index, in config order."""
+        return list(self.shards)
+
+    def owner(self, feature: str, image_id: int) -> Any:
+        """The index actor of the shard that owns an image's feature."""
+        actors = self.shards[feature]
+        return actors[shards.owner(image_id, len(actors))]
+
+    async def names(self, ids: list[int]) -> dict[int, str]:
+        """File names of the known ids among ``ids``."""
+        return await self.catalog.name_of.remote(ids) if ids else {}
+
+    async def ids_of(self, file_names: list[str]) -> list[int | None]:
+        """Ids of file names (None where unknown)."""
+        return await self.catalog.ids_of.remote(file_names)
+
+    async def store(
+        self,
+        images: list[tuple[str | None, int | None]],
+        features: Mapping[str, Any],
+        labels: bool = False,
+        replace: bool = False,
+    ) -> list[Stored]:
+        """The write path: register ``images`` (file name, id or None), then write each
+        feature's rows (aligned with ``images``) to its index.
+
+        An image is acknowledged only once every feature is written. When a write fails, an
+        image that was new is taken out again (its written features, then its catalog entry),
+        so that nothing is half visible under an id a retry will not reuse; one that existed
+        keeps what it had (a retry replaces it). ``labels``: the names came from uploads and
+        only label the images (each gets a new id). ``replace``: for an image that existed,
+        features not written now are removed, since they described what the id held before.
+        A name conflict costs only its own image (``Stored.conflict``).
+        """
+        existed = await self._existing(images, labels)
+        registered = await self._register(images, labels)
+        out = [
+            Stored(None, name, existed=old, conflict=got)
+            if isinstance(got, str)
+            else Stored(got[0], got[1], existed=old)
+            for (name, _), got, old in zip(images, registered, existed, strict=True)
+        ]
+        rows = [j for j, s in enumerate(out) if s.conflict is None]
+        if not rows:
+            return out
+        ids = [i for j in rows if (i := out[j].image_id) is not None]
+        written = list(features)
+        # One call per feature and owning shard; each image's status is its own call's.
+        calls: list[tuple[str, list[int], Any]] = []
+        for f in written:
+            column = take_rows(features[f], rows)
+            calls += [
+                (f, pos, a.add.remote([ids[p] for p in pos], take_rows(column, pos)))
+                for a, pos in self._groups(f, ids)
+            ]
+        stale = [f for f in self.shards if f not in features] if replace else []
+        old = [j for j, i in enumerate(ids) if out[rows[j]].existed]
+        for f in stale if old else []:
+            calls += [
+                (f, [old[p] for p in pos], a.remove.remote([ids[old[p]] for p in pos]))
+                for a, pos in self._groups(f, [ids[j] for j in old])
+            ]
+        results = await asyncio.gather(*(c for _, _, c in calls), return_exceptions=True)
+        for (f, positions, _), result in zip(calls, results, strict=True):
+            state = "ok" if not isinstance(result, BaseException) else f"error: {reason(result)}"
+            for p in positions:
+                out[rows[p]].status[f] = state
+        await self._withdraw(
+            [out[j] for j in rows if not out[j].ok and not out[j].existed], written
+        )
+        return out
+
+    async def _existing(
+        self, images: list[tuple[str | None, int | None]], labels: bool
+    ) -> list[bool]:
+        ids = [i for _, i in images if i is not None]
+        named = [n for n, i in images if i is None and n and not labels]
+        known_ids = set(await self.names(ids)) if ids else set()
+        known_names = dict(zip(named, await self.ids_of(named), strict=True)) if named else {}
+        return [
+            i in known_ids if i is not None else known_names.get(n) is not None  # type: ignore[arg-type]
+            for n, i in images
+        ]
+
+    async def _register(
+        self, images: list[tuple[str | None, int | None]], labels: bool
+    ) -> list[tuple[int, str] | str]:
+        """(id, name) per image, or why it could not be registered."""
+        try:
+            return list(await self.catalog.register_many.remote(images, labels))
+        except ValueError as exc:
+            if len(images) == 1:
+                return [reason(exc)]
+        # register_many is all or nothing: a conflict that arose meanwhile (an upload through
+        # the API during an ingest) must cost only its own image, not the batch.
+        out: list[tuple[int, str] | str] = []
+        for name, image_id in images:
+            try:
+                out.append(await self.catalog.register.remote(name, image_id, labels))
+            except ValueError as exc:
+                out.append(reason(exc))
+        return out
+
+    async def _withdraw(self, failed: list[Stored], written: list[str]) -> None:
+        """Take new images out after a failed write: their features, then their catalog
+        entries. The features written fine must go; a failed one is tried too (its write may
+        have committed before the error). Best effort: an image whose written feature cannot
+        be removed now stays registered, and is logged."""
+        ids = [s.image_id for s in failed if s.image_id is not None]
+        if not ids:
+            return
+        undo = [
+            (f, pos, a.remove.remote([ids[p] for p in pos]))
+            for f in written
+            for a, pos in self._groups(f, ids)
+        ]
+        results = await asyncio.gather(*(c for _, _, c in undo), return_exceptions=True)
+        stuck = {
+            p
+            for (f, pos, _), result in zip(undo, results, strict=True)
+            if isinstance(result, BaseException)
+            for p in pos
+            if failed[p].status.get(f) == "ok"
+        }
+        if stuck:
+            log.error("images %s: features stay after a failed add", [ids[p] for p in stuck])
+        await asyncio.gather(
+            *(self.catalog.unregister.remote(i) for p, i in enumerate(ids) if p not in stuck)
+        )
+
+    def _groups(self, feature: str, ids: list[int]) -> list[tuple[Any, list[int]]]:
+        """(shard actor, positions in ``ids``) for each shard that owns some of ``ids``."""
+        actors = self.shards[feature]
+        return [(actors[s], pos) for s, pos in shards.by_owner(ids, len(actors)).items()]
+
+    async def delete(self, image_id: int, features: Sequence[str] | None = None) -> None:
+        """Remove an image's features (all by default, then the image itself)."""
+        targets = list(features) if features is not None else self.features
+        await asyncio.gather(*(self.owner(f, image_id).remove.remote([image_id]) for f in targets))
+        if features is None:
+            await self.catalog.unregister.remote(image_id)
+
+
+def take_rows(column: Any, rows: list[int]) -> Any:
+    """The rows of a feature column for the registered images (a contiguous array where the
+    column is one, a list of arrays for a ragged one)."""
+    if isinstance(column, np.ndarray) and column.dtype != object:
+        return np.ascontiguousarray(column[rows])
+    return [column[j] for j in rows]
