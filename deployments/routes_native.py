@@ -95,7 +95,7 @@ async def search_image(
     return await eng.search_image(data, k, features, options, phash_threshold, only)
 
 
-@router.get("/search/similar/{image_id}")
+@router.get("/search/similar/{image_id}", response_model_exclude_none=True)
 async def search_similar(
     eng: Eng,
     options: QueryOptions,
@@ -110,7 +110,7 @@ async def search_similar(
     if len(names) != 1:
         raise InvalidInput(f"give one feature, not {feature!r}")
     kk, found = eng.k(k), eng.options(names[0], options)
-    return Similar(results=await eng.similar(names[0], image_id, kk, threshold, found))
+    return await eng.similar(names[0], image_id, kk, threshold, found)
 
 
 @router.get("/search/text", response_model_exclude_none=True)

@@ -199,7 +199,7 @@ async def by_id(svc: str, eng: Eng, body: Annotated[ById, Body()]) -> list[dict[
     name = feature(eng, svc)
     k, t = mode(eng, name, body.k, body.distance_threshold)
     options = eng.options(name, body, seed=True)
-    return listing(name, await eng.similar(name, body.image_id, k, t, options))
+    return listing(name, (await eng.similar(name, body.image_id, k, t, options)).results)
 
 
 @router.post("/image_text_features_get_similar_images_by_text")

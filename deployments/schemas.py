@@ -48,9 +48,11 @@ class TextSearchResult(SearchResult):
 
 
 class Similar(BaseModel):
-    """Stored images nearest to a stored one, by one feature."""
+    """Stored images nearest to a stored one, by one feature; ``partial`` (only when a shard
+    did not answer): the shards whose images are left out."""
 
     results: list[Listed]
+    partial: list[str] | None = None
 
 
 class Added(BaseModel):

@@ -21,6 +21,7 @@ from deployments.schemas import (
     Listed,
     Match,
     SearchResult,
+    Similar,
     TextSearchResult,
 )
 from extractors import REGISTRY, InvalidImage, WeightsUnavailable
@@ -212,15 +213,16 @@ class Searches:
         k: int | None,
         threshold: float | None,
         options: Mapping[str, Any],
-    ) -> list[Listed]:
-        """Stored images nearest to a stored one by one feature (itself left out);
-        ``options``: the feature's search options (``Engine.options``)."""
+    ) -> Similar:
+        """Stored images nearest to a stored one by one feature (itself left out), and the
+        shards that did not answer; ``options``: the feature's search options."""
         await self.known(image_id)
         try:
             hits = await self.client.search_by_id(name, image_id, k, threshold, **options)
         except UnknownImage:
             raise UnknownImage(f"image {image_id} has no {name} feature") from None
-        return await self.listing(hits)
+        missing = hits.missing if isinstance(hits, Hits) else []
+        return Similar(results=await self.listing(hits), partial=missing or None)
 
     async def text_hits(
         self, text: Any, k: int | None, threshold: float | None, values: Options

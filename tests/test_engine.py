@@ -50,7 +50,7 @@ def test_add_describe_search_delete(engine: Engine, photos: dict[str, bytes]) ->
     assert [r.image_id for r in found.results] == [added.image_id, 7]
     assert found.results[0].duplicate and set(found.by_feature) == {"phash", "color"}
     similar = run(engine.similar("color", 7, 5, None, {}))
-    assert [h.image_id for h in similar] == [added.image_id]
+    assert [h.image_id for h in similar.results] == [added.image_id] and similar.partial is None
 
     run(engine.delete(7))
     with pytest.raises(UnknownImage):

@@ -64,6 +64,10 @@ def test_a_shard_that_is_down(app: RunningApp, payloads: dict[str, bytes]) -> No
         )
         whole = client.post("/search/image", files=query, data={"features": "phash"}).json()
         assert "partial" not in whole
+        anchor = next(i for i in range(1, 9) if shards.owner(i, 3) != 1)  # its owner is up
+        r = client.get(f"/search/similar/{anchor}", params={"feature": "color", "k": 50})
+        assert r.status_code == 200 and r.json()["partial"] == ["index:color:1/3"], r.text
+        assert "partial" not in client.get("/search/similar/1", params={"k": 5}).json()
         health = client.get("/health").json()
         assert health["status"] == "degraded" and "shard 1/3" in health["indexes"]["color"]["error"]
 
