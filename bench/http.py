@@ -28,7 +28,7 @@ def fill(args: AppArgs, url: str, photos: dict[str, bytes], n: int, local: Local
     }
     # Straight to the actors, through the index client's write path: 10k uploads over HTTP
     # would take minutes and test nothing here.
-    client = IndexClient.connect(args.name, args.index_specs())
+    client = IndexClient.connect(args.name, args.shard_counts())
     stored = asyncio.run(client.store(names, {name: feats[name] for name in args.enabled}))
     failed = [s for s in stored if not s.ok]
     assert not failed, f"{len(failed)} synthetic images not stored: {failed[0]}"

@@ -141,6 +141,10 @@ class AppArgs(BaseModel):
             for name in names
         }
 
+    def shard_counts(self, features: list[str] | None = None) -> dict[str, int]:
+        """Each enabled feature's shard count (or of ``features``)."""
+        return {name: self.shards_of(name) for name in features or self.enabled}
+
     def shards_of(self, name: str) -> int:
         """How many index actors a feature's images are spread over. A text feature in
         PostgreSQL has one: the database is its store, shared by any number of shards."""

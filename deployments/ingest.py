@@ -299,7 +299,7 @@ def ingest(
     if not features:
         raise IngestError(f"no feature can be computed: {report.unavailable}")
     try:
-        client = client or IndexClient.connect(args.name, args.index_specs(features))
+        client = client or IndexClient.connect(args.name, args.shard_counts(features))
         client = client.subset(features)
     except ValueError as exc:
         raise IngestError(str(exc)) from None

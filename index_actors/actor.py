@@ -28,14 +28,14 @@ class IndexActor:
         self, kind: str, path: str, dim: int, options: dict[str, Any], snapshot_interval_s: float
     ) -> None:
         self.index: Index = KINDS[kind].open(Path(path), dim, **options)
-        self.settings = {
-            "kind": kind,
-            "path": path,
-            "dim": dim,
-            "options": KINDS[kind].fixed(options),
-        }
+        self.settings = self.settings_of(kind, path, dim, options)
         self._interval = snapshot_interval_s
         threading.Thread(target=self._snapshot_loop, daemon=True).start()
+
+    @staticmethod
+    def settings_of(kind: str, path: str, dim: int, options: dict[str, Any]) -> dict[str, Any]:
+        """What an actor is made with, live settings aside: another value needs a new one."""
+        return {"kind": kind, "path": path, "dim": dim, "options": KINDS[kind].fixed(options)}
 
     def _snapshot_loop(self) -> None:
         while True:

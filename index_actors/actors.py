@@ -74,7 +74,7 @@ def index_actor(
 
     path = str(shards.directory(data_dir, feature, *shard))
     options = options or {}
-    wanted = {"kind": kind, "path": path, "dim": dim, "options": KINDS[kind].fixed(options)}
+    wanted = IndexActor.settings_of(kind, path, dim, options)
     actor = _current(
         lambda: (
             ray.remote(IndexActor)

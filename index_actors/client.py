@@ -100,8 +100,9 @@ class IndexClient(WritePath):
         return cls(catalog_actor(app_name, data_dir), indexes, missing, timeout_s)
 
     @classmethod
-    def connect(cls, app_name: str, specs: Mapping[str, IndexSpec]) -> IndexClient:
-        """The running app's actors (scripts); ``ValueError`` naming what is not running."""
+    def connect(cls, app_name: str, shard_counts: Mapping[str, int]) -> IndexClient:
+        """The running app's actors of these features (each with its shard count) for the
+        scripts; ``ValueError`` naming what is not running."""
         import ray
 
         def get(role: str) -> Any:
@@ -113,8 +114,7 @@ class IndexClient(WritePath):
                 ) from None
 
         indexes = {
-            f: [get(shards.role(f, i, spec.shards)) for i in range(spec.shards)]
-            for f, spec in specs.items()
+            f: [get(shards.role(f, i, n)) for i in range(n)] for f, n in shard_counts.items()
         }
         return cls(get("catalog"), indexes, {})
 
@@ -242,16 +242,16 @@ class IndexClient(WritePath):
     async def describe(self) -> tuple[dict[str, Any], int | BaseException]:
         """Each index's description (or the error of one that failed; sharded: the counts
         summed and each shard's own), and the image count."""
-        actors = [(f, a) for f, shard_list in self.shards.items() for a in shard_list]
         *described, images = await asyncio.gather(
-            *(a.describe.remote() for _, a in actors),
+            *(a.describe.remote() for actors in self.shards.values() for a in actors),
             self.catalog.count.remote(),
             return_exceptions=True,
         )
-        out: dict[str, Any] = {}
-        for feature, actor_list in self.shards.items():
-            mine, described = described[: len(actor_list)], described[len(actor_list) :]
-            out[feature] = mine[0] if len(mine) == 1 else _combined(mine)
+        each = iter(described)
+        out = {
+            f: next(each) if len(actors) == 1 else _combined([next(each) for _ in actors])
+            for f, actors in self.shards.items()
+        }
         return out, images
 
     # --- training -----------------------------------------------------------------------

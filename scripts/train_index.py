@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train_index: {exc} (start the app first: make serve)", file=sys.stderr)
         return 2
     try:
-        client = IndexClient.connect(args.name, args.index_specs([ns.feature]))
+        client = IndexClient.connect(args.name, {ns.feature: args.shards_of(ns.feature)})
         print(run(client, ns.feature, metric, ns.factory, ns.whiten, ns.sample))
     except ValueError as exc:
         print(f"train_index: {exc}", file=sys.stderr)
