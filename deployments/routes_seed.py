@@ -155,9 +155,7 @@ async def unified(eng: Engine, data: bytes) -> dict[str, Any]:
 async def duplicates(eng: Engine, data: bytes) -> dict[str, Any]:
     """The gateway's ``find_duplicate``: every phash match within the duplicate threshold
     (mirrored included) under ``phash_res``, or ``{}`` when there is none."""
-    if "phash" not in eng.extractors:
-        raise Unavailable("find_duplicate needs the phash feature, which is disabled")
-    eng.features("phash")  # Unavailable when its index is not open
+    eng.duplicates_source("find_duplicate")
     queries, failed = await eng.extract(data, ["phash"], query=True)
     if not queries:
         raise Unavailable(f"phash could not be computed: {failed}")

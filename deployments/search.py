@@ -153,6 +153,13 @@ class Searches:
             raise Unavailable(f"no feature could be computed: {failed}")
         return self.searchable(queries)
 
+    def duplicates_source(self, what: str) -> str:
+        """The feature that finds near-duplicates (phash); ``Unavailable`` naming ``what``
+        needs it when it is disabled or its index is not open."""
+        if "phash" not in self.extractors:
+            raise Unavailable(f"{what} needs the phash feature, which is disabled")
+        return self.features("phash")[0]
+
     async def known(self, image_id: int) -> str:
         """The file name of a stored image; ``UnknownImage`` otherwise."""
         names = await self.client.names([image_id])
@@ -192,10 +199,8 @@ class Searches:
         kk = self.k(k)
         names = ["phash"] if duplicates_only else self.features(features, self.visual)
         options = {n: self.options(n, values) for n in names}
-        if duplicates_only and "phash" not in self.extractors:
-            raise Unavailable("duplicates_only needs the phash feature, which is disabled")
         if duplicates_only:
-            self.features("phash")  # Unavailable when its index is not open
+            self.duplicates_source("duplicates_only")
         dup = (
             self.args.fusion.duplicate_threshold
             if duplicate_threshold is None
