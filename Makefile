@@ -42,6 +42,7 @@ ocr-deps:
 
 test: lint system-deps
 	$(BIN)/pytest
+	$(BIN)/pytest -m multinode
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench

@@ -36,5 +36,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         args.snapshot_interval_s,
         args.index_actor_cpus,
         args.shard_timeout_s,
+        args.placement,
+        args.write_timeout_s,
     )
     return Ingress.bind(args, extractors, indexes)  # type: ignore[attr-defined]

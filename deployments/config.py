@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from extractors import REGISTRY, WeightsUnavailable, build_extractor
 from index_actors.client import IndexSpec
 from index_actors.kinds import kind_of
+from index_actors.placement import LABEL, Placement
 from index_actors.text_pg import TABLE_PREFIX
 
 #: API feature name -> the seed's service name in its routes.
@@ -68,6 +69,16 @@ class AppArgs(BaseModel):
     #: How long a search waits for one of several shards before answering without it (the
     #: answer then names it under ``partial``).
     shard_timeout_s: float = Field(default=10.0, gt=0)
+    #: How long an add or delete waits for a shard before answering 503 "retry" (its node
+    #: is down); the write still happens when the shard returns, and a new image's is undone.
+    write_timeout_s: float = Field(default=30.0, gt=0)
+    #: The node label that marks the data nodes of a cluster (``ray start --labels
+    #: imgsearch-data=<node name>``): shards spread over them and stay on their node. Without
+    #: such nodes, everything stays on the head (``index_actors/placement.py``).
+    data_label: str = LABEL
+    #: The data directory is one filesystem mounted on every node (NFS, say): shards may
+    #: run, and restart, on any node.
+    shared_data_dir: bool = False
     #: PostgreSQL connection string (libpq) for the text features' indexes (ocr, caption,
     #: tags), each in tables of its own (``<name>_<feature>_*``); unset: the embedded store
     #: under data_dir. Keep a password out of it (~/.pgpass, or PGPASSWORD): it travels
@@ -97,6 +108,11 @@ class AppArgs(BaseModel):
                         "with a letter or _ and be at most 51 characters"
                     )
         return self
+
+    @property
+    def placement(self) -> Placement:
+        """Where the index actors run (``index_actors/placement.py``)."""
+        return Placement(self.data_label, self.shared_data_dir)
 
     def text_table(self, feature: str) -> str:
         """Prefix of a text feature's PostgreSQL tables: this app's name, then the feature."""

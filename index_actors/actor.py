@@ -13,6 +13,10 @@ from typing import Any
 
 from index_actors.interface import Hit, Index
 from index_actors.kinds import KINDS
+from index_actors.shards import retire
+
+#: Files next to a store that a reshard carries to the new shards.
+CARRIED = ("trained.npz", "live.json")
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +29,23 @@ class IndexActor:
     """
 
     def __init__(
-        self, kind: str, path: str, dim: int, options: dict[str, Any], snapshot_interval_s: float
+        self,
+        kind: str,
+        path: str,
+        dim: int,
+        options: dict[str, Any],
+        snapshot_interval_s: float,
+        carry: dict[str, bytes] | None = None,
     ) -> None:
+        # A new shard of a reshard starts from its old layout's trained index and live
+        # settings (``carried``); files it already has are kept (a resumed reshard).
+        for name, data in (carry or {}).items():
+            Path(path).mkdir(parents=True, exist_ok=True)
+            if name in CARRIED and not (Path(path) / name).exists():
+                (Path(path) / name).write_bytes(data)
         self.index: Index = KINDS[kind].open(Path(path), dim, **options)
+        self.kind = KINDS[kind]
+        self._closed = False
         self.settings = self.settings_of(kind, path, dim, options)
         self._interval = snapshot_interval_s
         threading.Thread(target=self._snapshot_loop, daemon=True).start()
@@ -40,6 +58,8 @@ class IndexActor:
     def _snapshot_loop(self) -> None:
         while True:
             time.sleep(self._interval)
+            if self._closed:
+                return
             try:
                 self.index.snapshot()
             except Exception:  # a full disk must not stop later snapshots
@@ -47,7 +67,13 @@ class IndexActor:
 
     def __ray_shutdown__(self) -> None:
         """Ray calls this on a graceful actor exit: a last snapshot saves a rebuild."""
-        self.index.close()
+        self.close()
+
+    def close(self) -> None:
+        """Snapshot and close the index (once)."""
+        if not self._closed:
+            self._closed = True
+            self.index.close()
 
     def config(self) -> dict[str, Any]:
         """What this actor was created with (a reused detached actor may predate a change)."""
@@ -114,6 +140,23 @@ class IndexActor:
     def snapshot(self) -> bool:
         """Snapshot now (tests and graceful shutdown)."""
         return self.index.snapshot()
+
+    def export(self, after: int, n: int) -> tuple[list[int], list[Any]]:
+        """Up to ``n`` stored (ids, features) with ids over ``after``, features as ``add``
+        takes them (a reshard copies a shard page by page)."""
+        ids, raws = self.index.store.page(after, n)  # type: ignore[attr-defined]
+        return ids, [self.kind.stored_feature(raw) for raw in raws]
+
+    def carried(self) -> dict[str, bytes]:
+        """The files a new layout's shards start from: the trained index, live settings."""
+        folder = Path(self.settings["path"])
+        return {n: (folder / n).read_bytes() for n in CARRIED if (folder / n).exists()}
+
+    def retire(self, data_dir: str, feature: str, shard: int, shards: int, stamp: str) -> str:
+        """Close the index and move this shard's files aside (its layout was resharded); the
+        actor is then of no use and is killed."""
+        self.close()
+        return str(retire(data_dir, feature, shard, shards, stamp))
 
     def pid(self) -> int:
         """Process id, for fault-injection tests."""

@@ -21,8 +21,9 @@ import numpy as np
 
 from index_actors import shards
 from index_actors.actor import IndexActor, LocalActor
-from index_actors.actors import IndexSpec, actor_name, catalog_actor, index_actor
-from index_actors.interface import BackendDown, Hit, Hits, reason
+from index_actors.actors import IndexSpec, actor_name, catalog_actor, index_actor, index_shards
+from index_actors.interface import BackendDown, Hit, Hits, InvalidInput, NotFound, reason
+from index_actors.placement import Layout, Placement, choose, data_nodes, spread
 from index_actors.store import Catalog
 from index_actors.writes import Stored, WritePath, take_rows
 
@@ -42,10 +43,12 @@ class IndexClient(WritePath):
         indexes: Mapping[str, Any | list[Any]],
         missing: Mapping[str, str],
         timeout_s: float = 10.0,
+        write_timeout_s: float = 30.0,
     ):
         self.catalog = catalog
-        #: How long a search waits for a shard (of several) before answering without it.
+        #: How long a search (or a lookup) waits for a shard before answering without it.
         self.timeout_s = timeout_s
+        self.write_timeout_s = write_timeout_s
         self.shards = {f: a if isinstance(a, list) else [a] for f, a in indexes.items()}
         #: Enabled features without an index, and why (a model whose width is unknown, an
         #: index that could not open); their routes answer 503 with the reason.
@@ -61,43 +64,51 @@ class IndexClient(WritePath):
         snapshot_interval_s: float = 30.0,
         num_cpus: float = 0.0,
         timeout_s: float = 10.0,
+        placement: Placement | None = None,
+        write_timeout_s: float = 30.0,
     ) -> IndexClient:
-        """Get or create the app's actors with these settings (what ``graph.py`` does)."""
+        """Get or create the app's actors with these settings (what ``graph.py`` does): the
+        catalog on the head, each feature's shards on the nodes its recorded layout names
+        (a new layout spread over the data nodes up now: ``index_actors/placement.py``)."""
+        import ray
         from ray.exceptions import RayError
 
+        placement = placement or Placement()
+        nodes = data_nodes(placement.label)
+        catalog = catalog_actor(app_name, data_dir)
+        images = ray.get(catalog.count.remote())
         missing: dict[str, str] = {}
         indexes: dict[str, list[Any]] = {}
         for name, spec in specs.items():
             if isinstance(spec.dim, str):
                 missing[name] = spec.dim
                 continue
-            if others := shards.other_layouts(data_dir, name, spec.shards):
-                missing[name] = (
-                    f"index unavailable: {data_dir}/{name} holds images in "
-                    f"{', '.join(f'{n} shard(s) ({c} images)' for n, c in others.items())}, "
-                    f"not in the {spec.shards} this config asks for: stop the app and run "
-                    "scripts/reshard.py, or set shards back"
-                )
+            raw = ray.get(catalog.layout.remote(name))
+            recorded = Layout.from_dict(raw) if raw else None
+            here = shards.layouts_here(data_dir, name) if recorded is None else {}
+            fresh = spread(spec.shards, nodes, placement.shared)
+            layout = choose(spec.shards, recorded, here, images, fresh)
+            if isinstance(layout, str):
+                missing[name] = f"index unavailable: {data_dir}/{name} {layout}"
                 continue
+            if layout != recorded:
+                ray.get(catalog.set_layout.remote(name, layout.to_dict()))
             try:
-                indexes[name] = [
-                    index_actor(
-                        app_name,
-                        name,
-                        spec.kind,
-                        data_dir,
-                        spec.dim,
-                        spec.options,
-                        snapshot_interval_s,
-                        num_cpus,
-                        (i, spec.shards),
-                    )
-                    for i in range(spec.shards)
-                ]
+                indexes[name] = index_shards(
+                    app_name,
+                    name,
+                    spec,
+                    data_dir,
+                    layout,
+                    placement,
+                    snapshot_interval_s,
+                    num_cpus,
+                    timeout_s,
+                )
             except RayError as exc:  # a store of another model's features, say
                 log.error("index of %s unavailable: %s", name, exc)
                 missing[name] = f"index unavailable: {reason(exc)}"
-        return cls(catalog_actor(app_name, data_dir), indexes, missing, timeout_s)
+        return cls(catalog, indexes, missing, timeout_s, write_timeout_s)
 
     @classmethod
     def connect(cls, app_name: str, shard_counts: Mapping[str, int]) -> IndexClient:
@@ -145,7 +156,7 @@ class IndexClient(WritePath):
     def subset(self, features: Iterable[str]) -> IndexClient:
         """The same actors, only these features' indexes."""
         chosen = {f: self.shards[f] for f in features}
-        return IndexClient(self.catalog, chosen, self.missing, self.timeout_s)
+        return IndexClient(self.catalog, chosen, self.missing, self.timeout_s, self.write_timeout_s)
 
     # --- reading ------------------------------------------------------------------------
     async def id_of(self, file_name: str) -> int | None:
@@ -157,14 +168,22 @@ class IndexClient(WritePath):
         actors = self.shards[feature]
         groups = shards.by_owner(ids, len(actors))
         found = await asyncio.gather(
-            *(actors[s].has.remote([ids[j] for j in rows]) for s, rows in groups.items())
+            *(
+                self.within(
+                    feature, s, actors[s].has.remote([ids[j] for j in rows]), self.timeout_s
+                )
+                for s, rows in groups.items()
+            )
         )
         return sorted(i for present in found for i in present)
 
     async def features_of(self, image_id: int) -> list[str]:
         """The features stored for an image, in index order."""
         present = await asyncio.gather(
-            *(self.owner(f, image_id).has.remote([image_id]) for f in self.shards)
+            *(
+                self.ask_owner(f, image_id, "has", [image_id], seconds=self.timeout_s)
+                for f in self.shards
+            )
         )
         return [n for n, has in zip(self.shards, present, strict=True) if has]
 
@@ -189,17 +208,18 @@ class IndexClient(WritePath):
         at once, merged. A shard that fails or does not answer within ``timeout_s`` is left
         out and named in ``Hits.missing``; ``BackendDown`` when none answered."""
         actors = self.shards[feature]
-        if len(actors) == 1:
-            return await actors[0].search.remote(query, k, threshold, exclude, **options)
-        found = await asyncio.gather(
-            *(
-                asyncio.wait_for(
-                    a.search.remote(query, k, threshold, exclude, **options), self.timeout_s
-                )
-                for a in actors
-            ),
-            return_exceptions=True,
-        )
+        calls = [
+            self.within(
+                feature, i, a.search.remote(query, k, threshold, exclude, **options), self.timeout_s
+            )
+            for i, a in enumerate(actors)
+        ]
+        if len(calls) == 1:
+            return await calls[0]
+        found = await asyncio.gather(*calls, return_exceptions=True)
+        for hits in found:  # a bad query is the same for every shard: not a shard down
+            if isinstance(hits, InvalidInput | NotFound):
+                raise hits
         good = [hits for hits in found if not isinstance(hits, BaseException)]
         missing = [
             shards.role(feature, i, len(actors))
@@ -222,11 +242,18 @@ class IndexClient(WritePath):
         the owner gives the stored query, every shard searches by it (query expansion then
         expands within each shard)."""
         if len(self.shards[feature]) == 1:
-            return await self.owner(feature, image_id).search_by_id.remote(
-                image_id, k, threshold, **options
+            return await self.ask_owner(
+                feature,
+                image_id,
+                "search_by_id",
+                image_id,
+                k,
+                threshold,
+                seconds=self.timeout_s,
+                **options,
             )
-        query = await asyncio.wait_for(
-            self.owner(feature, image_id).query_of.remote(image_id), self.timeout_s
+        query = await self.ask_owner(
+            feature, image_id, "query_of", image_id, seconds=self.timeout_s
         )
         if query is None:  # nothing to match by (a text without words)
             return []
@@ -235,7 +262,10 @@ class IndexClient(WritePath):
     async def docs(self, features: Sequence[str], image_id: int) -> list[dict[str, Any]]:
         """An image's stored text documents, one per text feature (empty where none)."""
         found = await asyncio.gather(
-            *(self.owner(f, image_id).docs.remote([image_id]) for f in features)
+            *(
+                self.ask_owner(f, image_id, "docs", [image_id], seconds=self.timeout_s)
+                for f in features
+            )
         )
         return [got.get(image_id, {}) for got in found]
 
@@ -243,7 +273,11 @@ class IndexClient(WritePath):
         """Each index's description (or the error of one that failed; sharded: the counts
         summed and each shard's own), and the image count."""
         *described, images = await asyncio.gather(
-            *(a.describe.remote() for actors in self.shards.values() for a in actors),
+            *(
+                self.within(f, i, a.describe.remote(), self.timeout_s)
+                for f, actors in self.shards.items()
+                for i, a in enumerate(actors)
+            ),
             self.catalog.count.remote(),
             return_exceptions=True,
         )
@@ -303,5 +337,6 @@ __all__ = [
     "actor_name",
     "catalog_actor",
     "index_actor",
+    "index_shards",
     "take_rows",
 ]

@@ -1,104 +1,206 @@
-"""Resharding: rebuild a feature's shards for another shard count from the LMDB stores of the
-layout it is in now (Ray-free; ``scripts/reshard.py`` is the command, with the app stopped).
+"""Resharding: move a feature's images from the shard layout the catalog records to one of
+another shard count, through the shards' own actors, so that it works wherever each shard's
+files live (a data node's own disk, a shared one, this machine). ``scripts/reshard.py`` is the
+command, run with the Serve app stopped. Ray-free: the actors come from an ``Opener``.
 
-Every stored feature is read from the old layout's stores, sent to its owner under the new
-count (``shards.owner``) and added to that shard's index, which writes its own store and
-builds its FAISS index; trained artefacts and live settings are copied into each new shard
-first. Only when every shard is written and closed is the old layout moved aside (to
-``<feature>/retired-<count>-<time>``), so an interrupted run leaves both, the app refuses
-to open the feature (``shards.other_layouts``), and running it again redoes the copy:
-re-adding an id replaces it.
+Each step is safe to repeat, so an interrupted run is finished by running it again:
+
+1. the new layout is recorded as the old one's ``next`` (a resumed run fills the same nodes);
+2. each old shard's stored features are read page by page (``IndexActor.export``) and added
+   to their owners under the new count; the new shards start from the old layout's trained
+   index and live settings (``IndexActor.carried``); re-adding an id replaces it;
+3. the new layout is recorded, the old one as ``retiring``: the app opens the new one now;
+4. each old shard moves its files aside (``IndexActor.retire``), then ``retiring`` is dropped.
 """
 
 from __future__ import annotations
 
-import shutil
+import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from index_actors import shards
-from index_actors.kinds import KINDS
-from index_actors.store import FeatureStore
+from index_actors.actor import IndexActor, LocalActor
+from index_actors.actors import IndexSpec, index_shards
+from index_actors.placement import HEAD, Layout, Placement
 
 #: Features read and written per step.
 CHUNK = 10_000
 
 
-def _layout_dirs(base: Path, count: int) -> list[Path]:
-    return [shards.directory(base.parent, base.name, i, count) for i in range(count)]
+class Opener(Protocol):
+    """Opens the actors of a layout's shards (each on its node) and closes them."""
+
+    def open(self, layout: Layout, carry: dict[str, bytes] | None) -> list[Any]:
+        """Actor-shaped handles (``method.remote()``) of the layout's shards."""
+        ...
+
+    def close(self, actors: list[Any]) -> None:
+        """Let go of them (kill the Ray actors; close local indexes)."""
+        ...
 
 
-def reshard(
+async def current_layout(catalog: Any, data_dir: str | Path, feature: str) -> Layout | None:
+    """The recorded layout of a feature, or the one found in this data directory for data
+    from before layouts were recorded (on this machine: the head); None when nothing is
+    stored. ``ValueError`` when files of several layouts hold images."""
+    raw = await catalog.layout.remote(feature)
+    if raw:
+        return Layout.from_dict(raw)
+    here = shards.layouts_here(data_dir, feature)
+    if len(here) > 1:
+        raise ValueError(f"{data_dir}/{feature} holds images in several layouts: {here}")
+    count = next(iter(here), None)
+    return Layout(count, [HEAD] * count) if count else None
+
+
+async def reshard(
+    catalog: Any,
+    opener: Opener,
     data_dir: str | Path,
     feature: str,
-    kind: str,
-    dim: int,
-    options: dict[str, Any],
-    to: int,
+    to: Layout,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Move every image of ``feature`` into the ``to``-shard layout; returns what was moved
-    (per old layout) and how long it took. Nothing to do when no other layout holds images."""
+    """Move every image of ``feature`` into ``to.shards`` shards on ``to``'s nodes (a
+    resumed run keeps the nodes it started with); returns what moved and how long it took."""
     started = time.perf_counter()
-    base = Path(data_dir) / feature
-    sources = shards.other_layouts(data_dir, feature, to)
-    if not sources:
-        return {"feature": feature, "moved": {}, "seconds": 0.0}
-    source_dirs = [d for count in sources for d in _layout_dirs(base, count)]
-    targets = _layout_dirs(base, to)
-    for target in targets:  # the trained index and live settings travel with the data
-        target.mkdir(parents=True, exist_ok=True)
-        for name in ("trained.npz", "live.json"):
-            found = next((d / name for d in source_dirs if (d / name).exists()), None)
-            if found is not None and not (target / name).exists():
-                shutil.copy2(found, target / name)
-    the_kind = KINDS[kind]
-    indexes = [the_kind.open(t, dim, **options) for t in targets]
-    moved = 0
-    try:
-        for source in source_dirs:
-            if not (source / "lmdb" / "data.mdb").exists():
-                continue
-            store = FeatureStore(source / "lmdb")
-            try:
-                batch: list[tuple[int, Any]] = []
-                for image_id, raw in store.items():
-                    batch.append((image_id, the_kind.stored_feature(bytes(raw))))
-                    if len(batch) >= CHUNK:
-                        moved += _write(indexes, batch)
-                        batch = []
-                        if progress:
-                            progress(moved)
-                moved += _write(indexes, batch)
-            finally:
-                store.close()
-    finally:
-        for index in indexes:
-            index.close()
+    now = await current_layout(catalog, data_dir, feature)
+    done = {"feature": feature, "moved": 0, "from": now.shards if now else None}
+    if now is None or (now.shards == to.shards and now.retiring is None):
+        # Nothing to move: the layout is recorded as it is (a reshard to another count that
+        # was interrupted is abandoned), or as the new one when nothing is stored.
+        kept = Layout(now.shards, now.nodes) if now else to
+        await catalog.set_layout.remote(feature, kept.to_dict())
+        return {**done, "seconds": time.perf_counter() - started}
+    if now.shards != to.shards:
+        if now.next is not None and now.next.shards == to.shards:
+            to = now.next
+        await catalog.set_layout.remote(feature, replace(now, next=to).to_dict())
+        old = opener.open(Layout(now.shards, now.nodes), None)
+        carry = await old[0].carried.remote()
+        new = opener.open(to, carry)
+        try:
+            done["moved"] = await move(old, new, progress)
+            await asyncio.gather(*(a.snapshot.remote() for a in new))
+        finally:
+            opener.close(new)
+            opener.close(old)
+        now = Layout(to.shards, to.nodes, retiring=Layout(now.shards, now.nodes))
+        await catalog.set_layout.remote(feature, now.to_dict())
+    assert now.retiring is not None
+    old = opener.open(now.retiring, None)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for count in sources:
-        _retire(base, count, base / f"retired-{count}-{stamp}")
-    return {"feature": feature, "moved": sources, "seconds": time.perf_counter() - started}
+    try:
+        await asyncio.gather(
+            *(
+                a.retire.remote(str(data_dir), feature, i, now.retiring.shards, stamp)
+                for i, a in enumerate(old)
+            )
+        )
+    finally:
+        opener.close(old)
+    await catalog.set_layout.remote(feature, Layout(now.shards, now.nodes).to_dict())
+    return {**done, "seconds": time.perf_counter() - started}
 
 
-def _write(indexes: list[Any], batch: list[tuple[int, Any]]) -> int:
-    """Add a batch to the shards that own its images."""
-    ids = [i for i, _ in batch]
-    for shard, positions in shards.by_owner(ids, len(indexes)).items():
-        indexes[shard].add([ids[p] for p in positions], [batch[p][1] for p in positions])
-    return len(batch)
+async def move(old: list[Any], new: list[Any], progress: Callable[[int], None] | None) -> int:
+    """Every stored feature of the ``old`` shards added to its owner among ``new``."""
+    moved = 0
+    for actor in old:
+        after = -1
+        while True:
+            ids, features = await actor.export.remote(after, CHUNK)
+            if not ids:
+                break
+            await asyncio.gather(
+                *(
+                    new[s].add.remote([ids[p] for p in pos], [features[p] for p in pos])
+                    for s, pos in shards.by_owner(ids, len(new)).items()
+                )
+            )
+            after, moved = ids[-1], moved + len(ids)
+            if progress:
+                progress(moved)
+    return moved
 
 
-def _retire(base: Path, count: int, to: Path) -> None:
-    """Move an old layout aside (the one-shard layout is the feature folder's own files)."""
-    to.mkdir(parents=True)
-    if count == 1:
-        # The store last: until it has moved, the layout is still found, and a rerun
-        # finishes the move (the copy before it only replaces what it wrote).
-        entries = [e for e in base.iterdir() if not e.name.startswith(("shards-", "retired-"))]
-        for entry in sorted(entries, key=lambda e: e.name == "lmdb"):
-            entry.rename(to / entry.name)
-    else:
-        (base / f"shards-{count}").rename(to / f"shards-{count}")
+@dataclass
+class LocalOpener:
+    """Shards hosted in this process: one machine, no Ray running."""
+
+    data_dir: str
+    feature: str
+    spec: IndexSpec
+
+    def open(self, layout: Layout, carry: dict[str, bytes] | None) -> list[Any]:
+        """See ``Opener``."""
+        assert isinstance(self.spec.dim, int)
+        return [
+            LocalActor(
+                IndexActor(
+                    self.spec.kind,
+                    str(shards.directory(self.data_dir, self.feature, i, layout.shards)),
+                    self.spec.dim,
+                    self.spec.options,
+                    3600.0,
+                    carry,
+                )
+            )
+            for i in range(layout.shards)
+        ]
+
+    def close(self, actors: list[Any]) -> None:
+        """See ``Opener``."""
+        for actor in actors:
+            actor._obj.close()
+
+
+@dataclass
+class RayOpener:
+    """The app's own shard actors, each on its recorded node of the Ray cluster."""
+
+    app_name: str
+    data_dir: str
+    feature: str
+    spec: IndexSpec
+    placement: Placement
+    #: How long a shard may take to start; a node that is down must be brought back first.
+    wait_s: float = 120.0
+
+    def open(self, layout: Layout, carry: dict[str, bytes] | None) -> list[Any]:
+        """See ``Opener``; ``TimeoutError`` naming a shard whose node is not up."""
+        import ray
+        from ray.exceptions import GetTimeoutError
+
+        actors = index_shards(
+            self.app_name,
+            self.feature,
+            self.spec,
+            self.data_dir,
+            layout,
+            self.placement,
+            snapshot_interval_s=3600.0,
+            wait_s=self.wait_s,
+            carry=carry,
+        )
+        for i, actor in enumerate(actors):
+            try:
+                ray.get(actor.pid.remote(), timeout=self.wait_s)
+            except GetTimeoutError:
+                self.close(actors)
+                raise TimeoutError(
+                    f"shard {i} of {self.feature} ({layout.shards} shards) did not start on "
+                    f"node {layout.nodes[i] or 'head'!r}: is that node up?"
+                ) from None
+        return actors
+
+    def close(self, actors: list[Any]) -> None:
+        """See ``Opener``: the actors are killed (their stores are committed)."""
+        import ray
+
+        for actor in actors:
+            ray.kill(actor, no_restart=True)

@@ -9,6 +9,7 @@ so that resharding fills a new one from the old without touching it.
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -52,9 +53,35 @@ def directory(data_dir: str | Path, feature: str, shard: int, shards: int) -> Pa
     return base if shards == 1 else base / f"shards-{shards}" / str(shard)
 
 
+def retire(data_dir: str | Path, feature: str, shard: int, shards: int, stamp: str) -> Path:
+    """Move a shard's files aside (a reshard has copied them): to
+    ``<feature>/retired-<N>-<stamp>/<i>``; returns where. The one-shard layout is the feature
+    folder's own files, moved store last: until the store has moved, the layout is found."""
+    base = Path(data_dir) / feature
+    source = directory(data_dir, feature, shard, shards)
+    to = base / f"retired-{shards}-{stamp}" / str(shard)
+    to.mkdir(parents=True, exist_ok=True)
+    if not source.exists():
+        return to
+    entries = [e for e in source.iterdir() if not e.name.startswith(("shards-", "retired-"))]
+    for entry in sorted(entries, key=lambda e: e.name == "lmdb"):
+        entry.rename(to / entry.name)
+    if shards > 1:
+        source.rmdir()
+        with contextlib.suppress(OSError):  # other shards of the layout on this node
+            source.parent.rmdir()
+    return to
+
+
 def other_layouts(data_dir: str | Path, feature: str, shards: int) -> dict[int, int]:
-    """Layouts of a feature other than the ``shards`` one that hold images: shard count ->
-    images. Changing the count must not hide them behind empty new shards."""
+    """Layouts of a feature in this data directory other than the ``shards`` one that hold
+    images: shard count -> images."""
+    return {c: n for c, n in layouts_here(data_dir, feature).items() if c != shards}
+
+
+def layouts_here(data_dir: str | Path, feature: str) -> dict[int, int]:
+    """The layouts of a feature in this data directory (on this machine) that hold images:
+    shard count -> images."""
     from index_actors.store import FeatureStore
 
     base = Path(data_dir) / feature
@@ -65,16 +92,15 @@ def other_layouts(data_dir: str | Path, feature: str, shards: int) -> dict[int, 
     out = {}
     for count, dirs in found.items():
         stores = [d / "lmdb" for d in dirs if (d / "lmdb" / "data.mdb").exists()]
-        if count != shards and stores:
-            images = 0
-            for path in stores:
-                store = FeatureStore(path, map_size=1 << 20)  # LMDB grows it to the file's
-                try:
-                    images += store.count()
-                finally:
-                    store.close()
-            if images:
-                out[count] = images
+        images = 0
+        for path in stores:
+            store = FeatureStore(path, map_size=1 << 20)  # LMDB grows it to the file's
+            try:
+                images += store.count()
+            finally:
+                store.close()
+        if images:
+            out[count] = images
     return out
 
 

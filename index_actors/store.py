@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import numpy as np
@@ -138,6 +140,20 @@ class FeatureStore:
             for key, value in txn.cursor():
                 yield key_id(key), value
 
+    def page(self, after: int, n: int) -> tuple[list[int], list[bytes]]:
+        """Up to ``n`` (ids, values) with ids over ``after``, in id order (a reshard reads a
+        store page by page while its actor goes on serving)."""
+        ids: list[int] = []
+        values: list[bytes] = []
+        with self.env.begin(db=self.features) as txn:
+            cursor = txn.cursor()
+            found = cursor.set_range(id_key(after + 1))
+            while found and len(ids) < n:
+                ids.append(key_id(cursor.key()))
+                values.append(bytes(cursor.value()))
+                found = cursor.next()
+        return ids, values
+
     def count(self) -> int:
         """Number of stored values."""
         with self.env.begin(db=self.features) as txn:
@@ -222,6 +238,17 @@ class Catalog:
         txn.put(name.encode(), id_key(image_id), db=self.ids)
         txn.put(b"next_id", str(max(self._next_id(txn), image_id + 1)).encode(), db=self.meta)
         return image_id, name
+
+    def layout(self, feature: str) -> dict[str, Any] | None:
+        """The recorded shard layout of a feature (``placement.Layout.to_dict``), or None."""
+        with self.env.begin(db=self.meta) as txn:
+            raw = txn.get(f"layout:{feature}".encode())
+        return json.loads(raw) if raw is not None else None
+
+    def set_layout(self, feature: str, layout: dict[str, Any]) -> None:
+        """Record a feature's shard layout (committed before this returns)."""
+        with self.env.begin(write=True, db=self.meta) as txn:
+            txn.put(f"layout:{feature}".encode(), json.dumps(layout).encode())
 
     def config(self) -> dict[str, str]:
         """Where this catalog lives (its actor may predate a config change)."""

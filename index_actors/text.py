@@ -155,6 +155,13 @@ class TextFeatureIndex:
         )
 
     @property
+    def store(self) -> FeatureStore:
+        """The embedded backend's store (a reshard reads it); PostgreSQL is not sharded."""
+        if not isinstance(self.backend, EmbeddedTextIndex):
+            raise ValueError("a text index in PostgreSQL has no shards to move")
+        return self.backend.store
+
+    @property
     def live(self) -> dict[str, Any]:
         """No live settings."""
         return {}

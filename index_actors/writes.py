@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from index_actors import shards
-from index_actors.interface import reason
+from index_actors.interface import BackendDown, reason
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,24 @@ class WritePath:
 
     catalog: Any
     shards: dict[str, list[Any]]
+    #: How long a write (or a lookup by id) waits for its shard: one whose node is down
+    #: waits for it to return, and its callers get "retry" meanwhile.
+    write_timeout_s: float = 30.0
+
+    async def within(
+        self, feature: str, shard: int, call: Any, seconds: float | None = None
+    ) -> Any:
+        """A call to a shard's actor, given up with ``BackendDown`` ("retry") after
+        ``seconds`` (default ``write_timeout_s``). A write given up still happens when the
+        shard returns (Ray keeps the call): the write path undoes a new image's."""
+        limit = self.write_timeout_s if seconds is None else seconds
+        try:
+            return await asyncio.wait_for(call, limit)
+        except TimeoutError:
+            role = shards.role(feature, shard, len(self.shards[feature]))
+            raise BackendDown(
+                f"{role} did not answer within {limit:g} s (is its node down?), retry"
+            ) from None
 
     @property
     def features(self) -> list[str]:
@@ -53,6 +71,20 @@ class WritePath:
         """The index actor of the shard that owns an image's feature."""
         actors = self.shards[feature]
         return actors[shards.owner(image_id, len(actors))]
+
+    async def ask_owner(
+        self,
+        feature: str,
+        image_id: int,
+        method: str,
+        *args: Any,
+        seconds: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """``method(*args, **kwargs)`` of the shard that owns an image, within ``seconds``."""
+        shard = shards.owner(image_id, len(self.shards[feature]))
+        call = getattr(self.shards[feature][shard], method).remote(*args, **kwargs)
+        return await self.within(feature, shard, call, seconds)
 
     async def names(self, ids: list[int]) -> dict[int, str]:
         """File names of the known ids among ``ids``."""
@@ -98,15 +130,23 @@ class WritePath:
         for f in written:
             column = take_rows(features[f], rows)
             calls += [
-                (f, pos, a.add.remote([ids[p] for p in pos], take_rows(column, pos)))
-                for a, pos in self._groups(f, ids)
+                (
+                    f,
+                    pos,
+                    self.within(f, s, a.add.remote([ids[p] for p in pos], take_rows(column, pos))),
+                )
+                for s, a, pos in self._groups(f, ids)
             ]
         stale = [f for f in self.shards if f not in features] if replace else []
         old = [j for j, i in enumerate(ids) if out[rows[j]].existed]
         for f in stale if old else []:
             calls += [
-                (f, [old[p] for p in pos], a.remove.remote([ids[old[p]] for p in pos]))
-                for a, pos in self._groups(f, [ids[j] for j in old])
+                (
+                    f,
+                    [old[p] for p in pos],
+                    self.within(f, s, a.remove.remote([ids[old[p]] for p in pos])),
+                )
+                for s, a, pos in self._groups(f, [ids[j] for j in old])
             ]
         results = await asyncio.gather(*(c for _, _, c in calls), return_exceptions=True)
         for (f, positions, _), result in zip(calls, results, strict=True):
@@ -157,11 +197,14 @@ class WritePath:
         ids = [s.image_id for s in failed if s.image_id is not None]
         if not ids:
             return
-        undo = [
-            (f, pos, a.remove.remote([ids[p] for p in pos]))
-            for f in written
-            for a, pos in self._groups(f, ids)
-        ]
+        undo = []
+        for f in written:
+            for s, a, pos in self._groups(f, ids):
+                call = a.remove.remote([ids[p] for p in pos])  # sent now
+                # Only a removal of written features is waited for: a shard whose write
+                # failed (its node is down, say) removes when it returns.
+                if any(failed[p].status.get(f) == "ok" for p in pos):
+                    undo.append((f, pos, self.within(f, s, call)))
         results = await asyncio.gather(*(c for _, _, c in undo), return_exceptions=True)
         stuck = {
             p
@@ -176,15 +219,15 @@ class WritePath:
             *(self.catalog.unregister.remote(i) for p, i in enumerate(ids) if p not in stuck)
         )
 
-    def _groups(self, feature: str, ids: list[int]) -> list[tuple[Any, list[int]]]:
-        """(shard actor, positions in ``ids``) for each shard that owns some of ``ids``."""
+    def _groups(self, feature: str, ids: list[int]) -> list[tuple[int, Any, list[int]]]:
+        """(shard, its actor, positions in ``ids``) for each shard that owns some of ``ids``."""
         actors = self.shards[feature]
-        return [(actors[s], pos) for s, pos in shards.by_owner(ids, len(actors)).items()]
+        return [(s, actors[s], pos) for s, pos in shards.by_owner(ids, len(actors)).items()]
 
     async def delete(self, image_id: int, features: Sequence[str] | None = None) -> None:
         """Remove an image's features (all by default, then the image itself)."""
         targets = list(features) if features is not None else self.features
-        await asyncio.gather(*(self.owner(f, image_id).remove.remote([image_id]) for f in targets))
+        await asyncio.gather(*(self.ask_owner(f, image_id, "remove", [image_id]) for f in targets))
         if features is None:
             await self.catalog.unregister.remote(image_id)
 

@@ -13,7 +13,9 @@ import pytest
 from extractors import build_extractor
 from extractors.textdoc import encode_doc
 from index_actors import shards
+from index_actors.actor import LocalActor
 from index_actors.client import IndexClient, IndexSpec
+from index_actors.placement import spread
 from tests.helpers import reencode
 
 
@@ -194,8 +196,8 @@ def test_resharding_1_3_2_keeps_every_image_with_identical_features(
     its owner's store with the same feature, the answers are the unsharded ones, and the
     old layouts are moved aside (so the app opens the new one)."""
     from index_actors.kinds import KINDS
-    from index_actors.reshard import reshard
-    from index_actors.store import FeatureStore
+    from index_actors.reshard import LocalOpener, reshard
+    from index_actors.store import Catalog, FeatureStore
     from scripts.train_index import train
 
     rng = np.random.default_rng(2)
@@ -229,10 +231,13 @@ def test_resharding_1_3_2_keeps_every_image_with_identical_features(
     client.catalog._obj.close()  # type: ignore[attr-defined]
 
     for count in (3, 2):
+        catalog = LocalActor(Catalog(data / "catalog"))
         for feature, (spec, _) in columns.items():
-            done = reshard(data, feature, spec.kind, spec.dim, spec.options, count)
-            assert sum(done["moved"].values()) == len(names)
+            opener = LocalOpener(str(data), feature, spec)
+            done = run(reshard(catalog, opener, data, feature, spread(count, [])))
+            assert done["moved"] == len(names)
             assert shards.other_layouts(data, feature, count) == {}
+            assert catalog._obj.layout(feature) == {"shards": count, "nodes": [""] * count}
             for shard in range(count):
                 folder = shards.directory(data, feature, shard, count)
                 store = FeatureStore(folder / "lmdb")
@@ -241,6 +246,7 @@ def test_resharding_1_3_2_keeps_every_image_with_identical_features(
                     got = KINDS[spec.kind].stored_feature(bytes(raw))
                     assert np.array_equal(got, columns[feature][1][ids.index(image_id)])
                 store.close()
+        catalog._obj.close()
         sharded = IndexClient.local(
             data, {f: IndexSpec(s.kind, s.dim, s.options, count) for f, (s, _) in columns.items()}
         )
@@ -276,3 +282,78 @@ def test_the_reshard_command_follows_the_config(tmp_path: Path) -> None:
     assert {p.name.split("-")[0] for p in (data / "phash").iterdir()} == {"shards", "retired"}
     assert main([f"--config={config}", "--app=r"]) == 0  # nothing left to move
     assert main([f"--config={config}", "--app=r", "--features=clip"]) == 2
+
+
+def test_new_layouts_spread_over_the_data_nodes_and_records_are_kept() -> None:
+    """Round robin over the data nodes (an image's features on one node); the head without
+    data nodes; a recorded layout wins over the nodes up now; another count needs a reshard
+    once images exist."""
+    from index_actors.placement import ANY, HEAD, Layout, choose
+
+    assert spread(4, ["b", "a"]).nodes == ["a", "b", "a", "b"]
+    assert spread(2, []).nodes == [HEAD, HEAD]
+    assert spread(2, ["a"], shared=True).nodes == [ANY, ANY]
+    recorded = Layout(2, ["a", "b"])
+    assert Layout.from_dict(recorded.to_dict()) == recorded
+    resuming = Layout(2, ["a", "b"], next=Layout(3, ["a", "b", "a"]))
+    assert Layout.from_dict(resuming.to_dict()) == resuming
+    fresh = spread(2, ["c"])
+    assert choose(2, recorded, {}, 10, fresh) == recorded  # node c joined: no move
+    assert choose(2, None, {}, 10, fresh) == fresh  # a newly enabled feature
+    assert choose(2, None, {2: 5}, 10, fresh) == Layout(2, [HEAD, HEAD])  # data from before
+    assert "reshard" in str(choose(3, recorded, {}, 10, fresh))
+    assert "interrupted" in str(choose(3, resuming, {}, 10, fresh))
+    assert choose(3, recorded, {}, 0, spread(3, ["c"])) == spread(3, ["c"])  # nothing stored
+    assert "1 shard(s) (7 images)" in str(choose(2, None, {1: 7}, 7, fresh))
+
+
+def test_an_interrupted_reshard_is_finished_by_running_it_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy that stops halfway, then a run that stops after the new layout is recorded but
+    before the old files are moved aside: each rerun finishes, no image lost or doubled."""
+    from index_actors import reshard as module
+    from index_actors.placement import Layout
+    from index_actors.reshard import LocalOpener, reshard
+    from index_actors.store import Catalog
+
+    spec = IndexSpec("vector", 4, {"metric": "l2"})
+    client = IndexClient.local(tmp_path, {"color": spec})
+    vectors = np.random.default_rng(5).normal(size=(50, 4)).astype(np.float32)
+    run(client.store([(None, i) for i in range(1, 51)], {"color": vectors}))
+    client.shards["color"][0]._obj.close()  # type: ignore[attr-defined]
+    client.catalog._obj.close()  # type: ignore[attr-defined]
+    catalog = LocalActor(Catalog(tmp_path / "catalog"))
+    opener = LocalOpener(str(tmp_path), "color", spec)
+    monkeypatch.setattr(module, "CHUNK", 20)
+
+    def stop(moved: int) -> None:
+        if moved >= 20:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(reshard(catalog, opener, tmp_path, "color", spread(3, ["x"]), stop))
+    halfway = catalog._obj.layout("color")
+    assert halfway["shards"] == 1 and halfway["next"]["nodes"] == ["x", "x", "x"]
+    # Rerun: the nodes the first run chose are kept (its shards' files are there).
+    done = run(reshard(catalog, opener, tmp_path, "color", spread(3, ["y"]), None))
+    assert done["moved"] == 50
+    assert catalog._obj.layout("color") == {"shards": 3, "nodes": ["x", "x", "x"]}
+
+    # Recorded with the old layout retiring, its files not yet moved aside: a rerun of
+    # 3 -> 2 that stopped there; the next run only moves them aside.
+    run(reshard(catalog, opener, tmp_path, "color", spread(2, []), None))
+    layout = Layout(3, ["x", "x", "x"])
+    retired = sorted((tmp_path / "color").glob("retired-3-*"))
+    for old in retired:
+        for i in range(3):
+            back = shards.directory(tmp_path, "color", i, 3)
+            back.parent.mkdir(exist_ok=True)
+            (old / str(i)).rename(back)
+        old.rmdir()
+    stuck = Layout(2, [""] * 2, retiring=layout)
+    catalog._obj.set_layout("color", stuck.to_dict())
+    assert run(reshard(catalog, opener, tmp_path, "color", spread(2, []), None))["moved"] == 0
+    assert catalog._obj.layout("color") == {"shards": 2, "nodes": ["", ""]}
+    assert shards.layouts_here(tmp_path, "color") == {2: 50}
+    catalog._obj.close()  # type: ignore[attr-defined]
