@@ -29,6 +29,8 @@ order they run:
           ``--n-texts`` texts, the embedded backend beside PostgreSQL (bench/text.py).
 - ocr:    Tesseract's word accuracy and images/s on rendered lines.
 - throughput: images/s of every extractor on the shipped photos, beside global features.
+- footprint: bytes per image of every default feature (LMDB, memory exact and trained) on
+          the photos, and the projection to 100M and 1B images (nodes, shards, fan-out).
 
 Shared helpers live in ``bench/common.py``; ``python -m bench.compare OLD_REF`` runs one
 section on an old commit and on the working tree, alternating, and prints new/old ratios.
@@ -61,4 +63,5 @@ SECTIONS = (
     "text",
     "ocr",
     "throughput",
+    "footprint",
 )

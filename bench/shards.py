@@ -16,6 +16,8 @@ import ray
 
 from bench.common import GiB, Row, ms, row
 from index_actors.client import IndexClient, IndexSpec
+from index_actors.placement import Placement, spread
+from index_actors.reshard import RayOpener, reshard
 
 #: Images per write-path call: an ingest batch.
 BATCH = 1000
@@ -45,12 +47,17 @@ def _one_kind(
 ) -> list[Row]:
     n = len(data)
     clients: dict[int, IndexClient] = {}
+    names: dict[int, str] = {}
     rates: dict[int, float] = {}
     try:
         for count in (1, 4):
             name = f"bench{uuid.uuid4().hex[:8]}"
             sharded = IndexSpec(spec.kind, spec.dim, spec.options, count)
-            clients[count] = IndexClient.open(name, str(tmp / name), {feature: sharded})
+            # No snapshots while filling: serialising a 5 GB index doubles its memory.
+            clients[count] = IndexClient.open(
+                name, str(tmp / name), {feature: sharded}, snapshot_interval_s=3600
+            )
+            names[count] = name
             rates[count] = _fill(clients[count], feature, data)
             print(f"shards: {feature} x{count}: {n} added, {rates[count]:.0f}/s", flush=True)
         # Same answers both ways, then interleaved timings.
@@ -71,6 +78,10 @@ def _one_kind(
             for count in (1, 4) if i % 2 else (4, 1):
                 took[count].append(asyncio.run(timed(clients[count], q)))
         rss = {count: _rss(c, feature) for count, c in clients.items()}
+        four = clients.pop(4)  # its memory, for the reshard's new shards
+        for actor in [four.catalog, *four.shards[feature]]:
+            ray.kill(actor, no_restart=True)
+        moved = _reshard(names[1], tmp / names[1], feature, spec, clients[1].catalog)
     finally:
         for c in clients.values():
             for actor in [c.catalog, *c.shards[feature]]:
@@ -99,7 +110,19 @@ def _one_kind(
         row(f"{feature} adds/s, 4 shards vs 1", rates[4], rates[1], "info", None),
         row(f"{feature} largest shard GiB vs one actor", max(rss[4]), rss[1][0], "info", None),
         row(f"{feature} all shards GiB vs one actor", sum(rss[4]), rss[1][0], "info", None),
+        row(f"{feature} reshard 1 -> 4, s per million images", moved * 1e6 / n, None, "info", None),
     ]
+
+
+def _reshard(app: str, data_dir: Path, feature: str, spec: IndexSpec, catalog: Any) -> float:
+    """Seconds to reshard the one-shard app's feature to 4 shards through its actors
+    (``scripts/reshard.py``'s way, the app stopped)."""
+    opener = RayOpener(app, str(data_dir), feature, spec, Placement())
+    start = time.perf_counter()
+    done = asyncio.run(reshard(catalog, opener, data_dir, feature, spread(4, [])))
+    took = time.perf_counter() - start
+    print(f"shards: {feature}: resharded {done['moved']} images 1 -> 4 in {took:.1f} s", flush=True)
+    return took
 
 
 def _catalog(tmp: Path) -> list[Row]:

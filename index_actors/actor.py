@@ -112,6 +112,20 @@ class IndexActor:
         """See ``Index.search_by_id``; raises ``UnknownImage``."""
         return self.index.search_by_id(image_id, k=k, threshold=threshold, **extra)
 
+    def expansion(self, queries: Any, aqe_n: int | None, aqe_alpha: float | None) -> Any:
+        """Vector kinds: step 1 of a query expansion over shards (``VectorIndex``)."""
+        return self.index.expansion(queries, aqe_n, aqe_alpha)  # type: ignore[attr-defined]
+
+    def expansion_terms(self, rows: Any, near: list[list[int]], alpha: float) -> Any:
+        """Vector kinds: step 2, this shard's part of the expansion."""
+        return self.index.expansion_terms(rows, near, alpha)  # type: ignore[attr-defined]
+
+    def search_prepared(
+        self, rows: Any, k: int | None, threshold: float | None, exclude: int | None
+    ) -> list[Hit]:
+        """Vector kinds: step 3, the search by the expanded rows."""
+        return self.index.search_prepared(rows, k, threshold, exclude)  # type: ignore[attr-defined]
+
     def query_of(self, image_id: int) -> Any:
         """See ``Index.query_of``."""
         return self.index.query_of(image_id)

@@ -25,6 +25,7 @@ from index_actors.actors import IndexSpec, actor_name, catalog_actor, index_acto
 from index_actors.interface import BackendDown, Hit, Hits, InvalidInput, NotFound, reason
 from index_actors.placement import Layout, Placement, choose, data_nodes, spread
 from index_actors.store import Catalog
+from index_actors.vector import expanded
 from index_actors.writes import Stored, WritePath, take_rows
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,12 @@ class IndexClient(WritePath):
         missing: Mapping[str, str],
         timeout_s: float = 10.0,
         write_timeout_s: float = 30.0,
+        expansions: Mapping[str, int | None] | None = None,
     ):
         self.catalog = catalog
+        #: Vector features -> their configured query expansion (``aqe_n``; None: the index's
+        #: own default): a sharded search with one expands across the shards.
+        self.expansions = dict(expansions or {})
         #: How long a search (or a lookup) waits for a shard before answering without it.
         self.timeout_s = timeout_s
         self.write_timeout_s = write_timeout_s
@@ -108,7 +113,7 @@ class IndexClient(WritePath):
             except RayError as exc:  # a store of another model's features, say
                 log.error("index of %s unavailable: %s", name, exc)
                 missing[name] = f"index unavailable: {reason(exc)}"
-        return cls(catalog, indexes, missing, timeout_s, write_timeout_s)
+        return cls(catalog, indexes, missing, timeout_s, write_timeout_s, _expansions(specs))
 
     @classmethod
     def connect(cls, app_name: str, shard_counts: Mapping[str, int]) -> IndexClient:
@@ -151,12 +156,20 @@ class IndexClient(WritePath):
             if isinstance(spec.dim, int)
         }
         missing = {n: s.dim for n, s in specs.items() if isinstance(s.dim, str)}
-        return cls(LocalActor(Catalog(Path(data_dir) / "catalog")), indexes, missing)
+        catalog = LocalActor(Catalog(Path(data_dir) / "catalog"))
+        return cls(catalog, indexes, missing, expansions=_expansions(specs))
 
     def subset(self, features: Iterable[str]) -> IndexClient:
         """The same actors, only these features' indexes."""
         chosen = {f: self.shards[f] for f in features}
-        return IndexClient(self.catalog, chosen, self.missing, self.timeout_s, self.write_timeout_s)
+        return IndexClient(
+            self.catalog,
+            chosen,
+            self.missing,
+            self.timeout_s,
+            self.write_timeout_s,
+            self.expansions,
+        )
 
     # --- reading ------------------------------------------------------------------------
     async def id_of(self, file_name: str) -> int | None:
@@ -208,32 +221,69 @@ class IndexClient(WritePath):
         at once, merged. A shard that fails or does not answer within ``timeout_s`` is left
         out and named in ``Hits.missing``; ``BackendDown`` when none answered."""
         actors = self.shards[feature]
-        calls = [
-            self.within(
-                feature, i, a.search.remote(query, k, threshold, exclude, **options), self.timeout_s
-            )
-            for i, a in enumerate(actors)
-        ]
-        if len(calls) == 1:
-            return await calls[0]
-        found = await asyncio.gather(*calls, return_exceptions=True)
-        for hits in found:  # a bad query is the same for every shard: not a shard down
-            if isinstance(hits, InvalidInput | NotFound):
-                raise hits
-        good = [hits for hits in found if not isinstance(hits, BaseException)]
-        missing = [
-            shards.role(feature, i, len(actors))
-            for i, hits in enumerate(found)
-            if isinstance(hits, BaseException)
-        ]
-        if not good:
-            why = "; ".join(
-                f"{m}: {reason(e) or type(e).__name__}" for m, e in zip(missing, found, strict=True)
-            )
+        if len(actors) == 1:
+            call = actors[0].search.remote(query, k, threshold, exclude, **options)
+            return await self.within(feature, 0, call, self.timeout_s)
+        if feature in self.expansions and options.get("aqe_n", self.expansions[feature]) != 0:
+            return await self._search_expanded(feature, query, k, threshold, exclude, **options)
+        found, missing = await self._fan(feature, "search", query, k, threshold, exclude, **options)
+        return Hits(shards.merge(found.values(), k), missing)
+
+    async def _search_expanded(
+        self,
+        feature: str,
+        query: Any,
+        k: int | None,
+        threshold: float | None,
+        exclude: int | None,
+        aqe_n: int | None = None,
+        aqe_alpha: float | None = None,
+    ) -> list[Hit]:
+        """A vector search over several shards with alpha query expansion, expanded as one
+        index expands it: every shard's nearest to the query, merged into the n nearest of
+        all; every shard's part of the sum over them; then the search by the sum."""
+        first, missing = await self._fan(feature, "expansion", query, aqe_n, aqe_alpha)
+        prepared, n, alpha, _ = next(iter(first.values()))
+        rows = prepared
+        if n > 0:
+            near = [
+                [i for i, _ in shards.merge((got[3][q] for got in first.values()), n)]
+                for q in range(len(prepared))
+            ]
+            parts, more = await self._fan(feature, "expansion_terms", prepared, near, alpha)
+            rows, missing = expanded(prepared, sum(parts.values())), missing + more
+        found, more = await self._fan(feature, "search_prepared", rows, k, threshold, exclude)
+        return Hits(shards.merge(found.values(), k), sorted(set(missing + more)))
+
+    async def _fan(
+        self, feature: str, method: str, *args: Any, **kwargs: Any
+    ) -> tuple[dict[int, Any], list[str]]:
+        """``method`` on every shard of a feature at once: the answers by shard, and the
+        shards that failed or did not answer within ``timeout_s``, named. A bad query is
+        raised as it is (it is bad for every shard); ``BackendDown`` when none answered."""
+        actors = self.shards[feature]
+        found = await asyncio.gather(
+            *(
+                self.within(feature, i, getattr(a, method).remote(*args, **kwargs), self.timeout_s)
+                for i, a in enumerate(actors)
+            ),
+            return_exceptions=True,
+        )
+        for got in found:
+            if isinstance(got, InvalidInput | NotFound):
+                raise got
+        failed = {
+            shards.role(feature, i, len(actors)): got
+            for i, got in enumerate(found)
+            if isinstance(got, BaseException)
+        }
+        if len(failed) == len(actors):
+            why = "; ".join(f"{m}: {reason(e) or type(e).__name__}" for m, e in failed.items())
             raise BackendDown(f"no shard of {feature} answered, retry: {why}")
-        if missing:
-            log.warning("%s answered without %s", feature, missing)
-        return Hits(shards.merge(good, k), missing)
+        if failed:
+            log.warning("%s answered without %s", feature, list(failed))
+        answers = {i: got for i, got in enumerate(found) if not isinstance(got, BaseException)}
+        return answers, list(failed)
 
     async def search_by_id(
         self, feature: str, image_id: int, k: int | None, threshold: float | None, **options: Any
@@ -312,6 +362,11 @@ class IndexClient(WritePath):
             *(a.adopt.remote(trained, whitening) for a in self.shards[feature])
         )
         return done[0] if len(done) == 1 else _combined(list(done))
+
+
+def _expansions(specs: Mapping[str, IndexSpec]) -> dict[str, int | None]:
+    """The vector features and their configured ``aqe_n`` (None: not set)."""
+    return {n: s.options.get("aqe_n") for n, s in specs.items() if s.kind == "vector"}
 
 
 def _combined(described: list[Any]) -> dict[str, Any]:

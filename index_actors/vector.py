@@ -11,7 +11,7 @@ import faiss
 import numpy as np
 
 from index_actors.base import METRICS
-from index_actors.interface import Hit
+from index_actors.interface import Hit, InvalidInput
 from index_actors.trained import Trained
 
 
@@ -193,16 +193,26 @@ class VectorIndex(Trained):
     def _expand(self, rows: np.ndarray, n: int, alpha: float) -> np.ndarray:
         """Alpha query expansion (Radenovic et al.) of prepared rows: each query plus its
         ``n`` nearest stored vectors weighted by similarity^alpha, re-normalised."""
-        if self.metric != "ip":
-            raise ValueError("query expansion (aqe_n) needs an inner-product feature")
-        out = rows.astype(np.float64).copy()
+        near = [[i for i, _ in self._nearest(q[None, :], min(n, self.index.ntotal))] for q in rows]
+        return expanded(rows, self._terms(rows, near, alpha))
+
+    def _aqe(self, aqe_n: int | None, aqe_alpha: float | None) -> tuple[int, float]:
+        """(n, alpha) of a query expansion: the live defaults unless given."""
+        n = int(self.live["aqe_n"] if aqe_n is None else aqe_n)
+        alpha = float(self.live["aqe_alpha"] if aqe_alpha is None else aqe_alpha)
+        if n > 0 and self.metric != "ip":
+            raise InvalidInput("query expansion (aqe_n) needs an inner-product feature")
+        return n, alpha
+
+    def _terms(self, rows: np.ndarray, near: list[list[int]], alpha: float) -> np.ndarray:
+        """Per prepared row q: the sum of sim^alpha * v over the stored vectors v among
+        ``near[q]`` (what a query expansion adds to the row)."""
+        out = np.zeros(rows.shape, np.float64)
         for q, query in enumerate(rows):
-            found = self._nearest(query[None, :], min(n, self.index.ntotal))
-            _, vecs = self._stored(np.asarray([i for i, _ in found], dtype=np.int64))
+            _, vecs = self._stored(np.asarray(near[q], dtype=np.int64))
             sims = np.clip(vecs.astype(np.float64) @ query.astype(np.float64), 0.0, None)
-            out[q] += (sims**alpha) @ vecs.astype(np.float64)
-        out /= np.linalg.norm(out, axis=1, keepdims=True)
-        return out.astype(np.float32)
+            out[q] = (sims**alpha) @ vecs.astype(np.float64)
+        return out
 
     def search(
         self,
@@ -215,14 +225,40 @@ class VectorIndex(Trained):
     ) -> list[Hit]:
         """``StoredIndex.search``, with alpha query expansion when ``aqe_n`` (or the live
         default) is > 0."""
-        n = int(self.live["aqe_n"] if aqe_n is None else aqe_n)
-        alpha = float(self.live["aqe_alpha"] if aqe_alpha is None else aqe_alpha)
+        n, alpha = self._aqe(aqe_n, aqe_alpha)
         rows = self._as_rows(queries)
         with self._lock:
             prepared = self._indexable(rows)
             if n > 0 and self.index.ntotal:
                 prepared = self._expand(prepared, n, alpha)
             return self._search_prepared(prepared, k, threshold, exclude)
+
+    # --- a query expansion spread over shards (IndexClient: each step on every shard) ----
+    def expansion(
+        self, queries: Any, aqe_n: int | None = None, aqe_alpha: float | None = None
+    ) -> tuple[np.ndarray, int, float, list[list[Hit]]]:
+        """Step 1: the prepared query rows, the expansion's (n, alpha), and this shard's
+        ``n`` nearest to each row (none when n is 0)."""
+        n, alpha = self._aqe(aqe_n, aqe_alpha)
+        rows = self._as_rows(queries)
+        with self._lock:
+            prepared = self._indexable(rows)
+            want = min(n, self.index.ntotal)
+            near = [self._nearest(q[None, :], want) if want else [] for q in prepared]
+        return prepared, n, alpha, near
+
+    def expansion_terms(self, rows: np.ndarray, near: list[list[int]], alpha: float) -> np.ndarray:
+        """Step 2: this shard's part of each row's expansion (``near``: the ids of the n
+        nearest of all shards; those stored here count)."""
+        with self._lock:
+            return self._terms(rows, near, alpha)
+
+    def search_prepared(
+        self, rows: np.ndarray, k: int | None, threshold: float | None, exclude: int | None
+    ) -> list[Hit]:
+        """Step 3: ``search`` by rows already prepared (and expanded)."""
+        with self._lock:
+            return self._search_prepared(rows, k, threshold, exclude)
 
     def search_by_id(
         self,
@@ -294,3 +330,10 @@ class VectorIndex(Trained):
         stored = [(i, v) for i, v in zip(ids, self.store.get_many(ids), strict=True) if v]
         if stored:
             self._add_rows(fresh, [i for i, _ in stored], [v for _, v in stored], prepare)
+
+
+def expanded(rows: np.ndarray, terms: np.ndarray) -> np.ndarray:
+    """Prepared query rows plus their expansion terms, re-normalised (float32)."""
+    out = rows.astype(np.float64) + terms
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return out.astype(np.float32)

@@ -97,6 +97,38 @@ def test_binary_and_vector_shards_merge_exactly(tmp_path: Path) -> None:
         assert all(shards.owner(i, 4) == s for i, _ in stored.items())
 
 
+def test_query_expansion_over_shards_is_one_index_expansion(tmp_path: Path) -> None:
+    """Alpha query expansion with the n nearest of all shards: the answers of one index,
+    requested or configured, by a query or by a stored image, whitened or not (distances
+    up to float rounding: the expansion's sum is added up in another order)."""
+    from scripts.train_index import train
+
+    rng = np.random.default_rng(4)
+    vectors = rng.normal(size=(200, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    spec = IndexSpec("vector", 16, {"metric": "ip", "aqe_n": 3})
+    one, many = _pair(tmp_path, "global", spec, 3)
+    _store_both((one, many), "global", list(vectors))
+
+    def same(want: list[Any], got: list[Any]) -> None:
+        assert [i for i, _ in got] == [i for i, _ in want]
+        assert [d for _, d in got] == pytest.approx([d for _, d in want], abs=1e-5)
+
+    for whitened in (False, True):
+        if whitened:
+            _, whitening = train(vectors, "ip", None, 8)
+            for client in (one, many):
+                run(client.adopt("global", None, whitening))
+        for options in ({"aqe_n": 6, "aqe_alpha": 2.0}, {}, {"aqe_n": 0}):
+            for query in (vectors[5], vectors[9] + 0.1):
+                want = run(one.search("global", query, 10, None, **options))
+                same(want, run(many.search("global", query, 10, None, **options)))
+            want = run(one.search_by_id("global", 104, 10, None, **options))
+            same(want, run(many.search_by_id("global", 104, 10, None, **options)))
+        plain = run(one.search("global", vectors[5], 10, None, aqe_n=0))
+        assert run(one.search("global", vectors[5], 10, None, aqe_n=6)) != plain
+
+
 def test_keypoint_votes_and_verification_merge_exactly(
     tmp_path: Path, photos: dict[str, bytes]
 ) -> None:
