@@ -46,6 +46,8 @@ import os
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+# Missing weights must show as unavailable, not as a wait on a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 #: The sections, in the order they run (``--only`` takes a comma list of them).
 SECTIONS = (

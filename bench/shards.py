@@ -125,6 +125,31 @@ def _reshard(app: str, data_dir: Path, feature: str, spec: IndexSpec, catalog: A
     return took
 
 
+def _fanout(tmp: Path, searches: int) -> list[Row]:
+    """What each shard adds to a search beside its own work: p50 over 16 near-empty phash
+    shards against 1 (1000 hashes in all), per extra shard."""
+    data = np.random.default_rng(1).integers(0, 256, (1000, 72), dtype=np.uint8)
+    p50: dict[int, float] = {}
+    for count in (1, 16):
+        name = f"bench{uuid.uuid4().hex[:8]}"
+        spec = {"phash": IndexSpec("binary", 576, {}, count)}
+        client = IndexClient.open(name, str(tmp / name), spec, snapshot_interval_s=3600)
+        try:
+            _fill(client, "phash", data)
+            took = []
+            for i in range(searches):
+                start = time.perf_counter()
+                asyncio.run(client.search("phash", data[i % len(data)], 20))
+                took.append(time.perf_counter() - start)
+            p50[count] = ms(took, 50)
+        finally:
+            for actor in [client.catalog, *client.shards["phash"]]:
+                ray.kill(actor, no_restart=True)
+    each = (p50[16] - p50[1]) / 15
+    print(f"shards: fan-out p50 {p50[16]:.2f} ms over 16 shards vs {p50[1]:.2f} ms over 1")
+    return [row("search fan-out ms per extra shard (16 vs 1)", each, None, "info", None)]
+
+
 def _catalog(tmp: Path) -> list[Row]:
     """Images per second the catalog actor registers: in ingest batches (one call per
     1000), and one call per image (HTTP uploads, each awaited)."""
@@ -153,7 +178,7 @@ def _catalog(tmp: Path) -> list[Row]:
 def bench_shards(n_hashes: int, n_vectors: int, searches: int, tmp: Path) -> list[Row]:
     """4 shards against 1 at ``n_hashes`` phash hashes and ``n_vectors`` 1280-d vectors,
     and the catalog's registration rate."""
-    catalog = _catalog(tmp)
+    catalog = _catalog(tmp) + _fanout(tmp, searches)
     rng = np.random.default_rng(0)
     hashes = rng.integers(0, 256, (n_hashes, 72), dtype=np.uint8)
     rows = _one_kind(

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from index_actors.interface import Hit, Index
 from index_actors.kinds import KINDS
 from index_actors.shards import retire
@@ -155,11 +157,14 @@ class IndexActor:
         """Snapshot now (tests and graceful shutdown)."""
         return self.index.snapshot()
 
-    def export(self, after: int, n: int) -> tuple[list[int], list[Any]]:
+    def export(self, after: int, n: int) -> tuple[list[int], Any]:
         """Up to ``n`` stored (ids, features) with ids over ``after``, features as ``add``
         takes them (a reshard copies a shard page by page)."""
         ids, raws = self.index.store.page(after, n)  # type: ignore[attr-defined]
-        return ids, [self.kind.stored_feature(raw) for raw in raws]
+        rows = [self.kind.stored_feature(raw) for raw in raws]
+        if rows and all(r.shape == rows[0].shape for r in rows):
+            return ids, np.stack(rows)  # one buffer: thousands of small arrays pickle slowly
+        return ids, rows
 
     def carried(self) -> dict[str, bytes]:
         """The files a new layout's shards start from: the trained index, live settings."""
@@ -168,8 +173,9 @@ class IndexActor:
 
     def retire(self, data_dir: str, feature: str, shard: int, shards: int, stamp: str) -> str:
         """Close the index and move this shard's files aside (its layout was resharded); the
-        actor is then of no use and is killed."""
-        self.close()
+        actor is then of no use and is killed. No last snapshot: the files are retired."""
+        self._closed = True
+        self.index.store.close()  # type: ignore[attr-defined]
         return str(retire(data_dir, feature, shard, shards, stamp))
 
     def pid(self) -> int:

@@ -26,6 +26,7 @@ from index_actors import shards
 from index_actors.actor import IndexActor, LocalActor
 from index_actors.actors import IndexSpec, index_shards
 from index_actors.placement import HEAD, Layout, Placement
+from index_actors.writes import take_rows
 
 #: Features read and written per step.
 CHUNK = 10_000
@@ -111,18 +112,19 @@ async def move(old: list[Any], new: list[Any], progress: Callable[[int], None] |
     """Every stored feature of the ``old`` shards added to its owner among ``new``."""
     moved = 0
     for actor in old:
-        after = -1
+        page = actor.export.remote(-1, CHUNK)
         while True:
-            ids, features = await actor.export.remote(after, CHUNK)
+            ids, features = await page
             if not ids:
                 break
+            page = actor.export.remote(ids[-1], CHUNK)  # read while this page is written
             await asyncio.gather(
                 *(
-                    new[s].add.remote([ids[p] for p in pos], [features[p] for p in pos])
+                    new[s].add.remote([ids[p] for p in pos], take_rows(features, pos))
                     for s, pos in shards.by_owner(ids, len(new)).items()
                 )
             )
-            after, moved = ids[-1], moved + len(ids)
+            moved += len(ids)
             if progress:
                 progress(moved)
     return moved
