@@ -38,24 +38,33 @@ class IndexActor:
         options: dict[str, Any],
         snapshot_interval_s: float,
         carry: dict[str, bytes] | None = None,
+        node: str | None = None,
     ) -> None:
         # A new shard of a reshard starts from its old layout's trained index and live
-        # settings (``carried``); files it already has are kept (a resumed reshard).
-        for name, data in (carry or {}).items():
+        # settings (``carried``), whatever an earlier attempt left.
+        if carry is not None:
             Path(path).mkdir(parents=True, exist_ok=True)
-            if name in CARRIED and not (Path(path) / name).exists():
-                (Path(path) / name).write_bytes(data)
+            for name in CARRIED:
+                if name in carry:
+                    (Path(path) / name).write_bytes(carry[name])
+                else:
+                    (Path(path) / name).unlink(missing_ok=True)
         self.index: Index = KINDS[kind].open(Path(path), dim, **options)
         self.kind = KINDS[kind]
         self._closed = False
-        self.settings = self.settings_of(kind, path, dim, options)
+        self.settings = self.settings_of(kind, path, dim, options, node)
         self._interval = snapshot_interval_s
         threading.Thread(target=self._snapshot_loop, daemon=True).start()
 
     @staticmethod
-    def settings_of(kind: str, path: str, dim: int, options: dict[str, Any]) -> dict[str, Any]:
-        """What an actor is made with, live settings aside: another value needs a new one."""
-        return {"kind": kind, "path": path, "dim": dim, "options": KINDS[kind].fixed(options)}
+    def settings_of(
+        kind: str, path: str, dim: int, options: dict[str, Any], node: str | None = None
+    ) -> dict[str, Any]:
+        """What an actor is made with, live settings aside: another value needs a new one.
+        ``node``: the node it was placed on (``placement.Layout``), so that one placed
+        elsewhere (before a layout was recorded, say) is not taken for it."""
+        fixed = KINDS[kind].fixed(options)
+        return {"kind": kind, "path": path, "dim": dim, "options": fixed, "node": node}
 
     def _snapshot_loop(self) -> None:
         while True:
@@ -165,6 +174,15 @@ class IndexActor:
         if rows and all(r.shape == rows[0].shape for r in rows):
             return ids, np.stack(rows)  # one buffer: thousands of small arrays pickle slowly
         return ids, rows
+
+    def clear(self) -> int:
+        """Remove every stored image (a reshard's new shard, before its copy); returns how
+        many there were."""
+        removed, after = 0, -1
+        while ids := self.index.store.page(after, 10_000)[0]:  # type: ignore[attr-defined]
+            removed += len(self.index.remove(ids))
+            after = ids[-1]
+        return removed
 
     def carried(self) -> dict[str, bytes]:
         """The files a new layout's shards start from: the trained index, live settings."""

@@ -102,12 +102,18 @@ def index_shards(
                 **placement.options(layout.nodes[i]),
                 **_ACTOR_OPTIONS,
             )
-            .remote(spec.kind, path, spec.dim, spec.options, snapshot_interval_s, carry)
+            .remote(
+                spec.kind, path, spec.dim, spec.options, snapshot_interval_s, carry, layout.nodes[i]
+            )
         )
 
     wanted = [
         IndexActor.settings_of(
-            spec.kind, str(shards.directory(data_dir, feature, i, count)), spec.dim, spec.options
+            spec.kind,
+            str(shards.directory(data_dir, feature, i, count)),
+            spec.dim,
+            spec.options,
+            layout.nodes[i],
         )
         for i in range(count)
     ]

@@ -45,11 +45,11 @@ class IndexClient(WritePath):
         missing: Mapping[str, str],
         timeout_s: float = 10.0,
         write_timeout_s: float = 30.0,
-        expansions: Mapping[str, int | None] | None = None,
+        expansions: Mapping[str, int] | None = None,
     ):
         self.catalog = catalog
-        #: Vector features -> their configured query expansion (``aqe_n``; None: the index's
-        #: own default): a sharded search with one expands across the shards.
+        #: Inner-product vector features -> their configured query expansion (``aqe_n``): a
+        #: sharded search that expands does so across the shards.
         self.expansions = dict(expansions or {})
         #: How long a search (or a lookup) waits for a shard before answering without it.
         self.timeout_s = timeout_s
@@ -90,7 +90,7 @@ class IndexClient(WritePath):
                 continue
             raw = ray.get(catalog.layout.remote(name))
             recorded = Layout.from_dict(raw) if raw else None
-            here = shards.layouts_here(data_dir, name) if recorded is None else {}
+            here = ray.get(catalog.layouts_here.remote(name)) if recorded is None else {}
             fresh = spread(spec.shards, nodes, placement.shared)
             layout = choose(spec.shards, recorded, here, images, fresh)
             if isinstance(layout, str):
@@ -221,10 +221,11 @@ class IndexClient(WritePath):
         at once, merged. A shard that fails or does not answer within ``timeout_s`` is left
         out and named in ``Hits.missing``; ``BackendDown`` when none answered."""
         actors = self.shards[feature]
-        if len(actors) == 1:
+        if len(actors) == 1:  # no answer without it: as long as a write would wait
             call = actors[0].search.remote(query, k, threshold, exclude, **options)
-            return await self.within(feature, 0, call, self.timeout_s)
-        if feature in self.expansions and options.get("aqe_n", self.expansions[feature]) != 0:
+            return await self.within(feature, 0, call, max(self.timeout_s, self.write_timeout_s))
+        n = options.get("aqe_n")
+        if feature in self.expansions and (self.expansions[feature] if n is None else n):
             return await self._search_expanded(feature, query, k, threshold, exclude, **options)
         found, missing = await self._fan(feature, "search", query, k, threshold, exclude, **options)
         return Hits(shards.merge(found.values(), k), missing)
@@ -333,7 +334,7 @@ class IndexClient(WritePath):
         )
         each = iter(described)
         out = {
-            f: next(each) if len(actors) == 1 else _combined([next(each) for _ in actors])
+            f: next(each) if len(actors) == 1 else shards.combined([next(each) for _ in actors])
             for f, actors in self.shards.items()
         }
         return out, images
@@ -361,28 +362,17 @@ class IndexClient(WritePath):
         done = await asyncio.gather(
             *(a.adopt.remote(trained, whitening) for a in self.shards[feature])
         )
-        return done[0] if len(done) == 1 else _combined(list(done))
+        return done[0] if len(done) == 1 else shards.combined(list(done))
 
 
-def _expansions(specs: Mapping[str, IndexSpec]) -> dict[str, int | None]:
-    """The vector features and their configured ``aqe_n`` (None: not set)."""
-    return {n: s.options.get("aqe_n") for n, s in specs.items() if s.kind == "vector"}
-
-
-def _combined(described: list[Any]) -> dict[str, Any]:
-    """One description of a sharded index: shard 0's settings, the counts summed, and each
-    shard's own description (or its error)."""
-    parts = [d if not isinstance(d, BaseException) else {"error": reason(d)} for d in described]
-    good = [d for d in parts if "error" not in d]
-    out: dict[str, Any] = dict(good[0]) if good else {}
-    if len(good) == len(parts):
-        out["count"] = sum(d.get("count", 0) for d in parts)
-    else:
-        out.pop("count", None)
-        out["error"] = "; ".join(
-            f"shard {i}/{len(parts)}: {d['error']}" for i, d in enumerate(parts) if "error" in d
-        )
-    return {**out, "shards": parts}
+def _expansions(specs: Mapping[str, IndexSpec]) -> dict[str, int]:
+    """The features that can expand a query (inner-product vectors), with their configured
+    ``aqe_n`` (0 when not set, the index's default)."""
+    return {
+        n: int(s.options.get("aqe_n") or 0)
+        for n, s in specs.items()
+        if s.kind == "vector" and s.options.get("metric") == "ip"
+    }
 
 
 __all__ = [

@@ -74,8 +74,9 @@ class Placement:
     shared: bool = False
 
     def options(self, node: str) -> dict[str, Any]:
-        """Ray actor options that keep an actor on ``node`` (a ``Layout`` entry)."""
-        if node == ANY or self.shared:
+        """Ray actor options that keep an actor on ``node`` (a ``Layout`` entry). A recorded
+        node is kept even after ``shared`` is switched on: its files are where they are."""
+        if node == ANY:
             return {"scheduling_strategy": "SPREAD"}
         if node == HEAD:
             return head_options()
@@ -111,25 +112,33 @@ def choose(
     """The layout to open a feature in, or why it cannot open.
 
     ``recorded``: the catalog's record; ``here``: layouts (shard count -> images) found in
-    the data directory on this machine, for data from before layouts were recorded;
-    ``images``: the catalog's image count; ``new``: a new layout of ``wanted`` shards
-    spread over the data nodes.
-    Another shard count than the recorded one needs a reshard, unless nothing is stored.
+    the head's data directory, for data from before layouts were recorded; ``images``: the
+    catalog's image count; ``new``: a new layout of ``wanted`` shards spread over the data
+    nodes (``ANY`` nodes when the data directory is shared). Another shard count than the
+    recorded one needs a reshard, unless nothing is stored; so does a reshard under way or
+    interrupted (its copy would miss what the app wrote meanwhile).
     """
     if recorded is None:
         if other := {c: n for c, n in here.items() if c != wanted}:
             return _held_in(other, wanted)
         # Stores of this layout here, from before records: they stay where they are.
         return Layout(wanted, [HEAD] * wanted) if wanted in here else new
+    if recorded.next is not None:
+        return (
+            f"is being resharded from {recorded.shards} to {recorded.next.shards} shard(s), "
+            "or was when it stopped: run scripts/reshard.py (again) with the app stopped"
+        )
+    if recorded.retiring is not None and recorded.shards != wanted:
+        return (
+            f"was resharded to {recorded.shards} shard(s) but its old shards are not yet "
+            "moved aside: run scripts/reshard.py (again) with the app stopped"
+        )
+    if ANY in recorded.nodes and ANY not in new.nodes:
+        return "was recorded on a shared data_dir: set shared_data_dir: true again"
     if recorded.shards == wanted:
         return recorded
     if images == 0:
         return new
-    if recorded.next is not None:
-        return (
-            f"holds its images in {recorded.shards} shard(s) and a reshard to "
-            f"{recorded.next.shards} was interrupted: run scripts/reshard.py again"
-        )
     return _held_in({recorded.shards: images}, wanted)
 
 
@@ -140,3 +149,17 @@ def _held_in(layouts: dict[int, int], wanted: int) -> str:
         f"not in the {wanted} this config asks for: stop the app and run "
         "scripts/reshard.py, or set shards back"
     )
+
+
+def unreachable(layout: Layout, shared: bool, local: bool) -> str | None:
+    """Why the shards of a layout (its ``next`` and ``retiring`` included) cannot be opened
+    from here, or None: shards recorded on a shared data_dir need it shared; shards on data
+    nodes need the cluster (``local``: in this process, without Ray)."""
+    nodes = set(layout.nodes)
+    for other in (layout.next, layout.retiring):
+        nodes |= set(other.nodes) if other else set()
+    if ANY in nodes and not shared:
+        return "its shards were recorded on a shared data_dir: set shared_data_dir: true again"
+    if local and (away := sorted(nodes - {HEAD, ANY})):
+        return f"its shards live on data nodes {away}: run this on the running cluster"
+    return None

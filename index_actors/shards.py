@@ -13,8 +13,9 @@ import contextlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
-from index_actors.interface import Hit
+from index_actors.interface import Hit, reason
 
 _MASK = (1 << 64) - 1
 
@@ -110,3 +111,19 @@ def merge(lists: Iterable[list[Hit]], k: int | None) -> list[Hit]:
     returned its own top ``k``, so the merged top ``k`` is the unsharded one."""
     hits = sorted((h for hits in lists for h in hits), key=lambda h: (h[1], h[0]))
     return hits[:k] if k is not None else hits
+
+
+def combined(described: list[Any]) -> dict[str, Any]:
+    """One description of a sharded index: shard 0's settings, the counts summed, and each
+    shard's own description (or its error)."""
+    parts = [d if not isinstance(d, BaseException) else {"error": reason(d)} for d in described]
+    good = [d for d in parts if "error" not in d]
+    out: dict[str, Any] = dict(good[0]) if good else {}
+    if len(good) == len(parts):
+        out["count"] = sum(d.get("count", 0) for d in parts)
+    else:
+        out.pop("count", None)
+        out["error"] = "; ".join(
+            f"shard {i}/{len(parts)}: {d['error']}" for i, d in enumerate(parts) if "error" in d
+        )
+    return {**out, "shards": parts}

@@ -245,6 +245,13 @@ class Catalog:
             raw = txn.get(f"layout:{feature}".encode())
         return json.loads(raw) if raw is not None else None
 
+    def layouts_here(self, feature: str) -> dict[int, int]:
+        """Layouts of a feature in the data directory beside this catalog (on the head)
+        that hold images, for data from before layouts were recorded: count -> images."""
+        from index_actors.shards import layouts_here
+
+        return layouts_here(self.path.parent, feature)
+
     def set_layout(self, feature: str, layout: dict[str, Any]) -> None:
         """Record a feature's shard layout (committed before this returns)."""
         with self.env.begin(write=True, db=self.meta) as txn:

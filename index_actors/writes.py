@@ -127,16 +127,12 @@ class WritePath:
         written = list(features)
         # One call per feature and owning shard; each image's status is its own call's.
         calls: list[tuple[str, list[int], Any]] = []
+        adds: dict[tuple[str, int], Any] = {}
         for f in written:
             column = take_rows(features[f], rows)
-            calls += [
-                (
-                    f,
-                    pos,
-                    self.within(f, s, a.add.remote([ids[p] for p in pos], take_rows(column, pos))),
-                )
-                for s, a, pos in self._groups(f, ids)
-            ]
+            for s, a, pos in self._groups(f, ids):
+                adds[f, s] = a.add.remote([ids[p] for p in pos], take_rows(column, pos))
+                calls.append((f, pos, self.within(f, s, adds[f, s])))
         stale = [f for f in self.shards if f not in features] if replace else []
         old = [j for j, i in enumerate(ids) if out[rows[j]].existed]
         for f in stale if old else []:
@@ -154,7 +150,7 @@ class WritePath:
             for p in positions:
                 out[rows[p]].status[f] = state
         await self._withdraw(
-            [out[j] for j in rows if not out[j].ok and not out[j].existed], written
+            [out[j] for j in rows if not out[j].ok and not out[j].existed], written, adds
         )
         return out
 
@@ -189,22 +185,25 @@ class WritePath:
                 out.append(reason(exc))
         return out
 
-    async def _withdraw(self, failed: list[Stored], written: list[str]) -> None:
+    async def _withdraw(
+        self, failed: list[Stored], written: list[str], adds: dict[tuple[str, int], Any]
+    ) -> None:
         """Take new images out after a failed write: their features, then their catalog
-        entries. The features written fine must go; a failed one is tried too (its write may
-        have committed before the error). Best effort: an image whose written feature cannot
-        be removed now stays registered, and is logged."""
+        entries. The features written fine must go, now; a write that failed may yet run
+        (its shard's node was down: Ray keeps the call), so its removal is sent once it has
+        (``adds``: each write's call). Best effort: an image whose written feature cannot be
+        removed now stays registered, and is logged."""
         ids = [s.image_id for s in failed if s.image_id is not None]
         if not ids:
             return
         undo = []
         for f in written:
             for s, a, pos in self._groups(f, ids):
-                call = a.remove.remote([ids[p] for p in pos])  # sent now
-                # Only a removal of written features is waited for: a shard whose write
-                # failed (its node is down, say) removes when it returns.
+                mine = [ids[p] for p in pos]
                 if any(failed[p].status.get(f) == "ok" for p in pos):
-                    undo.append((f, pos, self.within(f, s, call)))
+                    undo.append((f, pos, self.within(f, s, a.remove.remote(mine))))
+                else:
+                    _after(adds.get((f, s)), a, mine)
         results = await asyncio.gather(*(c for _, _, c in undo), return_exceptions=True)
         stuck = {
             p
@@ -238,3 +237,24 @@ def take_rows(column: Any, rows: list[int]) -> Any:
     if isinstance(column, np.ndarray) and column.dtype != object:
         return np.ascontiguousarray(column[rows])
     return [column[j] for j in rows]
+
+
+#: Removals waiting for the write they undo (kept referenced until done).
+_PENDING: set[asyncio.Future[Any]] = set()
+
+
+def _after(write: Any, actor: Any, ids: list[int]) -> None:
+    """Remove ``ids`` from a shard once ``write`` (its call) has run, whatever it gave:
+    sent before, a removal could run first on the actor's threads and be undone by it."""
+
+    async def remove() -> None:
+        if write is not None:
+            await asyncio.gather(write, return_exceptions=True)
+        try:
+            await actor.remove.remote(ids)
+        except Exception:
+            log.exception("images %s: a failed write was not undone", ids)
+
+    task = asyncio.ensure_future(remove())
+    _PENDING.add(task)
+    task.add_done_callback(_PENDING.discard)

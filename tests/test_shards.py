@@ -13,7 +13,7 @@ import pytest
 from extractors import build_extractor
 from extractors.textdoc import encode_doc
 from index_actors import shards
-from index_actors.actor import LocalActor
+from index_actors.actor import IndexActor, LocalActor
 from index_actors.client import IndexClient, IndexSpec
 from index_actors.placement import spread
 from tests.helpers import reencode
@@ -334,7 +334,12 @@ def test_new_layouts_spread_over_the_data_nodes_and_records_are_kept() -> None:
     assert choose(2, None, {}, 10, fresh) == fresh  # a newly enabled feature
     assert choose(2, None, {2: 5}, 10, fresh) == Layout(2, [HEAD, HEAD])  # data from before
     assert "reshard" in str(choose(3, recorded, {}, 10, fresh))
-    assert "interrupted" in str(choose(3, resuming, {}, 10, fresh))
+    for wanted in (2, 3):  # a reshard under way: not for the app, whatever the count
+        assert "scripts/reshard.py (again)" in str(choose(wanted, resuming, {}, 0, fresh))
+    retiring = Layout(3, ["a", "b", "a"], retiring=recorded)
+    assert choose(3, retiring, {}, 10, fresh) == retiring
+    assert "moved aside" in str(choose(2, retiring, {}, 0, fresh))
+    assert "shared_data_dir" in str(choose(2, spread(2, [], shared=True), {}, 10, fresh))
     assert choose(3, recorded, {}, 0, spread(3, ["c"])) == spread(3, ["c"])  # nothing stored
     assert "1 shard(s) (7 images)" in str(choose(2, None, {1: 7}, 7, fresh))
 
@@ -342,10 +347,12 @@ def test_new_layouts_spread_over_the_data_nodes_and_records_are_kept() -> None:
 def test_an_interrupted_reshard_is_finished_by_running_it_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A copy that stops halfway, then a run that stops after the new layout is recorded but
-    before the old files are moved aside: each rerun finishes, no image lost or doubled."""
+    """A copy that stops halfway is abandoned (a run back to the old count), images are
+    deleted, and the copy is made again: nothing it left comes back. Then a copy that stops
+    halfway is finished by a rerun, and a run that stopped before moving the old files aside
+    is finished before anything else: no image lost, doubled or brought back."""
     from index_actors import reshard as module
-    from index_actors.placement import Layout
+    from index_actors.placement import ANY, Layout
     from index_actors.reshard import LocalOpener, reshard
     from index_actors.store import Catalog
 
@@ -358,34 +365,55 @@ def test_an_interrupted_reshard_is_finished_by_running_it_again(
     catalog = LocalActor(Catalog(tmp_path / "catalog"))
     opener = LocalOpener(str(tmp_path), "color", spec)
     monkeypatch.setattr(module, "CHUNK", 20)
+    shared = spread(3, [], shared=True)  # nodes a second run must keep: ANY, not the head's
 
     def stop(moved: int) -> None:
-        if moved >= 20:
+        if moved >= 40:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        run(reshard(catalog, opener, tmp_path, "color", spread(3, ["x"]), stop))
-    halfway = catalog._obj.layout("color")
-    assert halfway["shards"] == 1 and halfway["next"]["nodes"] == ["x", "x", "x"]
-    # Rerun: the nodes the first run chose are kept (its shards' files are there).
-    done = run(reshard(catalog, opener, tmp_path, "color", spread(3, ["y"]), None))
-    assert done["moved"] == 50
-    assert catalog._obj.layout("color") == {"shards": 3, "nodes": ["x", "x", "x"]}
+    def ids_in(count: int) -> list[int]:
+        found: list[int] = []
+        for i in range(count):
+            actor = IndexActor(
+                "vector", str(shards.directory(tmp_path, "color", i, count)), 4, {}, 3600
+            )
+            found += actor.export(-1, 1000)[0]
+            actor.close()
+        return sorted(found)
 
-    # Recorded with the old layout retiring, its files not yet moved aside: a rerun of
-    # 3 -> 2 that stopped there; the next run only moves them aside.
+    with pytest.raises(KeyboardInterrupt):
+        run(reshard(catalog, opener, tmp_path, "color", shared, stop))
+    assert catalog._obj.layout("color")["next"]["nodes"] == [ANY] * 3
+    assert ids_in(3) == list(range(1, 41))
+    run(reshard(catalog, opener, tmp_path, "color", spread(1, []), None))  # abandoned
+    assert catalog._obj.layout("color") == {"shards": 1, "nodes": [""]}
+    one = IndexActor("vector", str(tmp_path / "color"), 4, {}, 3600)
+    one.remove([3, 4])
+    one.close()
+    with pytest.raises(KeyboardInterrupt):
+        run(reshard(catalog, opener, tmp_path, "color", shared, stop))
+    done = run(reshard(catalog, opener, tmp_path, "color", spread(3, []), None))
+    assert done["moved"] == 48
+    assert catalog._obj.layout("color") == {"shards": 3, "nodes": [ANY] * 3}
+    assert ids_in(3) == [i for i in range(1, 51) if i not in (3, 4)]
+
+    # Recorded with the old layout retiring, its files not yet moved aside (a run of 3 -> 2
+    # that stopped there), then a run back to 3: it moves them aside first, then copies.
     run(reshard(catalog, opener, tmp_path, "color", spread(2, []), None))
-    layout = Layout(3, ["x", "x", "x"])
-    retired = sorted((tmp_path / "color").glob("retired-3-*"))
-    for old in retired:
+    for old in (tmp_path / "color").glob("retired-3-*"):
         for i in range(3):
             back = shards.directory(tmp_path, "color", i, 3)
             back.parent.mkdir(exist_ok=True)
             (old / str(i)).rename(back)
         old.rmdir()
-    stuck = Layout(2, [""] * 2, retiring=layout)
+    stuck = Layout(2, [""] * 2, retiring=Layout(3, [ANY] * 3))
     catalog._obj.set_layout("color", stuck.to_dict())
-    assert run(reshard(catalog, opener, tmp_path, "color", spread(2, []), None))["moved"] == 0
-    assert catalog._obj.layout("color") == {"shards": 2, "nodes": ["", ""]}
-    assert shards.layouts_here(tmp_path, "color") == {2: 50}
+    assert run(reshard(catalog, opener, tmp_path, "color", spread(3, []), None))["moved"] == 48
+    assert catalog._obj.layout("color") == {"shards": 3, "nodes": [""] * 3}
+    assert shards.layouts_here(tmp_path, "color") == {3: 48}
+
+    # Shards on data nodes are not reachable without the cluster.
+    catalog._obj.set_layout("color", Layout(3, ["alpha", "beta", "alpha"]).to_dict())
+    with pytest.raises(ValueError, match="running cluster"):
+        run(reshard(catalog, opener, tmp_path, "color", spread(2, []), None))
     catalog._obj.close()  # type: ignore[attr-defined]
