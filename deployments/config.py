@@ -79,6 +79,10 @@ class AppArgs(BaseModel):
     #: The data directory is one filesystem mounted on every node (NFS, say): shards may
     #: run, and restart, on any node.
     shared_data_dir: bool = False
+    #: Origins (``https://gallery.example.org``) whose pages may call the API from a
+    #: browser (CORS), as the original gallery does from its own origin; ``["*"]``: any.
+    #: Empty: same origin only.
+    cors_origins: list[str] = Field(default_factory=list)
     #: PostgreSQL connection string (libpq) for the text features' indexes (ocr, caption,
     #: tags), each in tables of its own (``<name>_<feature>_*``); unset: the embedded store
     #: under data_dir. Keep a password out of it (~/.pgpass, or PGPASSWORD): it travels

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -22,6 +23,13 @@ from index_actors.client import IndexClient
 def create_app(engine: Engine, max_upload_bytes: int) -> FastAPI:
     """The HTTP API over an engine: both routers, the upload cap, the error mapping."""
     app = FastAPI(title="Image retrieval engine")
+    if engine.args.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=engine.args.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
     app.state.engine = engine
     app.state.max_upload_bytes = max_upload_bytes
     install(app)

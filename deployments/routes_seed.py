@@ -14,6 +14,7 @@ from deployments.engine import Engine
 from deployments.http import as_form, engine, upload
 from deployments.schemas import Listed
 from deployments.search import read
+from extractors import REGISTRY
 from extractors.textdoc import labels
 from index_actors.interface import InvalidInput, NotFound, Unavailable, UnknownImage
 from index_actors.kinds import Blank, SearchOptions, kind_of
@@ -79,15 +80,19 @@ def feature(eng: Engine, svc: str) -> str:
 
 
 def mode(eng: Engine, name: str, k: int | None, t: float | None) -> tuple[int | None, float | None]:
-    """The original's exactly-one-of k / distance_threshold; its threshold is strict (<)."""
+    """The original's exactly-one-of k / distance_threshold; its threshold is strict (<)
+    and in its unit (squared L2 for global features and CLIP)."""
     if k is not None and t is not None:
         raise InvalidInput("give k or distance_threshold, not both")
-    return (eng.k(k), None) if t is None else (None, kind_of(name).seed_threshold(t))
+    metric = REGISTRY[name].metric
+    return (eng.k(k), None) if t is None else (None, kind_of(name).seed_threshold(t, metric))
 
 
 def listing(name: str, hits: list[Listed]) -> list[dict[str, Any]]:
-    """A service's answer: ``distance`` per image, or for local features ``matches``."""
-    return [kind_of(name).seed_entry(h.model_dump()) for h in hits]
+    """A service's answer: ``distance`` per image in the service's unit, or for local
+    features ``matches``."""
+    metric = REGISTRY[name].metric
+    return [kind_of(name).seed_entry(h.model_dump(), metric) for h in hits]
 
 
 def required(image_id: int | None) -> int:
@@ -129,8 +134,8 @@ async def reverse_search(
 ) -> dict[str, Any]:
     """Gateway: per-service lists (first 20) and ``unified_res`` from fusion.
 
-    ``find_duplicate=1`` returns only the near-duplicates (phash within the duplicate
-    threshold, mirrored included) under ``phash_res``, or ``{}`` when there are none.
+    ``find_duplicate=1`` returns only the near-duplicates (phash under the duplicate
+    threshold, mirrored included) under ``duplicate``, or ``{}`` when there are none.
     """
     data = await read(upload(request, image))
     return await (duplicates(eng, data) if find_duplicate else unified(eng, data))
@@ -143,7 +148,7 @@ async def unified(eng: Engine, data: bytes) -> dict[str, Any]:
     lists = await eng.search(await eng.queries(data, eng.visual), 200)
     fused = await eng.fused(lists, 200, eng.args.fusion.duplicate_threshold)
     out: dict[str, Any] = {
-        f"{SEED_NAMES[n]}_res": [h.model_dump() for h in hits[:20]]
+        f"{SEED_NAMES[n]}_res": listing(n, hits[:20])
         for n, hits in fused.by_feature.items()
         if hits
     }
@@ -153,15 +158,16 @@ async def unified(eng: Engine, data: bytes) -> dict[str, Any]:
 
 
 async def duplicates(eng: Engine, data: bytes) -> dict[str, Any]:
-    """The gateway's ``find_duplicate``: every phash match within the duplicate threshold
-    (mirrored included) under ``phash_res``, or ``{}`` when there is none."""
+    """The gateway's ``find_duplicate``: every phash match at a distance under the
+    duplicate threshold (mirrored included), as the phash route lists them, under
+    ``duplicate``; ``{}`` when there is none."""
     eng.duplicates_source("find_duplicate")
     queries, failed = await eng.extract(data, ["phash"], query=True)
     if not queries:
         raise Unavailable(f"phash could not be computed: {failed}")
-    threshold = eng.args.fusion.duplicate_threshold
+    threshold = kind_of("phash").seed_threshold(eng.args.fusion.duplicate_threshold)
     hits = (await eng.search(queries, None, {"phash": threshold}))["phash"]
-    return {"phash_res": [h.model_dump() for h in await eng.listing(hits)]} if hits else {}
+    return {"duplicate": listing("phash", await eng.listing(hits))} if hits else {}
 
 
 @router.post("/calculate_{svc}_features")
@@ -193,19 +199,22 @@ async def delete(svc: str, eng: Eng, body: Annotated[ImageRef, Body()]) -> Respo
 
 @router.post("/{svc}_get_similar_images_by_id")
 async def by_id(svc: str, eng: Eng, body: Annotated[ById, Body()]) -> list[dict[str, Any]]:
-    """A service: ``[{"image_id", "distance", "file_name"}]`` nearest to a stored image."""
+    """A service: ``[{"image_id", "distance", "file_name"}]`` nearest to a stored image,
+    searched by its stored feature as the original did: the image itself is listed (first,
+    at distance 0) and counts towards ``k``."""
     name = feature(eng, svc)
     k, t = mode(eng, name, body.k, body.distance_threshold)
     options = eng.options(name, body, seed=True)
-    return listing(name, (await eng.similar(name, body.image_id, k, t, options)).results)
+    found = await eng.similar(name, body.image_id, k, t, options, itself=True)
+    return listing(name, found.results)
 
 
 @router.post("/image_text_features_get_similar_images_by_text")
-async def by_text(eng: Eng, body: Annotated[ByText, Body()]) -> list[Listed]:
+async def by_text(eng: Eng, body: Annotated[ByText, Body()]) -> list[dict[str, Any]]:
     """A service: ``[{"image_id", "distance", "file_name"}]`` matching a text (CLIP)."""
     name = eng.embedder or "clip"
     k, t = mode(eng, name, body.k, body.distance_threshold)
-    return await eng.listing(await eng.text_hits(body.text, k, t, body))
+    return listing(name, await eng.listing(await eng.text_hits(body.text, k, t, body)))
 
 
 @router.post("/{svc}_get_similar_images_by_image_buffer")

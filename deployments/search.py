@@ -218,12 +218,16 @@ class Searches:
         k: int | None,
         threshold: float | None,
         options: Mapping[str, Any],
+        itself: bool = False,
     ) -> Similar:
-        """Stored images nearest to a stored one by one feature (itself left out), and the
-        shards that did not answer; ``options``: the feature's search options."""
+        """Stored images nearest to a stored one by one feature (itself left out unless
+        ``itself``), and the shards that did not answer; ``options``: the feature's search
+        options."""
         await self.known(image_id)
         try:
-            hits = await self.client.search_by_id(name, image_id, k, threshold, **options)
+            hits = await self.client.search_by_id(
+                name, image_id, k, threshold, itself=itself, **options
+            )
         except UnknownImage:
             raise UnknownImage(f"image {image_id} has no {name} feature") from None
         missing = hits.missing if isinstance(hits, Hits) else []

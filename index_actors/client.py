@@ -287,12 +287,18 @@ class IndexClient(WritePath):
         return answers, list(failed)
 
     async def search_by_id(
-        self, feature: str, image_id: int, k: int | None, threshold: float | None, **options: Any
+        self,
+        feature: str,
+        image_id: int,
+        k: int | None,
+        threshold: float | None,
+        itself: bool = False,
+        **options: Any,
     ) -> list[Hit]:
-        """One feature's nearest stored images to a stored one; ``UnknownImage``. Sharded:
-        the owner gives the stored query, every shard searches by it (query expansion then
-        expands within each shard)."""
-        if len(self.shards[feature]) == 1:
+        """One feature's nearest stored images to a stored one, searched by its stored
+        feature (the image itself left out unless ``itself``); ``UnknownImage``. Sharded:
+        the owner gives the stored query, every shard searches by it."""
+        if len(self.shards[feature]) == 1 and not itself:
             return await self.ask_owner(
                 feature,
                 image_id,
@@ -308,7 +314,8 @@ class IndexClient(WritePath):
         )
         if query is None:  # nothing to match by (a text without words)
             return []
-        return await self.search(feature, query, k, threshold, image_id, **options)
+        exclude = None if itself else image_id
+        return await self.search(feature, query, k, threshold, exclude, **options)
 
     async def docs(self, features: Sequence[str], image_id: int) -> list[dict[str, Any]]:
         """An image's stored text documents, one per text feature (empty where none)."""

@@ -107,11 +107,11 @@ class Kind:
         """Whether a query feature has nothing to match (no keypoint, no word)."""
         return False
 
-    def seed_threshold(self, threshold: float) -> float:
+    def seed_threshold(self, threshold: float, metric: str = "") -> float:
         """The original routes' strict ``distance < threshold`` as our inclusive one."""
         return float(np.nextafter(threshold, -np.inf))
 
-    def seed_entry(self, entry: dict[str, Any]) -> dict[str, Any]:
+    def seed_entry(self, entry: dict[str, Any], metric: str = "") -> dict[str, Any]:
         """One result as the original service listed it."""
         return entry
 
@@ -130,7 +130,7 @@ class BinaryKind(Kind):
     name = "binary"
     index = BinaryIndex
 
-    def seed_threshold(self, threshold: float) -> float:
+    def seed_threshold(self, threshold: float, metric: str = "") -> float:
         """Integer distances: ``d < t`` is ``d <= ceil(t) - 1``."""
         return float(np.ceil(threshold) - 1)
 
@@ -155,6 +155,18 @@ class VectorKind(Kind):
         if metric != "ip":
             return {}
         return _fields(VectorOptions, values)
+
+    # The original services searched L2-normalised vectors in a FAISS IndexFlat under L2:
+    # their distance was the squared L2 distance, 2 - 2 cos, where ours is 1 - cos.
+    def seed_threshold(self, threshold: float, metric: str = "") -> float:
+        """The original's strict threshold, in its unit, as ours."""
+        return super().seed_threshold(threshold / 2 if metric == "ip" else threshold)
+
+    def seed_entry(self, entry: dict[str, Any], metric: str = "") -> dict[str, Any]:
+        """The distance in the original's unit (squared L2 of unit vectors)."""
+        if metric == "ip":
+            return {**entry, "distance": 2 * entry["distance"]}
+        return entry
 
 
 class KeypointsKind(Kind):
@@ -182,7 +194,7 @@ class KeypointsKind(Kind):
         """No keypoint in any variant."""
         return not any(keypoint_count(row) for row in np.atleast_2d(query))
 
-    def seed_entry(self, entry: dict[str, Any]) -> dict[str, Any]:
+    def seed_entry(self, entry: dict[str, Any], metric: str = "") -> dict[str, Any]:
         """The original listed ``matches`` (inliers, or votes), not a distance."""
         out = {k: v for k, v in entry.items() if k != "distance"}
         return {**out, "matches": round(1 / entry["distance"] - 1)}
