@@ -4,6 +4,7 @@ shapes so that an existing gallery client can switch over. Their quirks that wer
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, File, Form, Request, Response, UploadFile
@@ -15,6 +16,7 @@ from deployments.http import as_form, engine, upload
 from deployments.schemas import Listed
 from deployments.search import read
 from extractors import REGISTRY
+from extractors.local import unit_scale
 from extractors.textdoc import labels
 from index_actors.interface import InvalidInput, NotFound, Unavailable, UnknownImage
 from index_actors.kinds import Blank, SearchOptions, kind_of
@@ -69,6 +71,22 @@ class BufferOptions(SearchOptions):
     distance_threshold: Threshold = None
 
 
+#: The original local-features route's default ``matching_threshold`` (unit HardNet8
+#: descriptors).
+SEED_MATCHING_THRESHOLD = 0.9
+#: What the original gateway asked of each service: phash under this distance, the others'
+#: 200 nearest, local features with these matching settings.
+GATEWAY_DUPLICATE = 64
+GATEWAY_K = 200
+GATEWAY_LOCAL = {
+    "k_clusters": 10,
+    "knn_min_matches": 4,
+    "matching_threshold": 0.8,
+    "use_smnn_matching": 1,
+    "use_ransac": 1,
+}
+
+
 def feature(eng: Engine, svc: str) -> str:
     """The feature of a service name: "color" for color, but "global" for global_features
     (the original route is /calculate_global_features); 404 for one not enabled here."""
@@ -86,6 +104,24 @@ def mode(eng: Engine, name: str, k: int | None, t: float | None) -> tuple[int | 
         raise InvalidInput("give k or distance_threshold, not both")
     metric = REGISTRY[name].metric
     return (eng.k(k), None) if t is None else (None, kind_of(name).seed_threshold(t, metric))
+
+
+def seed_options(eng: Engine, name: str, values: Any) -> dict[str, Any]:
+    """A feature's search options from an original route's fields, in our units: there the
+    local features' ``matching_threshold`` is the L2 distance between unit-length
+    descriptors, here between the stored bytes.
+
+    Unset, it is the original's 0.9 for HardNet8, its descriptor. For RootSIFT (ours
+    without weights) 0.9 lets nearly every descriptor vote (its components are all
+    positive, so unrelated ones lie closer): the index's own default stays."""
+    options = eng.options(name, values, seed=True)
+    if kind_of(name).name == "keypoints":
+        extractor = eng.args.extractor_options(name)
+        if "matching_threshold" in options:
+            options["matching_threshold"] *= unit_scale(extractor)
+        elif extractor.get("descriptor") == "hardnet8":
+            options["matching_threshold"] = SEED_MATCHING_THRESHOLD * unit_scale(extractor)
+    return options
 
 
 def listing(name: str, hits: list[Listed]) -> list[dict[str, Any]]:
@@ -142,18 +178,30 @@ async def reverse_search(
 
 
 async def unified(eng: Engine, data: bytes) -> dict[str, Any]:
-    """The gateway's search: each service's first 20 under ``<service>_res`` (empty ones
-    left out) and the fused list under ``unified_res`` (absent when empty)."""
-    # The original gateway's numbers: 200 candidates per service, 20 of each listed.
-    lists = await eng.search(await eng.queries(data, eng.visual), 200)
-    fused = await eng.fused(lists, 200, eng.args.fusion.duplicate_threshold)
+    """The original gateway's search: phash under distance 64, the others' 200 nearest
+    (local features with its matching settings); each service's first 20 under
+    ``<service>_res`` (empty ones left out); ``unified_res``: the images at least two
+    services found, scored by the sum of 1/rank over them, highest first (absent when
+    empty). The weighted fusion is the native ``/search/image``'s."""
+    names = [n for n in eng.visual if n in SEED_NAMES]
+    queries = await eng.queries(data, names)
+    thresholds = {"phash": kind_of("phash").seed_threshold(GATEWAY_DUPLICATE)}
+    options = {n: seed_options(eng, n, GATEWAY_LOCAL) for n in names if n == "local"}
+    lists = await eng.search(queries, GATEWAY_K, thresholds, options)
+    names_of = await eng.client.names(sorted({i for hits in lists.values() for i, _ in hits}))
+    listed = {n: await eng.listing(hits, names_of) for n, hits in lists.items()}
     out: dict[str, Any] = {
-        f"{SEED_NAMES[n]}_res": listing(n, hits[:20])
-        for n, hits in fused.by_feature.items()
-        if hits
+        f"{SEED_NAMES[n]}_res": listing(n, hits[:20]) for n, hits in listed.items() if hits
     }
-    if fused.results:
-        out["unified_res"] = [{"image_id": r.image_id, "score": r.score} for r in fused.results]
+    scores: dict[int, float] = defaultdict(float)
+    sources: Counter[int] = Counter()
+    for hits in listed.values():
+        for rank, hit in enumerate(hits, start=1):
+            scores[hit.image_id] += 1 / rank
+            sources[hit.image_id] += 1
+    found = sorted((i for i in scores if sources[i] >= 2), key=lambda i: (-scores[i], i))
+    if found:
+        out["unified_res"] = [{"image_id": i, "score": scores[i]} for i in found]
     return out
 
 
@@ -204,7 +252,7 @@ async def by_id(svc: str, eng: Eng, body: Annotated[ById, Body()]) -> list[dict[
     at distance 0) and counts towards ``k``."""
     name = feature(eng, svc)
     k, t = mode(eng, name, body.k, body.distance_threshold)
-    options = eng.options(name, body, seed=True)
+    options = seed_options(eng, name, body)
     found = await eng.similar(name, body.image_id, k, t, options, itself=True)
     return listing(name, found.results)
 
@@ -229,7 +277,7 @@ async def by_image(
     takes the original's matching parameters and answers ``matches`` per image)."""
     name = feature(eng, svc)
     k, t = mode(eng, name, fields.k, fields.distance_threshold)
-    options = {name: eng.options(name, fields, seed=True)}
+    options = {name: seed_options(eng, name, fields)}
     queries = await eng.queries(upload(request, image), [name])
     hits = (await eng.search(queries, k, {name: t}, options))[name]
     return listing(name, await eng.listing(hits))

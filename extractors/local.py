@@ -27,6 +27,14 @@ HEADER = 4  # uint32 keypoint count
 SCALE = 512.0
 #: HardNet8 components are in [-1, 1] with unit L2 norm (most within +-0.3): x256 + 128.
 HARDNET_SCALE = 256.0
+
+
+def unit_scale(options: dict[str, Any]) -> float:
+    """Stored descriptor units per unit of L2 distance between the unit-length descriptors,
+    for a local-features extractor's options (its ``descriptor``)."""
+    return HARDNET_SCALE if options.get("descriptor") == "hardnet8" else SCALE
+
+
 #: The HardNet8 weights kornia publishes (``kornia.feature.HardNet8(pretrained=True)``).
 HARDNET_REPO, HARDNET_FILE = "kornia/hardnet", "hardnet8v2.pt"
 #: Patch half-size per SIFT keypoint size, as kornia-moons converts OpenCV keypoints.

@@ -28,22 +28,23 @@ PLACES_FILES = {
 
 
 def wideresnet18(num_classes: int = 365) -> Any:
-    """Places365's WideResNet-18: torchvision's ResNet-18 (same tensor names) whose last
-    stage keeps stride 1, so a 224 px input leaves a 14x14 map for the attributes."""
+    """Places365's WideResNet-18 as its demo's ``wideresnet.py`` defines it: ResNet-18's
+    blocks and tensor names, but no max-pooling after the first convolution, the fourth
+    stage at stride 2 like the second and third, and an average pool over the final 14x14
+    map of a 224 px input."""
+    from torch import nn
     from torchvision.models import resnet18
 
     model = resnet18(num_classes=num_classes)
-    first = model.layer4[0]
-    first.conv1.stride = (1, 1)
-    assert first.downsample is not None
-    first.downsample[0].stride = (1, 1)
+    model.maxpool = nn.Identity()
+    model.avgpool = nn.AvgPool2d(14)
     return model
 
 
 def _readable(category: str) -> str:
-    """ "/a/apartment_building/outdoor" -> "apartment building (outdoor)"."""
-    name, _, kind = category.strip("/").split("/", 1)[1].partition("/")
-    return name.replace("_", " ") + (f" ({kind.replace('_', ' ')})" if kind else "")
+    """A category as the Places365 demo lists it: "/a/apartment_building/outdoor" ->
+    "apartment_building/outdoor"."""
+    return category.strip("/").split("/", 1)[1]
 
 
 class Places365Tagger(TextExtractor):
@@ -147,19 +148,21 @@ class Places365Tagger(TextExtractor):
             # The attributes read WideResNet-18's pooled features: the network without fc.
             self.models = (resnet, torch.nn.Sequential(*list(wide.children())[:-1]))
 
-    def _tensor(self, images: list[Image.Image]) -> Any:
+    def _tensor(self, images: list[Image.Image], crop: bool) -> Any:
+        """The networks' input as the demo makes it: the scene network's 256 x 256 centre-
+        cropped to 224 (``crop``), the attribute network's 224 x 224."""
         import torch
 
         mean = np.array([0.485, 0.456, 0.406], np.float32)
         std = np.array([0.229, 0.224, 0.225], np.float32)
-        rows = [
-            (
-                np.asarray(im.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)) / 255.0
-                - mean
-            )
-            / std
-            for im in images
-        ]
+        side = 256 if crop else 224
+        rows = []
+        for im in images:
+            pixels = np.asarray(im.convert("RGB").resize((side, side), Image.Resampling.BILINEAR))
+            if crop:
+                edge = (side - 224) // 2
+                pixels = pixels[edge : edge + 224, edge : edge + 224]
+            rows.append((pixels / 255.0 - mean) / std)
         x = torch.from_numpy(np.stack(rows).astype(np.float32)).permute(0, 3, 1, 2)
         return x.to(self.device)
 
@@ -171,10 +174,9 @@ class Places365Tagger(TextExtractor):
 
         self.load()
         resnet, trunk = self.models
-        x = self._tensor(images)
         with torch.inference_mode():
-            probs = resnet(x).softmax(-1).cpu().numpy()
-            pooled = trunk(x).flatten(1).cpu().numpy()
+            probs = resnet(self._tensor(images, crop=True)).softmax(-1).cpu().numpy()
+            pooled = trunk(self._tensor(images, crop=False)).flatten(1).cpu().numpy()
         out = []
         for p, feat in zip(probs, pooled, strict=True):
             order = p.argsort()[::-1]

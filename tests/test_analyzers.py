@@ -95,7 +95,7 @@ def test_places365_tags_categories_indoor_outdoor_and_attributes(
     assert labels[0] == "bridge" and doc["tags"][0]["score"] > 0.9  # the only sure category
     assert labels[1] == "outdoor"  # the top-10 vote: only bridge's and 9 others' sides
     assert labels[2:] == [f"attribute {i}" for i in _top_attributes(tagger, image)]
-    assert _readable("/a/apartment_building/outdoor") == "apartment building (outdoor)"
+    assert _readable("/a/apartment_building/outdoor") == "apartment_building/outdoor"
 
 
 def _top_attributes(tagger: Places365Tagger, image: Image.Image) -> list[int]:
@@ -103,9 +103,59 @@ def _top_attributes(tagger: Places365Tagger, image: Image.Image) -> list[int]:
 
     _, trunk = tagger.models
     with torch.inference_mode():
-        pooled = trunk(tagger._tensor([image]))
+        pooled = trunk(tagger._tensor([image], crop=False))
     responses = tagger.weights @ pooled.flatten(1).numpy()[0]
     return [int(j) for j in responses.argsort()[::-1][:10]]
+
+
+def test_places365_wideresnet18_is_the_demo_definition() -> None:
+    """The trunk's maps for a 224 px input (no max-pool: 112 after the stem and the first
+    stage; 56, 28, 14 after the strided ones; one 512-d pool), and a forward pass on fixed
+    weights equal to an independent implementation of the demo's definition."""
+    import torch
+    from torch.nn import functional as F
+
+    from extractors.places import wideresnet18
+
+    torch.manual_seed(1)
+    net = wideresnet18().eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 224, 224)
+    sides = []
+    with torch.inference_mode():
+        y = net.relu(net.bn1(net.conv1(x)))
+        y = net.maxpool(y)
+        sides.append(y.shape[-1])
+        for stage in (net.layer1, net.layer2, net.layer3, net.layer4):
+            y = stage(y)
+            sides.append(y.shape[-1])
+        assert sides == [112, 112, 56, 28, 14]
+        assert net.avgpool(y).shape == (2, 512, 1, 1)
+        got = net(x)
+    w = {k: v for k, v in net.state_dict().items()}
+
+    def bn(t: torch.Tensor, p: str) -> torch.Tensor:
+        return F.batch_norm(
+            t, w[f"{p}.running_mean"], w[f"{p}.running_var"], w[f"{p}.weight"], w[f"{p}.bias"]
+        )
+
+    def block(t: torch.Tensor, p: str, stride: int) -> torch.Tensor:
+        out = F.relu(bn(F.conv2d(t, w[f"{p}.conv1.weight"], stride=stride, padding=1), f"{p}.bn1"))
+        out = bn(F.conv2d(out, w[f"{p}.conv2.weight"], padding=1), f"{p}.bn2")
+        if f"{p}.downsample.0.weight" in w:
+            t = bn(F.conv2d(t, w[f"{p}.downsample.0.weight"], stride=stride), f"{p}.downsample.1")
+        return F.relu(out + t)
+
+    with torch.inference_mode():
+        ref = F.relu(bn(F.conv2d(x, w["conv1.weight"], stride=2, padding=3), "bn1"))
+        for stage, stride in ((1, 1), (2, 2), (3, 2), (4, 2)):
+            ref = block(block(ref, f"layer{stage}.0", stride), f"layer{stage}.1", 1)
+        ref = F.avg_pool2d(ref, 14).flatten(1) @ w["fc.weight"].T + w["fc.bias"]
+    assert torch.allclose(got, ref, atol=1e-4)
 
 
 def test_places365_without_its_files_or_with_foreign_ones(tmp_path: Path) -> None:

@@ -72,15 +72,13 @@ def test_by_image_buffer_k_and_threshold(client: httpx.Client, photos: dict[str,
 def test_by_id_json_body(client: httpx.Client, photos: dict[str, bytes]) -> None:
     want = photo_id(photos, WINE)
     r = client.post("/phash_get_similar_images_by_id", json={"image_id": want, "k": 3})
-    assert (
-        r.status_code == 200
-        and len(r.json()) == 3
-        and want not in [h["image_id"] for h in r.json()]
-    )
+    # As the originals: searched by the stored hash, the image itself first, counted in k.
+    assert r.status_code == 200 and len(r.json()) == 3, r.text
+    assert r.json()[0]["image_id"] == want and r.json()[0]["distance"] == 0
     r = client.post(
         "/color_get_similar_images_by_id", json={"image_id": want, "distance_threshold": 1e9}
     )
-    assert len(r.json()) == len(photos) - 1
+    assert len(r.json()) == len(photos)
     assert (
         client.post("/phash_get_similar_images_by_id", json={"image_id": 999, "k": 3}).status_code
         == 404
@@ -137,16 +135,17 @@ def test_reverse_search_and_find_duplicate(client: httpx.Client, photos: dict[st
     want = photo_id(photos, WINE)
     body = client.post("/reverse_search", files={"image": ("q.jpg", photos[WINE])}).json()
     assert set(body) == {"phash_res", "color_res", "unified_res"}
-    assert (
-        len(body["phash_res"]) == min(20, len(photos)) and body["phash_res"][0]["image_id"] == want
-    )
-    assert body["unified_res"][0]["image_id"] == want and body["unified_res"][0]["score"] > 0
+    # phash as the gateway asked it: under distance 64; colour: the 200 nearest, first 20.
+    assert body["phash_res"][0]["image_id"] == want
+    assert all(h["distance"] < 64 for h in body["phash_res"])
+    assert len(body["color_res"]) == min(20, len(photos))
+    assert body["unified_res"][0]["image_id"] == want and body["unified_res"][0]["score"] == 2
     dup = client.post(
         "/reverse_search",
         files={"image": ("q.jpg", reencode(photos[WINE], scale=0.5, quality=50))},
         data={"find_duplicate": "1"},
     ).json()
-    assert [h["image_id"] for h in dup["phash_res"]] == [want]
+    assert [h["image_id"] for h in dup["duplicate"]] == [want]
     noise = np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8)
     unknown = encode(Image.fromarray(noise), "JPEG")
     none = client.post(
