@@ -4,6 +4,7 @@ on rendered text (fonts, sizes, small rotations, JPEG noise)."""
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
@@ -156,6 +157,21 @@ def test_places365_wideresnet18_is_the_demo_definition() -> None:
             ref = block(block(ref, f"layer{stage}.0", stride), f"layer{stage}.1", 1)
         ref = F.avg_pool2d(ref, 14).flatten(1) @ w["fc.weight"].T + w["fc.bias"]
     assert torch.allclose(got, ref, atol=1e-4)
+
+
+def test_places365_inputs_are_the_demo_ones(tmp_path: Path, photos: dict[str, bytes]) -> None:
+    """The scene network reads the photo at 256 x 256 centre-cropped to 224, the attribute
+    network at 224 x 224, both with ImageNet's normalisation."""
+    tagger = Places365Tagger(folder=str(places_dir(tmp_path)))
+    image = Image.open(io.BytesIO(photos["Wine_by_Jakkub_Mede.jpg"])).convert("RGB")
+    mean = np.array([0.485, 0.456, 0.406], np.float32)
+    std = np.array([0.229, 0.224, 0.225], np.float32)
+    for crop, side in ((True, 256), (False, 224)):
+        pixels = np.asarray(image.resize((side, side), Image.Resampling.BILINEAR)) / 255.0
+        edge = (side - 224) // 2
+        want = (pixels[edge : edge + 224, edge : edge + 224] - mean) / std
+        got = tagger._tensor([image], crop=crop)[0].permute(1, 2, 0).numpy()
+        assert got.shape == (224, 224, 3) and np.allclose(got, want, atol=1e-5)
 
 
 def test_places365_without_its_files_or_with_foreign_ones(tmp_path: Path) -> None:
