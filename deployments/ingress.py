@@ -15,14 +15,15 @@ from ray.serve.handle import DeploymentHandle
 from deployments import routes_native, routes_seed
 from deployments.config import AppArgs
 from deployments.engine import Engine
-from deployments.http import install
+from deployments.http import install, offline_docs
 from extractors import Extractor, InvalidImage, build_extractor
 from index_actors.client import IndexClient
 
 
 def create_app(engine: Engine, max_upload_bytes: int) -> FastAPI:
     """The HTTP API over an engine: both routers, the upload cap, the error mapping."""
-    app = FastAPI(title="Image retrieval engine")
+    # /docs is ours (offline_docs); ReDoc would load its script from a CDN.
+    app = FastAPI(title="Image retrieval engine", docs_url=None, redoc_url=None)
     if engine.args.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -33,6 +34,7 @@ def create_app(engine: Engine, max_upload_bytes: int) -> FastAPI:
     app.state.engine = engine
     app.state.max_upload_bytes = max_upload_bytes
     install(app)
+    offline_docs(app)
     app.include_router(routes_native.router)
     app.include_router(routes_seed.router)
     return app

@@ -129,6 +129,25 @@ def test_the_http_app_over_the_engine_documents_typed_schemas(
     assert client.get("/images/5").json()["file_name"] == "w.jpg"
 
 
+def test_docs_work_offline(engine: Engine) -> None:
+    """/docs loads Swagger UI from the app (a package's files), not from a CDN, and its
+    script, styles and the OpenAPI document it reads are served."""
+    from fastapi.testclient import TestClient
+
+    from deployments.ingress import create_app
+
+    client = TestClient(create_app(engine, 2 * 1024 * 1024))
+    page = client.get("/docs")
+    assert page.status_code == 200 and "http" not in page.text.split("<body>")[0].lower()
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert f"/docs-assets/{asset}" in page.text
+        r = client.get(f"/docs-assets/{asset}")
+        assert r.status_code == 200 and len(r.content) > 10_000
+    assert "cdn" not in page.text and "'/openapi.json'" in page.text
+    assert client.get("/openapi.json").json()["paths"]["/search/image"]
+    assert client.get("/redoc").status_code == 404  # its script would come from a CDN
+
+
 def test_http_edges_empty_fields_booleans_and_a_missing_phash_index(
     tmp_path: Path, photos: dict[str, bytes]
 ) -> None:
