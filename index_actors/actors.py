@@ -88,9 +88,9 @@ def index_shards(
 
     assert isinstance(spec.dim, int)
     count = layout.shards
+    paths = [str(shards.directory(data_dir, feature, i, count)) for i in range(count)]
 
     def maker(i: int) -> Any:
-        path = str(shards.directory(data_dir, feature, i, count))
         return lambda: (
             ray.remote(IndexActor)
             .options(
@@ -103,18 +103,18 @@ def index_shards(
                 **_ACTOR_OPTIONS,
             )
             .remote(
-                spec.kind, path, spec.dim, spec.options, snapshot_interval_s, carry, layout.nodes[i]
+                spec.kind,
+                paths[i],
+                spec.dim,
+                spec.options,
+                snapshot_interval_s,
+                carry,
+                layout.nodes[i],
             )
         )
 
     wanted = [
-        IndexActor.settings_of(
-            spec.kind,
-            str(shards.directory(data_dir, feature, i, count)),
-            spec.dim,
-            spec.options,
-            layout.nodes[i],
-        )
+        IndexActor.settings_of(spec.kind, paths[i], spec.dim, spec.options, layout.nodes[i])
         for i in range(count)
     ]
     actors = _current([maker(i) for i in range(count)], wanted, wait_s)
@@ -132,16 +132,19 @@ def catalog_actor(app_name: str, data_dir: str, num_cpus: float = 0.0) -> Any:
     import ray
 
     path = Path(data_dir) / "catalog"
-    make = lambda: (  # noqa: E731
-        ray.remote(Catalog)
-        .options(
-            name=actor_name(app_name, "catalog"),
-            num_cpus=num_cpus,
-            **head_options(),
-            **_ACTOR_OPTIONS,
+
+    def make() -> Any:
+        return (
+            ray.remote(Catalog)
+            .options(
+                name=actor_name(app_name, "catalog"),
+                num_cpus=num_cpus,
+                **head_options(),
+                **_ACTOR_OPTIONS,
+            )
+            .remote(path)
         )
-        .remote(path)
-    )
+
     return _current([make], [{"path": str(path)}], 60.0)[0]
 
 

@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 
 from index_actors import shards
-from index_actors.actor import IndexActor, LocalActor
+from index_actors.actor import LocalActor
 from index_actors.actors import IndexSpec, actor_name, catalog_actor, index_actor, index_shards
 from index_actors.interface import BackendDown, Hit, Hits, InvalidInput, NotFound, reason
 from index_actors.placement import Layout, Placement, choose, data_nodes, spread
+from index_actors.reshard import LocalOpener
 from index_actors.store import Catalog
 from index_actors.vector import expanded
 from index_actors.writes import Stored, WritePath, take_rows
@@ -135,23 +136,10 @@ class IndexClient(WritePath):
         return cls(get("catalog"), indexes, {})
 
     @classmethod
-    def local(
-        cls, data_dir: str | Path, specs: Mapping[str, IndexSpec], snapshot_interval_s: float = 3600
-    ) -> IndexClient:
+    def local(cls, data_dir: str | Path, specs: Mapping[str, IndexSpec]) -> IndexClient:
         """The same indexes hosted in this process, without Ray (unit tests, tools)."""
         indexes = {
-            name: [
-                LocalActor(
-                    IndexActor(
-                        spec.kind,
-                        str(shards.directory(data_dir, name, i, spec.shards)),
-                        spec.dim,
-                        spec.options,
-                        snapshot_interval_s,
-                    )
-                )
-                for i in range(spec.shards)
-            ]
+            name: LocalOpener(str(data_dir), name, spec).open(spread(spec.shards, []), None)
             for name, spec in specs.items()
             if isinstance(spec.dim, int)
         }
@@ -178,14 +166,10 @@ class IndexClient(WritePath):
 
     async def has(self, feature: str, ids: list[int]) -> list[int]:
         """The ids among ``ids`` stored in one feature's index (each asked of its shard)."""
-        actors = self.shards[feature]
-        groups = shards.by_owner(ids, len(actors))
         found = await asyncio.gather(
             *(
-                self.within(
-                    feature, s, actors[s].has.remote([ids[j] for j in rows]), self.timeout_s
-                )
-                for s, rows in groups.items()
+                self.within(feature, s, a.has.remote([ids[j] for j in rows]), self.timeout_s)
+                for s, a, rows in self._groups(feature, ids)
             )
         )
         return sorted(i for present in found for i in present)

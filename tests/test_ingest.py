@@ -42,6 +42,14 @@ def _gallery(directory: Path, photo_paths: list[Path]) -> dict[str, Path]:
     return good
 
 
+def _copies(directory: Path, photo_paths: list[Path]) -> Path:
+    """A folder of plain copies of ``photo_paths``."""
+    directory.mkdir()
+    for src in photo_paths:
+        shutil.copy(src, directory / src.name)
+    return directory
+
+
 @pytest.fixture(scope="module")
 def ing_app(ray_session: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
     """The real app, deployed under its own actor names and data directory."""
@@ -282,10 +290,7 @@ def test_a_failed_index_write_leaves_nothing_half_visible(
     name = f"half{uuid.uuid4().hex[:8]}"
     args = AppArgs(name=name, data_dir=str(tmp_path / "data"))
     client = IndexClient.open(name, str(args.data_path()), args.index_specs())
-    gallery = tmp_path / "photos"
-    gallery.mkdir()
-    for src in photo_paths[:3]:
-        shutil.copy(src, gallery / src.name)
+    gallery = _copies(tmp_path / "photos", photo_paths[:3])
     try:
         ray.kill(client.shards["color"][0], no_restart=True)
         report = ingest(gallery, args, progress=False, client=client)
@@ -314,10 +319,7 @@ def test_ingest_writes_each_image_to_its_shard(
     name = f"shard{uuid.uuid4().hex[:8]}"
     args = AppArgs(name=name, data_dir=str(tmp_path / "data"), shards=2)
     client = IndexClient.open(name, str(args.data_path()), args.index_specs())
-    gallery = tmp_path / "photos"
-    gallery.mkdir()
-    for src in photo_paths[:6]:
-        shutil.copy(src, gallery / src.name)
+    gallery = _copies(tmp_path / "photos", photo_paths[:6])
     try:
         report = ingest(gallery, args, progress=False, batch_size=4)
         assert (report.stored, report.failed) == (6, []), report.summary()
