@@ -27,14 +27,15 @@ lint: $(BIN)/.installed
 
 # Debian packages, installed once with apt-get (sudo unless root): Tesseract for OCR, and
 # for the tests a PostgreSQL server (the text index's second backend; the tests start their
-# own in a temporary folder). `make serve` only tries: without Tesseract the app still runs,
-# with the ocr feature reported unavailable in /health.
+# own in a temporary folder) and Chromium (the page's browser tests drive it with Playwright,
+# whose own browser downloads are not used). `make serve` only tries: without Tesseract the
+# app still runs, with the ocr feature reported unavailable in /health.
 OCR_PKGS := tesseract-ocr tesseract-ocr-eng
-TEST_PKGS := $(OCR_PKGS) postgresql
+TEST_PKGS := $(OCR_PKGS) postgresql chromium
 APT = SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -q && $$SUDO apt-get install -y -q
 system-deps:
-	@{ command -v tesseract && ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 || { \
-	  $(APT) $(TEST_PKGS); }
+	@{ command -v tesseract && ls /usr/lib/postgresql/*/bin/initdb && command -v chromium; } \
+	  >/dev/null 2>&1 || { $(APT) $(TEST_PKGS); }
 
 ocr-deps:
 	@command -v tesseract >/dev/null 2>&1 || { $(APT) $(OCR_PKGS); } \

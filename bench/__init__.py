@@ -31,6 +31,8 @@ order they run:
 - throughput: images/s of every extractor on the shipped photos, beside global features.
 - footprint: bytes per image of every default feature (LMDB, memory exact and trained) on
           the photos, and the projection to 100M and 1B images (nodes, shards, fan-out).
+- duplicates: seconds to find every near-duplicate pair of 10k / 100k / 1M phashes (mirrors
+          included) and group them, against brute force over all pairs (bench/duplicates.py).
 
 Shared helpers live in ``bench/common.py``; ``python -m bench.compare OLD_REF`` runs one
 section on an old commit and on the working tree, alternating, and prints new/old ratios.
@@ -66,4 +68,5 @@ SECTIONS = (
     "ocr",
     "throughput",
     "footprint",
+    "duplicates",
 )

@@ -18,6 +18,7 @@ import bench
 from bench import SECTIONS
 from bench.common import Row, deploy, features, isolate_ports, load_photos, photo_dir, print_table
 from bench.crops import bench_crops
+from bench.duplicates import bench_duplicates
 from bench.footprint import bench_footprint
 from bench.http import bench_http
 from bench.ingest import bench_ingest
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
             rows += bench_throughput(photos)
         if "footprint" in opts.only:
             rows += bench_footprint(photos, tmp / "footprint")
+        if "duplicates" in opts.only:
+            rows += bench_duplicates(photos)
         if "vectors" in opts.only:
             settings = [(int(a), int(b)) for a, b in (x.split(":") for x in opts.probes.split(","))]
             rows += bench_vectors(opts.n_vectors, opts.factory, settings, tmp)

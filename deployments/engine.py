@@ -10,19 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
+from deployments.config import AppArgs
+from deployments.duplicates import DuplicateFinder
+from deployments.ports import ExtractorPort
 from deployments.schemas import (
     Added,
+    DuplicateGroup,
+    Duplicates,
+    GroupImage,
     Health,
     ImageInfo,
 )
 from deployments.search import Data, Searches, read
 from extractors.textdoc import decode_doc, merge_docs
+from index_actors.client import IndexClient
 from index_actors.interface import (
     BackendDown,
     Conflict,
     InvalidInput,
+    NotFound,
     Unavailable,
     UnknownImage,
     reason,
@@ -30,10 +39,18 @@ from index_actors.interface import (
 from index_actors.kinds import kind_of
 
 log = logging.getLogger("ray.serve")
+#: The feature that keeps each image's thumbnail for the page.
+THUMBNAIL = "thumbnail"
 
 
 class Engine(Searches):
     """Adds, deletes, describes, analyzes and searches; see the module docstring."""
+
+    def __init__(
+        self, args: AppArgs, extractors: Mapping[str, ExtractorPort], client: IndexClient
+    ) -> None:
+        super().__init__(args, extractors, client)
+        self.finder = DuplicateFinder(client)
 
     # --- writes ---------------------------------------------------------------------------
     async def add(
@@ -100,6 +117,55 @@ class Engine(Searches):
             tags=doc.get("tags", []),
             caption=doc.get("caption"),
             text=doc.get("text"),
+        )
+
+    async def duplicates(
+        self, feature: str, threshold: float | None, page: int, page_size: int
+    ) -> Duplicates:
+        """One page of the groups of near-duplicates over the whole collection: connected
+        components of the pairs within ``threshold`` (phash: mirrored copies included;
+        default: the app's near-duplicate threshold), largest first."""
+        names = self.features(feature)
+        if len(names) != 1:
+            raise InvalidInput(f"give one feature, not {feature!r}")
+        name, kind = names[0], kind_of(names[0])
+        if not kind.groups:
+            able = ", ".join(n for n in self.indexed if kind_of(n).groups)
+            raise InvalidInput(f"{name} cannot group duplicates; features that can: {able}")
+        limit = kind.group_threshold(threshold, self.args.fusion.duplicate_threshold)
+        found = await self.finder.groups(name, limit)
+        shown = found[(page - 1) * page_size : page * page_size]
+        found_names = await self.client.names([i for g in shown for i in g.ids])
+        return Duplicates(
+            feature=name,
+            threshold=limit,
+            page=page,
+            pages=max(1, -(-len(found) // page_size)),
+            total_groups=len(found),
+            groups=[
+                DuplicateGroup(
+                    images=[GroupImage(image_id=i, file_name=found_names.get(i)) for i in g.ids],
+                    pairs=g.pairs,
+                )
+                for g in shown
+            ],
+        )
+
+    async def thumbnail(self, image_id: int) -> bytes:
+        """An image's stored thumbnail (WebP); ``NotFound`` when thumbnails are off, the
+        image is unknown, or it was stored before thumbnails (the message says how to make
+        them)."""
+        if THUMBNAIL not in self.extractors:
+            raise NotFound("thumbnails are off in this app (features: thumbnail: enabled)")
+        if THUMBNAIL in self.client.missing:
+            raise Unavailable(f"thumbnails are unavailable: {self.client.missing[THUMBNAIL]}")
+        (found,) = await self.client.docs([THUMBNAIL], image_id)
+        if isinstance(found, bytes):
+            return found
+        name = await self.known(image_id)
+        raise NotFound(
+            f"image {image_id} ({name}) has no thumbnail: it was stored before thumbnails. "
+            '`make ingest DIR=<its folder> ARGS="--features thumbnail"` makes them'
         )
 
     async def analyze(

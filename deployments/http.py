@@ -61,6 +61,15 @@ def upload(request: Request, image: UploadFile | None) -> Callable[[], Awaitable
     return read
 
 
+def etag_matches(header: str | None, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header names ``etag`` (or is ``*``); weak tags match
+    too, as RFC 9110 compares them for this header."""
+    if not header:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or etag in tags
+
+
 def _as(model: type[BaseModel], where: Callable[..., Any]) -> Callable[..., BaseModel]:
     """A dependency that reads ``model``'s fields as form fields or query parameters, so that
     FastAPI validates them (422) and ``/docs`` lists them."""
@@ -186,21 +195,36 @@ def _mapper(status: int) -> Callable[..., Any]:
 
 
 def offline_docs(app: FastAPI) -> None:
-    """``/docs`` (Swagger UI) from the files the ``swagger-ui-bundle`` package ships, not
-    from a CDN, so that it works on a machine without internet."""
-    from fastapi.openapi.docs import get_swagger_ui_html
-    from fastapi.staticfiles import StaticFiles
-    from swagger_ui_bundle import swagger_ui_path
+    """``/docs`` (Swagger UI 5, which reads FastAPI's OpenAPI 3.1) and ``/redoc`` from the
+    files the ``fastapi-offline`` package ships, not from a CDN, so that they work on a
+    machine without internet."""
+    from importlib.resources import files
 
-    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    assets = str(files("fastapi_offline") / "static")
+    app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+
+    def root(request: Request) -> str:
+        return str(request.scope.get("root_path", "")).rstrip("/")
 
     @app.get("/docs", include_in_schema=False)
     async def docs(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "").rstrip("/")
         return get_swagger_ui_html(
-            openapi_url=f"{root}{app.openapi_url}",
+            openapi_url=f"{root(request)}{app.openapi_url}",
             title=f"{app.title} - API",
-            swagger_js_url=f"{root}/docs-assets/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}/docs-assets/swagger-ui.css",
-            swagger_favicon_url=f"{root}/docs-assets/favicon-32x32.png",
+            swagger_js_url=f"{root(request)}/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url=f"{root(request)}/docs-assets/swagger-ui.css",
+            swagger_favicon_url=f"{root(request)}/docs-assets/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=f"{root(request)}{app.openapi_url}",
+            title=f"{app.title} - API",
+            redoc_js_url=f"{root(request)}/docs-assets/redoc.standalone.js",
+            redoc_favicon_url=f"{root(request)}/docs-assets/favicon.png",
+            with_google_fonts=False,
         )

@@ -16,13 +16,14 @@ from deployments import routes_native, routes_seed
 from deployments.config import AppArgs
 from deployments.engine import Engine
 from deployments.http import install, offline_docs
+from deployments.page import serve_page
 from extractors import Extractor, InvalidImage, build_extractor
 from index_actors.client import IndexClient
 
 
 def create_app(engine: Engine, max_upload_bytes: int) -> FastAPI:
     """The HTTP API over an engine: both routers, the upload cap, the error mapping."""
-    # /docs is ours (offline_docs); ReDoc would load its script from a CDN.
+    # /docs and /redoc are ours (offline_docs): FastAPI's load their scripts from a CDN.
     app = FastAPI(title="Image retrieval engine", docs_url=None, redoc_url=None)
     if engine.args.cors_origins:
         app.add_middleware(
@@ -35,6 +36,7 @@ def create_app(engine: Engine, max_upload_bytes: int) -> FastAPI:
     app.state.max_upload_bytes = max_upload_bytes
     install(app)
     offline_docs(app)
+    serve_page(app)
     app.include_router(routes_native.router)
     app.include_router(routes_seed.router)
     return app

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Response, UploadFile
 
 from deployments.engine import Engine
-from deployments.http import as_form, as_query, engine, upload
+from deployments.http import as_form, as_query, engine, etag_matches, upload
 from deployments.schemas import (
     Added,
     Analysis,
     Deleted,
+    Duplicates,
     Health,
     ImageInfo,
     SearchResult,
@@ -53,6 +55,26 @@ async def add_image(
 async def get_image(eng: Eng, image_id: Annotated[int, Path(**ID)]) -> ImageInfo:
     """What is stored for an image id."""
     return await eng.describe(image_id)
+
+
+@router.get(
+    "/images/{image_id}/thumbnail",
+    response_class=Response,
+    responses={200: {"content": {"image/webp": {}}}, 304: {"description": "Not modified"}},
+)
+async def get_thumbnail(
+    request: Request, eng: Eng, image_id: Annotated[int, Path(**ID)]
+) -> Response:
+    """The image's thumbnail (WebP, 320 px on its longest side) with an ETag; 304 when the
+    client's copy (``If-None-Match``) is current. 404: unknown image, thumbnails off, or an
+    image stored before thumbnails."""
+    data = await eng.thumbnail(image_id)
+    etag = '"' + hashlib.blake2b(data, digest_size=12).hexdigest() + '"'
+    # Re-adding an id replaces its thumbnail: browsers revalidate (cheap 304s), never guess.
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    return Response(data, media_type="image/webp", headers=headers)
 
 
 @router.get("/images")
@@ -126,6 +148,21 @@ async def search_text(
     ``features``: a comma list of clip, ocr, caption, tags; by default every enabled one,
     CLIP named under ``unavailable`` while its weights are missing."""
     return await eng.search_text(q, k, features, options)
+
+
+@router.get("/duplicates")
+async def duplicates(
+    eng: Eng,
+    feature: Annotated[str, Query()] = "phash",
+    threshold: Annotated[float | None, Query(ge=0, allow_inf_nan=False), Blank] = None,
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+    page_size: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> Duplicates:
+    """Groups of near-duplicates across the whole collection, largest first: connected
+    components of the image pairs within ``threshold`` (phash: Hamming bits, 0 to 128,
+    default the app's near-duplicate threshold; mirrored copies included). Vector features
+    (color, global, clip) group too, with a threshold in their own distance."""
+    return await eng.duplicates(feature, threshold, page, page_size)
 
 
 @router.post("/analyze")

@@ -81,6 +81,31 @@ class ImageInfo(BaseModel):
     text: str | None
 
 
+class GroupImage(BaseModel):
+    """A member of a group of near-duplicates (``file_name`` None: deleted meanwhile)."""
+
+    image_id: int
+    file_name: str | None
+
+
+class DuplicateGroup(BaseModel):
+    """Images connected by near-duplicate pairs, and the pairs: ``[id_a, id_b, distance]``."""
+
+    images: list[GroupImage]
+    pairs: list[tuple[int, int, int | float]]
+
+
+class Duplicates(BaseModel):
+    """One page of the groups of near-duplicates, largest first."""
+
+    feature: str
+    threshold: float
+    groups: list[DuplicateGroup]
+    page: int
+    pages: int
+    total_groups: int
+
+
 class Analysis(BaseModel):
     """Tags, caption and text of an upload (nothing stored); OCR's words with their boxes."""
 

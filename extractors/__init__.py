@@ -15,6 +15,7 @@ from extractors.ocr import TesseractOcr
 from extractors.phash import PHash
 from extractors.places import Places365Tagger
 from extractors.tags import ImageNetTagger
+from extractors.thumbnail import Thumbnail
 
 REGISTRY: dict[str, type[Extractor]] = {
     cls.name: cls
@@ -28,6 +29,7 @@ REGISTRY: dict[str, type[Extractor]] = {
         TesseractOcr,
         Captioner,
         Places365Tagger,
+        Thumbnail,
     )
 }
 
@@ -54,6 +56,7 @@ __all__ = [
     "PHash",
     "Places365Tagger",
     "TesseractOcr",
+    "Thumbnail",
     "WeightsUnavailable",
     "build_extractor",
     "decode",

@@ -11,7 +11,7 @@ from PIL import Image
 from extractors.images import InvalidImage, decode
 from extractors.textdoc import encode_doc
 
-Kind = Literal["binary", "vector", "keypoints", "text", "labels"]
+Kind = Literal["binary", "vector", "keypoints", "text", "blob", "labels"]
 
 
 class WeightsUnavailable(RuntimeError):

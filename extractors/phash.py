@@ -12,6 +12,8 @@ from extractors.base import Extractor, Kind
 
 HASH_SIZE = 24
 IMG_SIZE = HASH_SIZE * 4  # imagehash's highfreq_factor of 4
+#: The sign of each horizontal DCT frequency in the mirrored image.
+_MIRROR = np.where(np.arange(HASH_SIZE) % 2 == 1, -1.0, 1.0)
 
 
 class PHash(Extractor):
@@ -19,6 +21,9 @@ class PHash(Extractor):
 
     Bits are packed MSB-first, row-major, into 72 bytes. ``draft=True`` (the default) decodes
     JPEGs at a reduced scale first, which is several times faster and changes a few bits.
+    ``mirror=True`` (the default) stores the mirrored image's hash behind the hash (144
+    bytes): the duplicate finder then groups mirrored copies, whose hash cannot be derived
+    from the stored one (the median of the flipped coefficients differs).
     """
 
     name: ClassVar[str] = "phash"
@@ -31,11 +36,14 @@ class PHash(Extractor):
 
     @property
     def nbytes(self) -> int:
-        """Bytes of one hash: its bits, packed."""
-        return self.dim // 8
+        """Bytes of one stored feature: the hash's bits, packed, and the mirrored hash's."""
+        return self.dim // 8 * (2 if self.mirror else 1)
 
-    def __init__(self, draft: bool = True, max_pixels: int = 100_000_000) -> None:
+    def __init__(
+        self, draft: bool = True, mirror: bool = True, max_pixels: int = 100_000_000
+    ) -> None:
         super().__init__(max_pixels=max_pixels)
+        self.mirror = mirror
         # Draft to three times the hash input: close to the exact hash for little more time
         # than 2x (measured: docs/architecture.md).
         self.decode_size = IMG_SIZE * 3 if draft else None
@@ -52,7 +60,9 @@ class PHash(Extractor):
         return np.packbits((lowfreq > np.median(lowfreq)).ravel())
 
     def extract(self, images: list[Image.Image]) -> list[np.ndarray]:
-        """Hash each image: 72 uint8 per image."""
+        """Hash each image: 72 uint8 per image, then the mirrored hash's 72 with ``mirror``."""
+        if self.mirror:
+            return [both.ravel() for both in self.query_variants(images)]
         return [self._bits(self._lowfreq(img)) for img in images]
 
     def query_variants(self, images: list[Image.Image]) -> list[np.ndarray]:
@@ -61,9 +71,8 @@ class PHash(Extractor):
         Mirroring flips the sign of every odd horizontal DCT frequency, so the mirrored hash
         comes from the same transform instead of a second resize and DCT.
         """
-        sign = np.where(np.arange(HASH_SIZE) % 2 == 1, -1.0, 1.0)
         out = []
         for img in images:
             low = self._lowfreq(img)
-            out.append(np.stack([self._bits(low), self._bits(low * sign[None, :])]))
+            out.append(np.stack([self._bits(low), self._bits(low * _MIRROR[None, :])]))
         return out

@@ -175,6 +175,10 @@ class IndexActor:
             return ids, np.stack(rows)  # one buffer: thousands of small arrays pickle slowly
         return ids, rows
 
+    def generation(self) -> int:
+        """The store's count of committed writes (a cache of derived answers checks it)."""
+        return int(self.index.store.generation)  # type: ignore[attr-defined]
+
     def clear(self) -> int:
         """Remove every stored image (a reshard's new shard, before its copy); returns how
         many there were."""

@@ -80,15 +80,20 @@ class StoredIndex(ABC):
         return raw.astype(np.float64)
 
     # --- loading and persistence ------------------------------------------------------
+    @property
+    def _stored_sizes(self) -> tuple[int, ...]:
+        """Array columns a stored feature may have (binary: with a second bit string)."""
+        return (self.width,)
+
     def _check_stored_width(self) -> None:
         """Refuse a store whose features have another width (the model was changed)."""
         first = next(self.store.items(), None)
-        want = self.width * self.dtype.itemsize
-        if first is not None and len(first[1]) != want:
+        sizes = [w * self.dtype.itemsize for w in self._stored_sizes]
+        if first is not None and len(first[1]) not in sizes:
             raise ValueError(
                 f"{self.path} holds features of {len(first[1])} bytes, this index wants "
-                f"{want} (was the model changed?): use another data_dir, or delete {self.path} "
-                "and ingest again"
+                f"{' or '.join(map(str, sizes))} (was the model changed?): use another "
+                f"data_dir, or delete {self.path} and ingest again"
             )
 
     #: The trained artefacts' hash ("" for none), set by the kinds that have them.
@@ -156,7 +161,10 @@ class StoredIndex(ABC):
         return index
 
     def _add_rows(self, index: Any, ids: list[int], rows: list[bytes], prepare: Any) -> None:
-        arr = np.frombuffer(b"".join(rows), dtype=self.dtype).reshape(len(rows), self.width)
+        # The indexed part of each value (binary values may carry a second bit string).
+        size = self.width * self.dtype.itemsize
+        arr = np.frombuffer(b"".join(r[:size] for r in rows), dtype=self.dtype)
+        arr = arr.reshape(len(rows), self.width)
         index.add_with_ids(prepare(arr), np.asarray(ids, dtype=np.int64))
 
     def _indexable(self, rows: np.ndarray) -> np.ndarray:

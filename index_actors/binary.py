@@ -12,7 +12,12 @@ from index_actors.base import StoredIndex
 
 
 class BinaryIndex(StoredIndex):
-    """Hamming-distance index over packed bit strings (phash)."""
+    """Hamming-distance index over packed bit strings (phash).
+
+    A stored value may carry a second bit string behind the first (phash: the mirrored
+    image's hash, which the duplicate finder compares); only the first is indexed and
+    searched. Stores from before hold the first alone, and both kinds of value may mix.
+    """
 
     dtype = np.dtype(np.uint8)
 
@@ -25,6 +30,27 @@ class BinaryIndex(StoredIndex):
     def width(self) -> int:
         """Bytes per hash."""
         return self.dim // 8
+
+    @property
+    def _stored_sizes(self) -> tuple[int, ...]:
+        return (self.width, 2 * self.width)
+
+    def _as_rows(self, features: Any) -> np.ndarray:
+        arr = np.ascontiguousarray(features, dtype=self.dtype)
+        arr = arr[None, :] if arr.ndim == 1 else arr
+        if arr.ndim != 2 or arr.shape[1] not in self._stored_sizes:
+            raise ValueError(
+                f"expected hashes of {self.width} bytes (or {2 * self.width} with the "
+                f"mirrored hash), got shape {arr.shape}"
+            )
+        return arr
+
+    def _indexable(self, rows: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(rows[:, : self.width])
+
+    def query_of(self, image_id: int) -> np.ndarray:
+        """The stored hash (not its mirrored one: a search by a stored image is by it)."""
+        return self.get(image_id)[None, : self.width]
 
     def _new_index(self) -> Any:
         return faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(self.dim))

@@ -192,6 +192,44 @@ class IndexClient(WritePath):
                 stored &= set(present)
         return stored
 
+    async def stored(self, feature: str, page: int = 20_000) -> tuple[np.ndarray, Any]:
+        """Every stored (id, feature) of one feature, from every shard, page by page (the
+        duplicate finder compares them all): the ids, and the features as one array when
+        they have one width, else a list; ``BackendDown`` when a shard does not answer."""
+        pages: list[tuple[list[int], Any]] = []
+
+        async def read(shard: int, actor: Any) -> None:
+            after = -1
+            while True:
+                got, values = await self.within(
+                    feature, shard, actor.export.remote(after, page), self.write_timeout_s
+                )
+                if not got:
+                    return
+                pages.append((got, values))
+                after = got[-1]
+
+        await asyncio.gather(*(read(s, a) for s, a in enumerate(self.shards[feature])))
+        ids = np.asarray([i for got, _ in pages for i in got], np.int64)
+        blocks = [values for _, values in pages]
+        if (
+            all(isinstance(b, np.ndarray) for b in blocks)
+            and len({b.shape[1:] for b in blocks}) < 2
+        ):
+            return ids, np.concatenate(blocks) if blocks else np.zeros((0, 0), np.uint8)
+        return ids, [row for block in blocks for row in block]
+
+    async def generations(self, feature: str) -> tuple[int, ...]:
+        """Each shard's count of committed writes: unchanged numbers mean unchanged data."""
+        return tuple(
+            await asyncio.gather(
+                *(
+                    self.within(feature, s, a.generation.remote(), self.timeout_s)
+                    for s, a in enumerate(self.shards[feature])
+                )
+            )
+        )
+
     async def search(
         self,
         feature: str,

@@ -1,4 +1,4 @@
-"""The feature kinds as objects: binary, vector, keypoints, text (Ray-free).
+"""The feature kinds as objects: binary, vector, keypoints, text, blob (Ray-free).
 
 A kind owns what differs between them: its index class, its per-search options and their
 validation, what an empty query is, how its distances and thresholds convert for the original
@@ -20,7 +20,8 @@ from extractors import REGISTRY
 from extractors.local import keypoint_count
 from extractors.textdoc import decode_doc, doc_text, encode_doc, words
 from index_actors.binary import BinaryIndex
-from index_actors.interface import Index
+from index_actors.blob import BlobIndex
+from index_actors.interface import Index, InvalidInput
 from index_actors.keypoints import KeypointIndex
 from index_actors.store import numbered
 from index_actors.text import TextFeatureIndex
@@ -75,6 +76,8 @@ class Kind:
     reads_text: ClassVar[bool] = False
     #: What a query without anything to match lacks, for the 422 message.
     lacks: ClassVar[str] = ""
+    #: Groups near-duplicates over the whole collection (``GET /duplicates``).
+    groups: ClassVar[bool] = False
 
     def open(self, path: str | Path, dim: int, **options: Any) -> Index:
         """This kind's index, opened (or created) at ``path``."""
@@ -119,6 +122,19 @@ class Kind:
         """An empty ingest column for ``rows`` files; a failed file keeps its empty row."""
         return np.zeros((rows, width), dtype=dtype)
 
+    def group_threshold(self, threshold: float | None, default: float) -> float:
+        """The distance within which two images are grouped (``default``: the app's
+        near-duplicate threshold), checked: ``InvalidInput`` out of range."""
+        raise InvalidInput(f"{self.name} features cannot group duplicates")
+
+    def pairs(
+        self, ids: np.ndarray, rows: Any, threshold: float, metric: str, dim: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every pair of stored images within ``threshold`` (each once, smaller id first),
+        from the stored features as ``IndexClient.stored`` gives them (``dim``: the
+        index's width, bits for binary features)."""
+        raise InvalidInput(f"{self.name} features cannot group duplicates")
+
     def stored_feature(self, raw: bytes) -> np.ndarray:
         """A value of this kind's LMDB store as the feature ``add`` takes (resharding)."""
         return np.frombuffer(raw, self.index.dtype).copy()  # type: ignore[attr-defined]
@@ -133,6 +149,37 @@ class BinaryKind(Kind):
     def seed_threshold(self, threshold: float, metric: str = "") -> float:
         """Integer distances: ``d < t`` is ``d <= ceil(t) - 1``."""
         return float(np.ceil(threshold) - 1)
+
+    groups = True
+
+    def group_threshold(self, threshold: float | None, default: float) -> float:
+        """A whole number of bits, 0 to ``MAX_BINARY_THRESHOLD`` (the exact search's range)."""
+        from index_actors.duplicates import MAX_BINARY_THRESHOLD
+
+        value = default if threshold is None else threshold
+        if value != int(value) or not 0 <= value <= MAX_BINARY_THRESHOLD:
+            raise InvalidInput(
+                f"threshold must be a whole number of bits from 0 to {MAX_BINARY_THRESHOLD}, "
+                f"got {value:g}"
+            )
+        return value
+
+    def pairs(
+        self, ids: np.ndarray, rows: Any, threshold: float, metric: str, dim: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Hamming pairs, mirrored copies included where the mirrored hash is stored."""
+        from index_actors.duplicates import binary_pairs
+
+        width = dim // 8
+        if isinstance(rows, np.ndarray):
+            hashes, mirrored = rows[:, :width], rows.shape[1] == 2 * width
+            mirrors = rows[:, width:] if mirrored else None
+            has_mirror = np.full(len(rows), True) if mirrored else None
+        else:  # values of both widths (a store from before mirrored hashes, added to since)
+            hashes = np.stack([r[:width] for r in rows])
+            has_mirror = np.asarray([len(r) == 2 * width for r in rows])
+            mirrors = np.stack([r[width:] if len(r) == 2 * width else r[:width] for r in rows])
+        return binary_pairs(ids, hashes, int(threshold), mirrors, has_mirror)
 
 
 class VectorKind(Kind):
@@ -167,6 +214,24 @@ class VectorKind(Kind):
         if metric == "ip":
             return {**entry, "distance": 2 * entry["distance"]}
         return entry
+
+    groups = True
+
+    def group_threshold(self, threshold: float | None, default: float) -> float:
+        """A distance in the feature's own unit, which has no shared default: required."""
+        if threshold is None:
+            raise InvalidInput(
+                "give a threshold: a distance in this feature's unit (see /search/similar)"
+            )
+        return threshold
+
+    def pairs(
+        self, ids: np.ndarray, rows: Any, threshold: float, metric: str, dim: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pairs by exact distance over the stored (not the trained index's) vectors."""
+        from index_actors.duplicates import vector_pairs
+
+        return vector_pairs(ids, np.asarray(rows, np.float32), threshold, metric)
 
 
 class KeypointsKind(Kind):
@@ -237,6 +302,18 @@ class TextKind(Kind):
         return encode_doc(json.loads(raw))
 
 
+class BlobKind(Kind):
+    """Opaque bytes per image, fetched by id and never searched (thumbnails)."""
+
+    name = "blob"
+    index = BlobIndex
+    visual = False
+
+    def ingest_column(self, rows: int, width: int, dtype: Any) -> np.ndarray:
+        """One value per file (a ragged column); a failed file's is never written."""
+        return _ragged(rows, np.zeros(1, np.uint8))
+
+
 def _fields(model: type[BaseModel], values: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
     """The set fields of ``model`` among ``values`` (a validated request model or a dict)."""
     got = values.model_dump() if isinstance(values, BaseModel) else values
@@ -251,7 +328,7 @@ def _ragged(rows: int, empty: np.ndarray) -> np.ndarray:
 
 
 KINDS: dict[str, Kind] = {
-    k.name: k for k in (BinaryKind(), VectorKind(), KeypointsKind(), TextKind())
+    k.name: k for k in (BinaryKind(), VectorKind(), KeypointsKind(), TextKind(), BlobKind())
 }
 
 

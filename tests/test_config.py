@@ -18,7 +18,7 @@ def test_shipped_configs_validate(config: Path) -> None:
         args = AppArgs.model_validate(entry["args"])
         assert args.enabled == [
             *("phash", "color", "global", "clip", "local"),
-            *("tags", "ocr", "caption"),
+            *("tags", "ocr", "caption", "thumbnail"),
         ]
         names = {d["name"] for d in entry["deployments"]}
         assert names == {"Ingress"} | {f"extract_{f}" for f in args.enabled}

@@ -145,7 +145,10 @@ def test_docs_work_offline(engine: Engine) -> None:
         assert r.status_code == 200 and len(r.content) > 10_000
     assert "cdn" not in page.text and "'/openapi.json'" in page.text
     assert client.get("/openapi.json").json()["paths"]["/search/image"]
-    assert client.get("/redoc").status_code == 404  # its script would come from a CDN
+    redoc = client.get("/redoc")
+    assert redoc.status_code == 200 and "/docs-assets/redoc.standalone.js" in redoc.text
+    assert "fonts.googleapis" not in redoc.text and "cdn" not in redoc.text
+    assert client.get("/docs-assets/redoc.standalone.js").status_code == 200
 
 
 def test_http_edges_empty_fields_booleans_and_a_missing_phash_index(

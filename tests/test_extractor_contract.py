@@ -9,7 +9,7 @@ from PIL import Image, ImageOps
 
 from extractors import REGISTRY, ColorHistogram, Extractor, InvalidImage, PHash, build_extractor
 from extractors.textdoc import checked_doc, decode_doc, labels
-from index_actors.kinds import KeypointsKind, TextKind, kind_of
+from index_actors.kinds import BlobKind, KeypointsKind, TextKind, kind_of
 from tests.helpers import encode, places_dir, tiny_blip_dir, tiny_clip_dir
 
 
@@ -55,6 +55,8 @@ def test_shapes_and_dtypes(extractor: Extractor, photos: dict[str, bytes]) -> No
             assert feat.ndim == 1 and (len(feat) - 4) % (8 + extractor.dim) == 0
         elif isinstance(kind, TextKind):  # a JSON document the text index takes
             assert feat.ndim == 1 and checked_doc(decode_doc(feat)) is not None
+        elif isinstance(kind, BlobKind):  # a file's bytes (thumbnails: WebP)
+            assert feat.ndim == 1 and Image.open(io.BytesIO(feat.tobytes())).format == "WEBP"
         else:
             assert feat.shape == (extractor.nbytes // np.dtype(extractor.dtype).itemsize,)
 
@@ -78,7 +80,10 @@ def test_query_variants_start_with_the_feature(
     variants = extractor.extract_bytes(blobs, query=True)
     for f, v in zip(feats, variants, strict=True):
         assert isinstance(v, np.ndarray) and v.ndim == 2
-        assert _same(extractor, v[0][: len(f)], f)  # variable-length rows are zero-padded
+        # Variable-length rows are zero-padded; a stored phash carries its mirrored hash
+        # (the second variant) behind the hash.
+        n = min(len(f), len(v[0])) if extractor.dim else len(f)
+        assert _same(extractor, v[0][:n], f[:n])
 
 
 def test_bad_input_is_returned_per_item(extractor: Extractor, photos: dict[str, bytes]) -> None:
@@ -118,19 +123,24 @@ def _hamming(a: np.ndarray, b: np.ndarray) -> int:
 def test_phash_full_resolution_matches_imagehash_bit_for_bit(photos: dict[str, bytes]) -> None:
     ours = PHash(draft=False).extract_bytes(list(photos.values()))
     for data, feat in zip(photos.values(), ours, strict=True):
-        assert isinstance(feat, np.ndarray)
-        assert feat.tobytes() == _exact(data).tobytes()
+        assert isinstance(feat, np.ndarray) and len(feat) == 144
+        assert feat[:72].tobytes() == _exact(data).tobytes()
+    # The stored feature is the hash, then the mirrored image's (the query's two variants).
+    variants = PHash(draft=False).extract_bytes(list(photos.values()), query=True)
+    assert all(np.array_equal(f, v.ravel()) for f, v in zip(ours, variants, strict=True))  # type: ignore[union-attr]
+    alone = PHash(draft=False, mirror=False).extract_bytes(list(photos.values())[:1])[0]
+    assert isinstance(alone, np.ndarray) and alone.tobytes() == ours[0].tobytes()[:72]  # type: ignore[union-attr]
 
 
 def test_phash_on_png_matches_imagehash(photos: dict[str, bytes]) -> None:
     png = encode(Image.open(io.BytesIO(next(iter(photos.values())))), "PNG")
     (feat,) = PHash(draft=False).extract_bytes([png])
-    assert isinstance(feat, np.ndarray) and feat.tobytes() == _exact(png).tobytes()
+    assert isinstance(feat, np.ndarray) and feat[:72].tobytes() == _exact(png).tobytes()
 
 
 def test_phash_draft_stays_close_to_exact(photos: dict[str, bytes]) -> None:
     feats = PHash().extract_bytes(list(photos.values()))
-    dists = [_hamming(f, _exact(d)) for f, d in zip(feats, photos.values(), strict=True)]  # type: ignore[arg-type]
+    dists = [_hamming(f[:72], _exact(d)) for f, d in zip(feats, photos.values(), strict=True)]  # type: ignore[arg-type]
     assert np.mean(dists) <= 6, dists
 
 
@@ -138,7 +148,7 @@ def test_phash_mirrored_variant_matches_hash_of_mirrored_image(photos: dict[str,
     ph = PHash(draft=False)
     for data in list(photos.values())[:4]:
         img = Image.open(io.BytesIO(data)).convert("L")
-        mirrored = ph.extract([img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])[0]
+        mirrored = ph.extract([img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])[0][:72]
         variants = ph.query_variants([img])[0]
         assert _hamming(variants[1], mirrored) <= 8
         assert _hamming(variants[0], mirrored) > 100  # mirroring really changes the hash

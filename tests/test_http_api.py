@@ -255,3 +255,30 @@ def test_chunked_upload_over_the_cap_is_refused(client: httpx.Client) -> None:
     assert "content-length" not in r.request.headers
     assert r.status_code == 413 and "stopped reading" in r.json()["detail"]
     assert _counts(client) == before
+
+
+def test_duplicate_groups_through_the_index_actors(
+    client: httpx.Client, photos: dict[str, bytes]
+) -> None:
+    """``GET /duplicates`` reads every stored hash from the actor and groups a mirrored copy
+    with its original; deleted again, the group is gone (the kept grouping is not stale)."""
+    want = photo_id(photos, WINE)
+    mirrored = {"image": ("wine-mirrored.jpg", reencode(photos[WINE], mirror=True))}
+    copy = client.post("/images", files=mirrored).json()["image_id"]
+    try:
+        found = client.get("/duplicates", params={"threshold": 16}).json()
+        assert [[i["image_id"] for i in g["images"]] for g in found["groups"]] == [[want, copy]]
+        assert found["groups"][0]["images"][1]["file_name"] == "wine-mirrored.jpg"
+    finally:
+        assert client.delete(f"/images/{copy}").status_code == 200
+    assert client.get("/duplicates", params={"threshold": 16}).json()["total_groups"] == 0
+
+
+def test_the_page_is_served_by_the_ingress(client: httpx.Client) -> None:
+    """The page at / and its files come through Serve as from the app in process (its
+    browser tests: tests/test_browser.py)."""
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "web/app.js" in page.text
+    script = client.get("/web/app.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]

@@ -57,7 +57,7 @@ def test_readd_replaces_and_remove_deletes(tmp_path: Path) -> None:
 
 def test_bad_shapes_and_duplicate_ids_are_refused(tmp_path: Path) -> None:
     idx = BinaryIndex(tmp_path, 576)
-    with pytest.raises(ValueError, match="width"):
+    with pytest.raises(ValueError, match="expected hashes of 72 bytes"):
         idx.add([1], np.zeros((1, 10), np.uint8))
     with pytest.raises(ValueError, match="duplicate"):
         idx.add([1, 1], _hashes(2))
@@ -78,6 +78,25 @@ def test_snapshot_is_loaded_when_current_and_rebuilt_when_stale(tmp_path: Path) 
     reopened.close()
     again = BinaryIndex(tmp_path, 576)
     assert again.count == 21 and again._snapshot_generation == again.store.generation
+
+
+def test_binary_values_may_carry_a_mirrored_hash(tmp_path: Path) -> None:
+    """phash stores the mirrored hash behind the hash: only the first is indexed and
+    searched; a store from before (hashes alone) takes both kinds and rebuilds from them."""
+    idx = BinaryIndex(tmp_path, 576)
+    old, new, mirrored = _hashes(2), _hashes(2, seed=1), _hashes(2, seed=2)
+    idx.add([1, 2], old)  # from before mirrored hashes
+    idx.add([3, 4], np.hstack([new, mirrored]))
+    assert idx.search(mirrored[0], k=1)[0][0] != 3  # the mirrored hash is not searched
+    assert idx.search(new[0], k=1) == [(3, 0.0)]
+    assert idx.query_of(3).tobytes() == new[0].tobytes() and idx.get(3).size == 144
+    idx.store.close()  # no snapshot: a rebuild from values of both widths
+    reopened = BinaryIndex(tmp_path, 576)
+    assert reopened.count == 4 and reopened.search(old[1], k=1) == [(2, 0.0)]
+    assert reopened.search(new[1], k=1) == [(4, 0.0)]
+    with pytest.raises(ValueError, match="72 bytes"):
+        reopened.add([5], np.zeros((1, 100), np.uint8))
+    reopened.close()
 
 
 def test_damaged_snapshot_means_rebuild(tmp_path: Path) -> None:

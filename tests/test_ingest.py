@@ -19,6 +19,8 @@ pytestmark = pytest.mark.timeout(300)
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = {"fake.png", "broken.jpg"}
+FEATURES = {"phash": {}, "color": {}, "thumbnail": {}}
+ALL = sorted(FEATURES)
 
 
 def _gallery(directory: Path, photo_paths: list[Path]) -> dict[str, Path]:
@@ -56,7 +58,7 @@ def ing_app(ray_session: int, tmp_path_factory: pytest.TempPathFactory) -> Itera
     from ray import serve
 
     name = f"ing{uuid.uuid4().hex[:8]}"
-    running = deploy(name, tmp_path_factory.mktemp(name), ray_session)
+    running = deploy(name, tmp_path_factory.mktemp(name), ray_session, features=FEATURES)
     yield running
     serve.delete("test")
     kill_actors(name)
@@ -65,7 +67,14 @@ def ing_app(ray_session: int, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.fixture(scope="module")
 def args(ing_app: RunningApp) -> AppArgs:
     """The args the app was deployed with (as ``deploy`` builds them)."""
-    return AppArgs(name=ing_app.name, data_dir=str(ing_app.data_dir), snapshot_interval_s=1.0)
+    return AppArgs.model_validate(
+        {
+            "name": ing_app.name,
+            "data_dir": str(ing_app.data_dir),
+            "snapshot_interval_s": 1.0,
+            "features": FEATURES,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +122,7 @@ def test_load_app_args_reads_the_serve_config() -> None:
     args = load_app_args(ROOT / "configs" / "serve.yaml", "imgsearch")
     assert args.name == "imgsearch" and args.enabled == [
         *("phash", "color", "global", "clip", "local"),
-        *("tags", "ocr", "caption"),
+        *("tags", "ocr", "caption", "thumbnail"),
     ]
     with pytest.raises(ValueError, match="no application named"):
         load_app_args(ROOT / "configs" / "serve.yaml", "nope")
@@ -136,9 +145,9 @@ def test_every_good_photo_is_stored_and_bad_files_are_reported(
         r = client.get("/images", params={"file_name": name})
         assert r.status_code == 200, (name, r.text)
         body = r.json()
-        assert body["file_name"] == name and sorted(body["features"]) == ["color", "phash"]
+        assert body["file_name"] == name and sorted(body["features"]) == ALL
         by_id = client.get(f"/images/{body['image_id']}").json()
-        assert by_id["file_name"] == name and sorted(by_id["features"]) == ["color", "phash"]
+        assert by_id["file_name"] == name and sorted(by_id["features"]) == ALL
         ids.add(body["image_id"])
     assert len(ids) == len(good)
     for name in BAD:
@@ -190,6 +199,33 @@ def test_a_missing_feature_is_redone(
     assert ray.get(ing_app.actor("index:color").has.remote([image_id])) == [image_id]
 
 
+def test_thumbnails_are_stored_and_backfilled(
+    tmp_path: Path, args: AppArgs, client: httpx.Client, photo_paths: list[Path]
+) -> None:
+    """Ray Data ingest stores thumbnails; images stored without one (as before thumbnails)
+    get theirs from a run with ``features=["thumbnail"]``, which stores nothing else."""
+    folder = tmp_path / "older"
+    folder.mkdir()
+    names = [f"older-{p.name}" for p in photo_paths[:3]]
+    for name, src in zip(names, photo_paths, strict=False):
+        shutil.copy(src, folder / name)
+    before = ingest(folder, args, features=["phash", "color"], progress=False)
+    assert before.stored == 3
+    ids = [client.get("/images", params={"file_name": n}).json()["image_id"] for n in names]
+    missing = client.get(f"/images/{ids[0]}/thumbnail")
+    assert missing.status_code == 404 and "--features thumbnail" in missing.json()["detail"]
+
+    backfill = ingest(folder, args, features=["thumbnail"], progress=False)
+    assert backfill.stored == 3 and not backfill.failed
+    for image_id, name in zip(ids, names, strict=True):
+        got = client.get(f"/images/{image_id}/thumbnail")
+        assert got.status_code == 200 and got.headers["content-type"] == "image/webp"
+        info = client.get(f"/images/{image_id}").json()
+        assert info["file_name"] == name
+        assert info["features"] == ["phash", "color", "thumbnail"]
+    assert ingest(folder, args, progress=False).skipped == 3
+
+
 def test_ids_from_filenames(
     tmp_path: Path, args: AppArgs, client: httpx.Client, photo_paths: list[Path]
 ) -> None:
@@ -207,7 +243,7 @@ def test_ids_from_filenames(
     for name in names:
         image_id = int(Path(name).stem)
         body = client.get(f"/images/{image_id}").json()
-        assert body["file_name"] == name and sorted(body["features"]) == ["color", "phash"]
+        assert body["file_name"] == name and sorted(body["features"]) == ALL
 
     again = ingest(tmp_path, args, ids_from_filenames=True, progress=False)
     assert again.stored == 0 and again.skipped == len(names)

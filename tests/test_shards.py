@@ -97,6 +97,33 @@ def test_binary_and_vector_shards_merge_exactly(tmp_path: Path) -> None:
         assert all(shards.owner(i, 4) == s for i, _ in stored.items())
 
 
+def test_duplicates_and_thumbnails_over_shards(tmp_path: Path) -> None:
+    """The duplicate finder reads every shard: over 3 shards it groups as over one (phash
+    with mirrored hashes: planted copies, one only by its mirrored hash); blobs (thumbnails)
+    are stored with, and read from, their owner."""
+    from deployments.duplicates import DuplicateFinder
+
+    rng = np.random.default_rng(1)
+    hashes = rng.integers(0, 256, (40, 72), dtype=np.uint8)
+    mirrors = rng.integers(0, 256, (40, 72), dtype=np.uint8)
+    hashes[7], hashes[21] = hashes[3], hashes[3]  # copies of image 103, one a bit off
+    hashes[7, 0] ^= 1
+    hashes[30] = mirrors[12]  # 130 is 112 mirrored
+    rows = list(np.hstack([hashes, mirrors]))
+    pair = _pair(tmp_path / "phash", "phash", IndexSpec("binary", 576), 3)
+    _store_both(pair, "phash", rows)
+    one, many = (run(DuplicateFinder(c).groups("phash", 10)) for c in pair)
+    assert one == many and [g.ids for g in one] == [[103, 107, 121], [112, 130]]
+    assert len(run(pair[1].stored("phash"))[0]) == 40
+
+    blobs = IndexClient.local(tmp_path / "blobs", {"thumbnail": IndexSpec("blob", 0, {}, 3)})
+    values = [np.frombuffer(f"thumb {i}".encode(), np.uint8) for i in range(12)]
+    images: list[tuple[str | None, int | None]] = [(f"img{i}", 100 + i) for i in range(12)]
+    assert all(s.ok for s in run(blobs.store(images, {"thumbnail": values})))
+    assert run(blobs.docs(["thumbnail"], 105)) == [b"thumb 5"]
+    assert sum(a._obj.index.count for a in blobs.shards["thumbnail"]) == 12
+
+
 def test_query_expansion_over_shards_is_one_index_expansion(tmp_path: Path) -> None:
     """Alpha query expansion with the n nearest of all shards: the answers of one index,
     requested or configured, by a query or by a stored image, whitened or not (distances
