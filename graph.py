@@ -1,8 +1,8 @@
 """Binds the application graph from typed settings; ``serve run configs/serve.yaml`` calls it.
 
-Every component is here: one extractor deployment per enabled feature, one index actor per
-feature plus the catalog (named, detached Ray actors, got or created with their settings),
-and the ingress that composes them.
+Every component is here: one extractor deployment per group of enabled features (a feature
+of its own by default), one index actor per feature plus the catalog (named, detached Ray
+actors, got or created with their settings), and the ingress that composes them.
 """
 
 from typing import Any
@@ -10,7 +10,7 @@ from typing import Any
 from ray.serve import Application
 
 from deployments.config import AppArgs
-from deployments.extractor import ExtractorDeployment
+from deployments.extractor import ExtractorDeployment, models_without_weights
 from deployments.ingress import Ingress
 from index_actors.client import IndexClient
 
@@ -20,14 +20,18 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
 
     ``serve run`` hands over the YAML ``args`` as a dict; tests pass an ``AppArgs``. Each
     feature's width comes from its extractor's configuration (no weights loaded), so an
-    index opens for a model whose weights are still missing.
+    index opens for a model whose weights are still missing; such a feature's replica
+    answers "unavailable" without loading its model code.
     """
     args = AppArgs.model_validate(args)
+    missing = models_without_weights(args)
     extractors = {
-        name: ExtractorDeployment.options(name=f"extract_{name}").bind(  # type: ignore[attr-defined]
-            name, args.extractor_options(name)
+        deployment: ExtractorDeployment.options(name=deployment).bind(  # type: ignore[attr-defined]
+            names,
+            {n: args.extractor_options(n) for n in names},
+            {n: missing[n] for n in names if n in missing},
         )
-        for name in args.enabled
+        for deployment, names in args.deployments.items()
     }
     indexes = IndexClient.open(
         args.name,

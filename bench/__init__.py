@@ -8,8 +8,8 @@ order they run:
 - phash:  images/s of ``PHash`` against ``imagehash.phash`` on real photos, one core.
 - search: phash search latency through the index actor against raw FAISS, at ``--n-hashes``.
 - http:   ``POST /search/image`` on the deployed app against the same work in-process.
-- memory: RSS of every Ray process of the idle app (the dashboard included unless
-          ``--no-dashboard``).
+- memory: PSS (and RSS) of every process of an idle ``serve run configs/serve.yaml``: the
+          default config as users run it, dashboard on (bench/memory.py).
 - ingest: Ray Data ingest (``deployments/ingest.py``) against a joblib loop over the same files.
 - models: images/s of the global-features network at batch 1 and at larger batches, beside
           phash and colour (in-process, all cores, decoding included).

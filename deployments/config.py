@@ -37,6 +37,10 @@ class FeatureConfig(BaseModel):
     weight: float = 1.0
     #: Index actors this feature's images are spread over; unset: the app's ``shards``.
     shards: int | None = Field(default=None, ge=1, le=1024)
+    #: The Serve deployment that computes it; unset: ``extract_<feature>``, one of its own.
+    #: Features that name the same one share its replicas (one process for the light
+    #: ones; tags riding on the global network: one model, one pass).
+    deployment: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 
 
 class FusionConfig(BaseModel):
@@ -136,6 +140,18 @@ class AppArgs(BaseModel):
         """Absolute data directory (relative paths resolve against the project root)."""
         path = Path(self.data_dir).expanduser()
         return path if path.is_absolute() else Path(__file__).resolve().parent.parent / path
+
+    def deployment_of(self, name: str) -> str:
+        """The name of the extractor deployment that computes a feature."""
+        return self.features[name].deployment or f"extract_{name}"
+
+    @property
+    def deployments(self) -> dict[str, list[str]]:
+        """Each extractor deployment and the enabled features it computes, in config order."""
+        out: dict[str, list[str]] = {}
+        for name in self.enabled:
+            out.setdefault(self.deployment_of(name), []).append(name)
+        return out
 
     def query_in_ingress(self, name: str) -> bool:
         """Whether the ingress computes this feature's query features itself."""

@@ -1,19 +1,45 @@
-"""The one generic extractor deployment, bound once per feature."""
+"""The one generic extractor deployment, bound once per group of features (one feature by
+default; ``deployment:`` in a feature's config groups several in one replica)."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import ray
 from ray import serve
 
-from deployments.ports import LocalExtractor
-from extractors import REGISTRY, InvalidImage
+from deployments.config import AppArgs
+from deployments.ports import build_group
+from extractors import REGISTRY, InvalidImage, WeightsUnavailable, build_extractor
+from extractors import group as extractor_group
 
 Result = np.ndarray | InvalidImage
+
+
+# A throwaway worker (max_calls=1: the process exits after the call, and its memory with
+# it), so that the check's torch never stays in a process of the app.
+@ray.remote(max_calls=1, num_cpus=0)
+def _weights_problem(name: str, options: dict[str, Any]) -> str | None:
+    try:
+        build_extractor(name, options).load()
+    except WeightsUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def models_without_weights(args: AppArgs) -> dict[str, str]:
+    """The enabled network features whose weights are missing, and why, checked when the
+    app is built: their replicas then never import torch (~0.5 GiB a process) only to
+    answer "unavailable". A redeploy once the weights are there starts them."""
+    names = [n for n in args.enabled if REGISTRY[n].uses_torch]
+    if not names or not ray.is_initialized():
+        return {}
+    found = ray.get([_weights_problem.remote(n, args.extractor_options(n)) for n in names])
+    return {n: why for n, why in zip(names, found, strict=True) if why}
 
 
 @serve.deployment(
@@ -23,58 +49,70 @@ Result = np.ndarray | InvalidImage
     max_ongoing_requests=64,
 )
 class ExtractorDeployment:
-    """Serves one extractor: batched, blocking work off the event loop.
+    """Serves a group of extractors (usually one): batched, blocking work off the event
+    loop; a feature riding on another's network (tags on global) shares its pass.
 
-    ``extract(data, query)`` returns the feature (query=True: the query variants) or the
-    ``InvalidImage`` of a bad upload as a value, so that one bad file never fails its batch.
+    ``extract(data, query, feature)`` returns the feature (query=True: the query variants)
+    or the ``InvalidImage`` of a bad upload as a value, so that one bad file never fails its
+    batch.
     """
 
-    def __init__(self, name: str, options: dict[str, Any] | None = None) -> None:
-        self.name = name
-        options = dict(options or {})
-        if REGISTRY[name].uses_torch:
-            # A replica with a GPU share runs on it; torch uses as many threads as the cores
-            # the replica reserved (at least one), not every core of the machine.
-            if ray.get_gpu_ids():
-                options.setdefault("device", "cuda")
-            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-            options.setdefault("threads", max(1, math.ceil(cpus)))
+    def __init__(
+        self,
+        names: list[str],
+        options: dict[str, dict[str, Any]],
+        unavailable: dict[str, str] | None = None,
+    ) -> None:
+        self.names = names
+        options = {n: dict(options.get(n) or {}) for n in names}
+        for name in names:
+            if REGISTRY[name].uses_torch:
+                # A replica with a GPU share runs on it; torch uses as many threads as the
+                # cores the replica reserved (at least one), not every core of the machine.
+                if ray.get_gpu_ids():
+                    options[name].setdefault("device", "cuda")
+                cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+                options[name].setdefault("threads", max(1, math.ceil(cpus)))
         # A missing or broken model must not stop the app: the replica comes up, says why
-        # in info() (hence /health), and answers every call with that reason.
-        self.local = LocalExtractor.build(name, options)
+        # in info() (hence /health), and answers every call for that feature with it.
+        self.ports, self.riders = build_group(names, options, unavailable or {})
+        # Weight-free extractors of one group run side by side; networks one at a time.
+        light = len(names) > 1 and not any(REGISTRY[n].uses_torch for n in names)
+        self.threads = ThreadPoolExecutor(len(names), "extract") if light else None
+        self._batcher = self._batch_side_by_side if light else self._batch
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Apply ``user_config``: ``max_batch_size`` and ``batch_wait_timeout_s``."""
-        batch: Any = self._batch  # serve.batch adds the setters at runtime
+        batch: Any = self._batcher  # serve.batch adds the setters at runtime
         batch.set_max_batch_size(int(config.get("max_batch_size", 16)))
         batch.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.0)))
 
-    async def info(self) -> dict[str, Any]:
-        """What this extractor is and whether it can run."""
-        return await self.local.info()
+    async def info(self, feature: str | None = None) -> dict[str, Any]:
+        """What an extractor of this group is and whether it can run."""
+        return await self.ports[feature or self.names[0]].info()
 
     # No wait by default: a lone request runs at once, and under load the requests that queue
     # while a batch runs form the next batch anyway.
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
-    async def _batch(self, items: list[tuple[bytes, bool]]) -> list[Result]:
+    async def _batch(self, items: list[tuple[bytes, bool, str]]) -> list[Result]:
         return await asyncio.to_thread(self._run, items)
 
-    def _run(self, items: list[tuple[bytes, bool]]) -> list[Result]:
-        extractor = self.local.ready()
-        out: list[Result] = [InvalidImage("not computed")] * len(items)
-        for query in (False, True):
-            slots = [i for i, (_, q) in enumerate(items) if q is query]
-            if slots:
-                results = extractor.extract_bytes([items[i][0] for i in slots], query=query)
-                for slot, result in zip(slots, results, strict=True):
-                    out[slot] = result
-        return out
+    # Weight-free groups: a few batches at once, so that a search's SIFT query does not
+    # wait behind an ingest batch's OCR (SIFT, Tesseract and PIL release the GIL).
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0, max_concurrent_batches=4)
+    async def _batch_side_by_side(self, items: list[tuple[bytes, bool, str]]) -> list[Result]:
+        return await asyncio.to_thread(self._run, items)
 
-    async def extract(self, data: bytes, query: bool = False) -> Result:
-        """Feature of one upload (batched with concurrent calls)."""
-        self.local.ready()
-        return await self._batch((data, query))
+    def _run(self, items: list[tuple[bytes, bool, str]]) -> list[Result]:
+        ready = {n: p.extractor for n, p in self.ports.items() if p.extractor is not None}
+        return extractor_group.run(ready, self.riders, items, self.threads)
 
-    async def embed_text(self, text: str) -> np.ndarray:
+    async def extract(self, data: bytes, query: bool = False, feature: str | None = None) -> Result:
+        """A feature of one upload (batched with concurrent calls)."""
+        name = feature or self.names[0]
+        self.ports[name].ready()
+        return await self._batcher((data, query, name))
+
+    async def embed_text(self, text: str, feature: str | None = None) -> np.ndarray:
         """Embedding of a text query (extractors that map text and images to one space)."""
-        return await self.local.embed_text(text)
+        return await self.ports[feature or self.names[0]].embed_text(text)

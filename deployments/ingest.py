@@ -27,7 +27,9 @@ import ray
 from tqdm import tqdm
 
 from deployments.config import AppArgs
-from extractors import REGISTRY, InvalidImage, WeightsUnavailable, build_extractor
+from deployments.ports import build_group
+from extractors import REGISTRY, Extractor, InvalidImage, WeightsUnavailable, build_extractor
+from extractors import group as extractor_group
 from index_actors.client import IndexClient, take_rows
 from index_actors.interface import reason
 from index_actors.kinds import kind_of
@@ -124,10 +126,20 @@ class FeatureBatch:
     than the features (docs/architecture.md).
     """
 
-    def __init__(self, features: list[str], options: dict[str, dict[str, Any]]) -> None:
-        self.extractors = [build_extractor(f, options[f]) for f in features]
-        for extractor in self.extractors:
-            extractor.load()
+    def __init__(
+        self,
+        features: list[str],
+        options: dict[str, dict[str, Any]],
+        together: list[list[str]] | None = None,
+    ) -> None:
+        # Features the app computes in one deployment share here too (tags ride on the
+        # global network, so both paths in give the same tags from the same pass).
+        self.extractors: dict[str, Extractor] = {}
+        self.riders: dict[str, str] = {}
+        for names in together or [[f] for f in features]:
+            ports, riders = build_group(names, options, {})
+            self.extractors.update({n: p.ready() for n, p in ports.items()})
+            self.riders.update(riders)
 
     @staticmethod
     def _read(path: str) -> bytes | InvalidImage:
@@ -143,14 +155,17 @@ class FeatureBatch:
         readable = [j for j, b in enumerate(blobs) if isinstance(b, bytes)]
         data = [b for b in blobs if isinstance(b, bytes)]
         out = dict(batch)
-        for extractor in self.extractors:
+        names = list(self.extractors)
+        requests = [(blob, False, name) for name in names for blob in data]
+        computed = extractor_group.run(self.extractors, self.riders, requests)
+        for k, extractor in enumerate(self.extractors.values()):
             # A failed file keeps its empty row, never written (ragged kinds: one
             # variable-length array per file, which Ray Data carries as ragged tensors).
             dtype = np.dtype(extractor.dtype)
             width = extractor.nbytes // dtype.itemsize
             rows = kind_of(extractor.name).ingest_column(len(blobs), width, dtype)
             errors = np.array([str(b) if not isinstance(b, bytes) else "" for b in blobs], object)
-            results = extractor.extract_bytes(data)
+            results = computed[k * len(data) : (k + 1) * len(data)]
             for j, result in zip(readable, results, strict=True):
                 if isinstance(result, InvalidImage):
                     errors[j] = str(result)
@@ -343,9 +358,11 @@ def ingest(
         for group, size, threads in pools:
             extra = {"threads": threads} if threads else {}
             options = {f: {**extra, **args.extractor_options(f)} for f in group}
+            together = [n for n in args.deployments.values() if set(n) & set(group)]
+            together = [[f for f in n if f in group] for n in together]
             ds = ds.map_batches(
                 FeatureBatch,
-                fn_constructor_kwargs={"features": group, "options": options},
+                fn_constructor_kwargs={"features": group, "options": options, "together": together},
                 batch_size=batch_size,
                 batch_format="numpy",
                 # A fixed pool: extractors load once per actor. A fraction of a CPU each,

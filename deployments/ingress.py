@@ -51,8 +51,9 @@ class ServeExtractor:
     which batches and autoscales.
     """
 
-    def __init__(self, handle: DeploymentHandle, local: Extractor | None = None) -> None:
+    def __init__(self, handle: DeploymentHandle, name: str, local: Extractor | None = None) -> None:
         self.handle = handle
+        self.name = name
         self.local = local
 
     async def extract(self, data: bytes, query: bool) -> np.ndarray | InvalidImage:
@@ -60,17 +61,17 @@ class ServeExtractor:
         if query and self.local is not None:
             local = self.local
             return (await asyncio.to_thread(local.extract_bytes, [data], True))[0]
-        result: np.ndarray | InvalidImage = await self.handle.extract.remote(data, query)
+        result: np.ndarray | InvalidImage = await self.handle.extract.remote(data, query, self.name)
         return result
 
     async def embed_text(self, text: str) -> np.ndarray:
         """See ``ExtractorPort.embed_text``."""
-        result: np.ndarray = await self.handle.embed_text.remote(text)
+        result: np.ndarray = await self.handle.embed_text.remote(text, self.name)
         return result
 
     async def info(self) -> dict[str, Any]:
         """See ``ExtractorPort.info``."""
-        result: dict[str, Any] = await self.handle.info.remote()
+        result: dict[str, Any] = await self.handle.info.remote(self.name)
         return result
 
 
@@ -88,14 +89,16 @@ class Ingress:
     def __init__(
         self, args: AppArgs, extractors: dict[str, DeploymentHandle], indexes: IndexClient
     ) -> None:
+        # ``extractors``: a handle per deployment; a deployment may compute several features.
         ports = {
             name: ServeExtractor(
-                handle,
+                extractors[args.deployment_of(name)],
+                name,
                 build_extractor(name, args.extractor_options(name))
                 if args.query_in_ingress(name)
                 else None,
             )
-            for name, handle in extractors.items()
+            for name in args.enabled
         }
         self.engine = Engine(args, ports, indexes)
         self.max_upload_bytes = int(args.max_upload_mb * 1024 * 1024)

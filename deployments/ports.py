@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from extractors import REGISTRY, Extractor, InvalidImage, WeightsUnavailable, build_extractor
+from extractors.group import share_networks
 
 
 class ExtractorPort(Protocol):
@@ -80,3 +81,33 @@ class LocalExtractor:
     async def info(self) -> dict[str, Any]:
         """See ``ExtractorPort.info``."""
         return extractor_info(self.name, self.extractor, self.unavailable)
+
+
+def build_group(
+    names: list[str], options: dict[str, dict[str, Any]], unavailable: dict[str, str]
+) -> tuple[dict[str, LocalExtractor], dict[str, str]]:
+    """The extractors one process runs together, each as a ``LocalExtractor``, and which
+    rides on which (``extractors/group.py``). Riders join their sources before anything
+    loads, so a shared network loads once. ``unavailable``: features known to lack their
+    weights (``deployments.extractor.models_without_weights``), never built here: their
+    model code is not even imported."""
+    built: dict[str, Extractor] = {}
+    ports: dict[str, LocalExtractor] = {}
+    for name in names:
+        try:
+            if name in unavailable:
+                raise WeightsUnavailable(unavailable[name])
+            built[name] = build_extractor(name, options.get(name))
+        except WeightsUnavailable as exc:
+            ports[name] = LocalExtractor(name, None, str(exc))
+    riders = share_networks(built)
+    for name, extractor in built.items():
+        try:
+            extractor.load()
+            ports[name] = LocalExtractor(name, extractor)
+        except WeightsUnavailable as exc:
+            ports[name] = LocalExtractor(name, None, str(exc))
+    ready = {
+        r: s for r, s in riders.items() if ports[r].unavailable is ports[s].unavailable is None
+    }
+    return {n: ports[n] for n in names}, ready

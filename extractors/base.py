@@ -90,7 +90,13 @@ class Extractor(ABC):
 
         One bad file must not fail the others in its batch, so errors are returned per item.
         """
-        results: list[np.ndarray | InvalidImage] = []
+        return self.per_image(blobs, self.query_variants if query else self.extract)
+
+    def per_image(self, blobs: list[bytes], run: Any) -> list[Any]:
+        """``run`` (a batch of decoded images -> one result each) over a batch of uploads;
+        an upload that does not decode, or that ``run`` fails on, yields its
+        ``InvalidImage`` in its place."""
+        results: list[Any] = []
         images: list[Image.Image] = []
         slots: list[int] = []
         for decoded in self._decode_all(blobs):
@@ -101,9 +107,15 @@ class Extractor(ABC):
                 slots.append(len(results))
                 results.append(InvalidImage("not computed"))
         if images:
-            for slot, feat in zip(slots, self._compute(images, query), strict=True):
+            for slot, feat in zip(slots, self._compute(images, run), strict=True):
                 results[slot] = feat
         return results
+
+    def rides_on(self, other: Extractor) -> bool:
+        """Whether this extractor's feature can come from ``other``'s forward pass when both
+        run in one process (``extractors/group.py``); if so, it now shares ``other``'s
+        network. Most extractors compute their own."""
+        return False
 
     def _decode_one(self, data: bytes) -> Image.Image | InvalidImage:
         try:
@@ -115,8 +127,7 @@ class Extractor(ABC):
         """Decode a batch; each failure is returned in its place."""
         return [self._decode_one(data) for data in blobs]
 
-    def _compute(self, images: list[Image.Image], query: bool) -> list[np.ndarray | InvalidImage]:
-        run = self.query_variants if query else self.extract
+    def _compute(self, images: list[Image.Image], run: Any) -> list[Any]:
         try:
             return list(run(images))
         except Exception as exc:
@@ -126,7 +137,7 @@ class Extractor(ABC):
                 ]
         # One odd image must not fail the batch it shares with other uploads: redo one by
         # one, and report the image that still fails as its own error.
-        return [self._compute([img], query)[0] for img in images]
+        return [self._compute([img], run)[0] for img in images]
 
 
 class TextExtractor(Extractor):

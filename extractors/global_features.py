@@ -111,6 +111,16 @@ class GlobalFeatures(ModelExtractor):
     def _embed(self, batch: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(self.model.forward_features(batch), pre_logits=True)
 
+    def passes(self, blobs: list[bytes]) -> list[Any]:
+        """Per upload, its embedding and class probabilities from one forward pass, or its
+        ``InvalidImage`` (a tagger riding on this network takes the probabilities)."""
+
+        def both(images: list[Image.Image]) -> list[tuple[np.ndarray, np.ndarray]]:
+            vectors, probs = self.forward(images)
+            return list(zip(vectors, probs, strict=True))
+
+        return self.per_image(blobs, both)
+
     def forward(self, images: list[Image.Image]) -> tuple[list[np.ndarray], np.ndarray]:
         """Embeddings and class probabilities (rows) of a batch, from one forward pass.
 

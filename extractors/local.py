@@ -12,16 +12,15 @@ import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
-import cv2
-import numba
 import numpy as np
 from PIL import Image
 
 from extractors.base import Extractor, Kind, WeightsUnavailable
+from extractors.keypoint_pack import DESC, HEADER, keypoint_count, pack, unpack
 from extractors.weights import FETCH, existing_file, offline, read_state_dict
 
-DESC = 128
-HEADER = 4  # uint32 keypoint count
+__all__ = ["DESC", "HEADER", "LocalFeatures", "keypoint_count", "pack", "unit_scale", "unpack"]
+
 #: RootSIFT components are in [0, 1] with unit L2 norm (most below 0.5): x512, clipped,
 #: keeps them as bytes at a resolution that matching does not notice.
 SCALE = 512.0
@@ -40,81 +39,6 @@ HARDNET_REPO, HARDNET_FILE = "kornia/hardnet", "hardnet8v2.pt"
 #: Patch half-size per SIFT keypoint size, as kornia-moons converts OpenCV keypoints.
 MR_SIZE = 6.0
 DESCRIPTORS = ("rootsift", "hardnet8")
-
-
-def pack(points: np.ndarray, descriptors: np.ndarray) -> np.ndarray:
-    """Keypoints (n x 2 float32) and descriptors (n x 128 uint8) as one uint8 array."""
-    n = len(points)
-    return np.concatenate(
-        [
-            np.array([n], "<u4").view(np.uint8),
-            np.ascontiguousarray(points, "<f4").view(np.uint8).ravel(),
-            np.ascontiguousarray(descriptors, np.uint8).ravel(),
-        ]
-    )
-
-
-def keypoint_count(feature: np.ndarray) -> int:
-    """How many keypoints a packed feature holds (its header)."""
-    return int(feature[:HEADER].view("<u4")[0])
-
-
-def unpack(feature: np.ndarray | bytes) -> tuple[np.ndarray, np.ndarray]:
-    """The inverse of ``pack`` (zero padding after the records is ignored)."""
-    raw = np.frombuffer(feature, np.uint8) if isinstance(feature, bytes) else feature
-    n = keypoint_count(raw)
-    points = raw[HEADER : HEADER + 8 * n].view("<f4").reshape(n, 2)
-    descriptors = raw[HEADER + 8 * n : HEADER + 8 * n + DESC * n].reshape(n, DESC)
-    return points, descriptors
-
-
-@numba.njit(cache=True)
-def _select(
-    xs: np.ndarray,
-    ys: np.ndarray,
-    width: float,
-    height: float,
-    max_total: int,
-    per_quadrant: int,
-    radius: float,
-    max_neighbours: int,
-) -> np.ndarray:  # pragma: no cover - compiled
-    """Indices of the chosen keypoints, given in order of falling response.
-
-    The seed's rule: at most ``per_quadrant`` per image quadrant and ``max_total`` in all;
-    a candidate is skipped when a chosen keypoint within ``radius`` already has
-    ``max_neighbours`` or more chosen neighbours (so no cluster eats the budget).
-    """
-    chosen = np.empty(max_total, np.int64)
-    cx = np.empty(max_total)
-    cy = np.empty(max_total)
-    neighbours = np.zeros(max_total, np.int64)
-    counts = np.zeros(4, np.int64)
-    r2 = radius * radius
-    n = 0
-    for j in range(len(xs)):
-        if n == max_total:
-            break
-        x, y = xs[j], ys[j]
-        crowded = False
-        for i in range(n):
-            dx, dy = cx[i] - x, cy[i] - y
-            if dx * dx + dy * dy < r2 and neighbours[i] >= max_neighbours:
-                crowded = True
-                break
-        if crowded:
-            continue
-        q = (1 if x >= width / 2 else 0) + (2 if y >= height / 2 else 0)
-        if counts[q] >= per_quadrant:
-            continue
-        for i in range(n):
-            dx, dy = cx[i] - x, cy[i] - y
-            if dx * dx + dy * dy < r2:
-                neighbours[i] += 1
-        chosen[n], cx[n], cy[n] = j, x, y
-        counts[q] += 1
-        n += 1
-    return chosen[:n]
 
 
 class LocalFeatures(Extractor):
@@ -167,6 +91,8 @@ class LocalFeatures(Extractor):
         self.max_neighbours = max_neighbours
         self.max_area = max_area
         # contrastThreshold -1: every extremum is a candidate; the selection picks.
+        import cv2  # here, not at the top: processes that only read the kind stay small
+
         self.sift = cv2.SIFT_create(contrastThreshold=-1)  # type: ignore[attr-defined]
 
     def load(self) -> None:
@@ -215,7 +141,9 @@ class LocalFeatures(Extractor):
             return np.empty((0, 2), np.float32), np.empty((0, DESC), np.uint8)
         xy = np.array([kp.pt for kp in found], dtype=np.float64)
         h, w = gray.shape
-        keep = _select(
+        from extractors.keypoint_select import select
+
+        keep = select(
             xy[:, 0],
             xy[:, 1],
             float(w),

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
-import scipy.fftpack
 from PIL import Image
 
 from extractors.base import Extractor, Kind
@@ -50,6 +49,8 @@ class PHash(Extractor):
 
     @staticmethod
     def _lowfreq(img: Image.Image) -> np.ndarray:
+        import scipy.fftpack  # here: processes that only read the kind never load SciPy
+
         pixels = np.asarray(img.resize((IMG_SIZE, IMG_SIZE), Image.Resampling.LANCZOS))
         # Same calls as imagehash so that full-resolution hashes agree to the bit.
         dct = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1)

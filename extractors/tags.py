@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import numpy as np
 from PIL import Image
 
 from extractors.base import TextExtractor, WeightsUnavailable
 from extractors.global_features import GlobalFeatures
+from extractors.textdoc import encode_doc
 
 
 class ImageNetTagger(TextExtractor, GlobalFeatures):
@@ -29,10 +31,33 @@ class ImageNetTagger(TextExtractor, GlobalFeatures):
         self.cutoff = cutoff
         self.top = top
         self._labels: list[str] | None = None
+        #: The global extractor whose forward pass gives the tags (``rides_on``), if any.
+        self._source: GlobalFeatures | None = None
+
+    def rides_on(self, other: Any) -> bool:
+        """A global-features extractor of the same network and weights: the tags then come
+        from its forward pass (one model in memory, one pass per image), with its input
+        (``crop_pct``), not a crop of their own."""
+        same = type(other) is GlobalFeatures and (
+            other.model_name,
+            other.weights,
+            other.device,
+        ) == (self.model_name, self.weights, self.device)
+        if same:
+            self._source = other
+            self.crop_pct, self.decode_size = other.crop_pct, other.decode_size
+        return same
 
     def load(self) -> None:
-        """Load the network (``WeightsUnavailable`` with the fix when its weights are missing)."""
-        super().load()
+        """Load the network (``WeightsUnavailable`` with the fix when its weights are missing);
+        riding on a global extractor, that one's."""
+        if self._source is not None:
+            with self._load_lock:
+                self._source.load()
+                self.model, self.preprocess = self._source.model, self._source.preprocess
+                self._on_pil, self._on_tensor = self._source._on_pil, self._source._on_tensor
+        else:
+            super().load()
         if self._labels is None:
             from timm.data import ImageNetInfo
 
@@ -54,15 +79,21 @@ class ImageNetTagger(TextExtractor, GlobalFeatures):
     def analyze(self, images: list[Image.Image]) -> list[dict[str, Any]]:
         """Per image ``{"tags": [{"label", "score"}, ...]}``."""
         self.load()
+        _, probs = (self._source or self).forward(images)
+        return [self._tags(row) for row in probs]
+
+    def from_pass(self, probs: np.ndarray) -> np.ndarray:
+        """The encoded document of one image from the class probabilities of the network it
+        rides on (``GlobalFeatures.passes``)."""
+        self.load()
+        return encode_doc(self._tags(probs))
+
+    def _tags(self, row: np.ndarray) -> dict[str, Any]:
         assert self._labels is not None
-        _, probs = self.forward(images)
-        out = []
-        for row in probs:
-            best = row.argsort()[::-1][: self.top]
-            tags = [
-                {"label": self._labels[j], "score": round(float(row[j]), 4)}
-                for j in best
-                if row[j] >= self.cutoff
-            ]
-            out.append({"tags": tags})
-        return out
+        best = row.argsort()[::-1][: self.top]
+        tags = [
+            {"label": self._labels[j], "score": round(float(row[j]), 4)}
+            for j in best
+            if row[j] >= self.cutoff
+        ]
+        return {"tags": tags}

@@ -17,11 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import cv2
 import faiss
 import numpy as np
 
-from extractors.local import DESC, keypoint_count, pack, unpack
+from extractors.keypoint_pack import DESC, keypoint_count, pack, unpack
 from index_actors.interface import Hit, UnknownImage
 from index_actors.ranges import RangeMap
 from index_actors.store import numbered
@@ -363,6 +362,8 @@ def _inliers(src: np.ndarray, dst: np.ndarray) -> int:
     """Inliers of a MAGSAC++ homography between matched points (0 under 4 matches)."""
     if len(src) < 4:
         return 0
+    import cv2  # here: the other index actors never load OpenCV (tens of MB a process)
+
     _, mask = cv2.findHomography(
         src.astype(np.float32),
         dst.astype(np.float32),

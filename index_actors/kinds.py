@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, BeforeValidator, Field
 
 from extractors import REGISTRY
-from extractors.local import keypoint_count
+from extractors.keypoint_pack import keypoint_count
 from extractors.textdoc import decode_doc, doc_text, encode_doc, words
 from index_actors.binary import BinaryIndex
 from index_actors.blob import BlobIndex

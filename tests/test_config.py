@@ -21,7 +21,7 @@ def test_shipped_configs_validate(config: Path) -> None:
             *("tags", "ocr", "caption", "thumbnail"),
         ]
         names = {d["name"] for d in entry["deployments"]}
-        assert names == {"Ingress"} | {f"extract_{f}" for f in args.enabled}
+        assert names == {"Ingress"} | set(args.deployments)
         # Every model name is one its library knows (the weights may still be missing).
         dims = args.dims()
         assert all(isinstance(d, int) for d in dims.values()), dims

@@ -82,3 +82,25 @@ def test_other_searches_still_work(client: httpx.Client, photos: dict[str, bytes
     assert r.status_code == 200, r.text
     assert r.json()["results"][0]["image_id"] in (1, 2)
     assert set(r.json()["by_feature"]) == {"phash"}
+
+
+def test_a_model_without_weights_keeps_no_torch_in_its_replica(app: RunningApp) -> None:
+    """CLIP's weights are missing: its replica answers "unavailable" (above) without ever
+    importing torch, which would hold ~0.5 GiB in that process for nothing."""
+    import ray
+    from ray.util import list_named_actors
+
+    def loaded(_: object) -> list[str]:
+        import sys
+
+        return [m for m in ("torch", "open_clip") if m in sys.modules]
+
+    replicas = [
+        a["name"]
+        for a in list_named_actors(all_namespaces=True)
+        if "extract_clip" in a["name"] and a["name"].startswith("SERVE_REPLICA")
+    ]
+    assert replicas, list_named_actors(all_namespaces=True)
+    for name in replicas:
+        handle = ray.get_actor(name, namespace="serve")
+        assert ray.get(handle.__ray_call__.remote(loaded)) == []

@@ -1,0 +1,74 @@
+"""Extractors run together (extractors/group.py, deployments.ports.build_group) without Ray:
+tags ride on the global network (one model, one forward pass) and answer what a tagger of
+the same input answers alone; a feature known to lack weights is never built."""
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from deployments.ports import build_group
+from extractors import GlobalFeatures, ImageNetTagger, InvalidImage, WeightsUnavailable
+from extractors.group import run, share_networks
+from extractors.textdoc import decode_doc
+
+OPTIONS = {"global": {"threads": 1}, "tags": {"threads": 1}, "phash": {}}
+
+
+@pytest.fixture(scope="module")
+def group() -> Iterator[tuple[dict, dict]]:
+    ports, riders = build_group(["phash", "global", "tags"], OPTIONS, {})
+    yield {n: p.extractor for n, p in ports.items()}, riders
+
+
+def test_tags_ride_on_the_global_network(group: tuple[dict, dict]) -> None:
+    extractors, riders = group
+    assert riders == {"tags": "global"}
+    assert extractors["tags"].model is extractors["global"].model  # one model in memory
+    other = ImageNetTagger(model="mobilenetv3_small_100")  # another network: its own
+    assert share_networks({"global": GlobalFeatures(), "tags": other}) == {}
+
+
+def test_one_pass_gives_both_as_each_alone(
+    group: tuple[dict, dict], photos: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    extractors, riders = group
+    blobs = list(photos.values())[:4]
+    passes = []
+    forward = GlobalFeatures.forward
+
+    def counted(self: GlobalFeatures, images: list) -> tuple:
+        passes.append(len(images))
+        return forward(self, images)
+
+    monkeypatch.setattr(GlobalFeatures, "forward", counted)
+    requests = [(b, False, f) for b in blobs for f in ("phash", "global", "tags")]
+    requests.append((b"not an image", False, "tags"))
+    requests.append((b"not an image", False, "global"))
+    out = run(extractors, riders, requests)
+    assert passes == [len(blobs)]  # one forward pass for both features of every upload
+    assert isinstance(out[-1], InvalidImage) and isinstance(out[-2], InvalidImage)
+    monkeypatch.undo()
+
+    # The same vectors as global alone, the same tags as a tagger of global's input alone.
+    alone = GlobalFeatures(threads=1).extract_bytes(blobs)
+    tagger = ImageNetTagger(threads=1, crop_pct=1.0).extract_bytes(blobs)
+    for j in range(len(blobs)):
+        vector, doc = out[3 * j + 1], out[3 * j + 2]
+        assert np.allclose(vector, alone[j], atol=1e-5)
+        assert [t["label"] for t in decode_doc(doc)["tags"]] == [
+            t["label"] for t in decode_doc(tagger[j])["tags"]
+        ]
+    # A search asks one feature alone: the rider then runs the shared network by itself.
+    (query,) = run(extractors, riders, [(blobs[0], False, "tags")])
+    assert decode_doc(query) == decode_doc(out[2])
+
+
+def test_a_feature_known_to_lack_weights_is_never_built() -> None:
+    ports, riders = build_group(
+        ["phash", "clip"], {"clip": {}}, {"clip": "clip: no weights (fetch them)"}
+    )
+    assert ports["clip"].extractor is None and riders == {}
+    with pytest.raises(WeightsUnavailable, match="no weights"):
+        ports["clip"].ready()
+    assert ports["phash"].ready().name == "phash"
