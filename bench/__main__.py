@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
             settings = [(int(a), int(b)) for a, b in (x.split(":") for x in opts.probes.split(","))]
             rows += bench_vectors(opts.n_vectors, opts.factory, settings, tmp)
         if "memory" in opts.only:  # its own Ray session: `serve run` of the default config
-            rows += bench_memory(opts.idle_s)
+            rows += bench_memory(photos, opts.idle_s)
         if opts.only & {"search", "shards", "http", "ingest"}:
             isolate_ports()
             ray.init(

@@ -4,6 +4,8 @@ default; ``deployment:`` in a feature's config groups several in one replica).""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,15 +22,24 @@ from extractors import group as extractor_group
 Result = np.ndarray | InvalidImage
 
 
+def _trim() -> None:
+    """Return freed heap memory to the OS (glibc; elsewhere nothing to do)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 # A throwaway worker (max_calls=1: the process exits after the call, and its memory with
-# it), so that the check's torch never stays in a process of the app.
+# it), so that the check's torch never stays in a process of the app. One worker for all:
+# torch is imported once, not once per feature.
 @ray.remote(max_calls=1, num_cpus=0)
-def _weights_problem(name: str, options: dict[str, Any]) -> str | None:
-    try:
-        build_extractor(name, options).load()
-    except WeightsUnavailable as exc:
-        return str(exc)
-    return None
+def _weights_problems(features: dict[str, dict[str, Any]]) -> dict[str, str]:
+    found = {}
+    for name, options in features.items():
+        try:
+            build_extractor(name, options).load()
+        except WeightsUnavailable as exc:
+            found[name] = str(exc)
+    return found
 
 
 def models_without_weights(args: AppArgs) -> dict[str, str]:
@@ -38,8 +49,10 @@ def models_without_weights(args: AppArgs) -> dict[str, str]:
     names = [n for n in args.enabled if REGISTRY[n].uses_torch]
     if not names or not ray.is_initialized():
         return {}
-    found = ray.get([_weights_problem.remote(n, args.extractor_options(n)) for n in names])
-    return {n: why for n, why in zip(names, found, strict=True) if why}
+    found: dict[str, str] = ray.get(
+        _weights_problems.remote({n: args.extractor_options(n) for n in names})
+    )
+    return found
 
 
 @serve.deployment(
@@ -105,7 +118,14 @@ class ExtractorDeployment:
 
     def _run(self, items: list[tuple[bytes, bool, str]]) -> list[Result]:
         ready = {n: p.extractor for n, p in self.ports.items() if p.extractor is not None}
-        return extractor_group.run(ready, self.riders, items, self.threads)
+        try:
+            return extractor_group.run(ready, self.riders, items, self.threads)
+        finally:
+            if self.threads is not None:
+                # Side-by-side threads leave freed image buffers in glibc's per-thread
+                # arenas: measured, a weight-free replica held 740 MB after three adds
+                # instead of 275 MB. Handing them back costs well under a millisecond.
+                _trim()
 
     async def extract(self, data: bytes, query: bool = False, feature: str | None = None) -> Result:
         """A feature of one upload (batched with concurrent calls)."""

@@ -346,16 +346,32 @@ def _remove_range(index: Any, start: int, count: int) -> None:
 
 
 def _mutual_matches(a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
-    """Index pairs of mutual nearest neighbours passing the second-nearest ratio test."""
-    import torch
-    from kornia.feature import match_smnn
-
+    """Index pairs of mutual nearest neighbours passing the second-nearest ratio test, in
+    order of ``a``'s index: kornia's ``match_smnn``, in NumPy, so that the index actor
+    never loads torch for it (~300 MB in that process)."""
     if len(a) < 2 or len(b) < 2:
         return np.empty((0, 2), np.int64)
-    ta = torch.from_numpy(a.astype(np.float32))
-    tb = torch.from_numpy(b.astype(np.float32))
-    _, idx = match_smnn(ta, tb, threshold)
-    return idx.numpy().astype(np.int64).reshape(-1, 2)
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    squared = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * (x @ y.T)
+    dist = np.sqrt(np.maximum(squared, 0.0))
+
+    def nearest(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's nearest column, and whether it passes the ratio test."""
+        two = np.argpartition(d, 1, axis=1)[:, :2]
+        pair = np.take_along_axis(d, two, axis=1)
+        order = np.argsort(pair, axis=1, kind="stable")
+        first = np.take_along_axis(two, order, axis=1)[:, 0]
+        low, high = np.sort(pair, axis=1).T
+        with np.errstate(divide="ignore", invalid="ignore"):
+            passed = low / high <= threshold  # 0/0 is NaN: no match, as in kornia
+        return first, passed
+
+    to_b, ok_a = nearest(dist)
+    to_a, ok_b = nearest(dist.T)
+    i = np.flatnonzero(ok_a)
+    j = to_b[i]
+    mutual = ok_b[j] & (to_a[j] == i)
+    return np.stack([i[mutual], j[mutual]], axis=1).astype(np.int64)
 
 
 def _inliers(src: np.ndarray, dst: np.ndarray) -> int:

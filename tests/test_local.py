@@ -247,3 +247,28 @@ def test_hardnet8_descriptors(photos: dict[str, bytes], tmp_path: Path) -> None:
     idx.add(list(range(len(feats))), feats)
     (query,) = hardnet.extract_bytes([blobs[2]], query=True)
     assert idx.search(query, k=1)[0][0] == 2
+
+
+def test_mutual_matching_is_kornias_match_smnn() -> None:
+    """The index actor's NumPy mutual nearest-neighbour matching (no torch in that process)
+    pairs exactly what kornia's ``match_smnn`` pairs, near copies and strangers mixed."""
+    import torch
+    from kornia.feature import match_smnn
+
+    from index_actors.keypoints import _mutual_matches
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n, m = (int(v) for v in rng.integers(2, 200, 2))
+        a = rng.integers(0, 256, (n, 128)).astype(np.uint8)
+        near = (a[: m // 2] + rng.integers(0, 3, (min(m // 2, n), 128))).astype(np.uint8)
+        b = np.concatenate([near, rng.integers(0, 256, (m - len(near), 128)).astype(np.uint8)])
+        threshold = float(rng.uniform(0.6, 0.99))
+        _, want = match_smnn(
+            torch.from_numpy(a.astype(np.float32)),
+            torch.from_numpy(b.astype(np.float32)),
+            threshold,
+        )
+        got = _mutual_matches(a, b, threshold)
+        assert np.array_equal(got, want.numpy().reshape(-1, 2)), threshold
+        assert len(got) or not len(near)
