@@ -373,6 +373,7 @@ def ingest(
         # One progress bar, of images written; Ray Data's per-operator bars (or, off a
         # terminal, its progress log lines every few seconds) would interleave with it.
         ds.context.enable_progress_bars = False
+        ds.context.print_on_execution_start = False  # its plan and settings, for debugging
         with tqdm(total=len(pending), unit="img", desc="ingest", disable=not progress) as bar:
             for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
                 names = [by_path[str(p)] for p in batch["path"]]

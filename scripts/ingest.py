@@ -83,7 +83,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ingest: {ns.config}: {exc}", file=sys.stderr)
         return 2
     try:
-        ray.init(address=ns.address, namespace="serve", logging_level=logging.WARNING)
+        # A person reads this output: the progress bar, the summary and real errors. The
+        # workers' own logs stay in Ray's log files (/tmp/ray/session_latest/logs).
+        ray.init(
+            address=ns.address,
+            namespace="serve",
+            logging_level=logging.ERROR,
+            log_to_driver=False,
+        )
+        for noisy in ("ray", "ray.data"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
     except ConnectionError as exc:  # no cluster at that address: the app is not running
         print(f"ingest: {exc} (start the app first: make serve)", file=sys.stderr)
         return 2
