@@ -419,6 +419,38 @@ def _by_id(
     return a[order], b[order], dist[order]
 
 
+#: Up to this many hashes, "auto" compares all pairs in NumPy: no compiled kernel, so a
+#: small gallery's first grouping does not wait seconds for numba to compile them.
+NUMPY_MAX = 2048
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+
+def _numpy_pairs(
+    ids: np.ndarray, hashes: np.ndarray, mirrors: np.ndarray, has_m: np.ndarray, threshold: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs within the threshold, in NumPy, blocks of 256 rows against all rows;
+    distances as ``_distance`` takes them (the mirrored ones only where there is one)."""
+    n, far = len(hashes), np.int32(HASH_BITS + 1)
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for start in range(0, n, 256):
+        q = slice(start, min(n, start + 256))
+
+        def bits(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+            return _POPCOUNT[x[:, None, :] ^ y[None, :, :]].sum(-1, dtype=np.int32)
+
+        dist = bits(hashes[q], hashes)
+        if has_m.any():
+            to_mirror = np.where(has_m[None, :], bits(hashes[q], mirrors), far)
+            from_mirror = np.where(has_m[q, None], bits(mirrors[q], hashes), far)
+            dist = np.minimum(dist, np.minimum(to_mirror, from_mirror))
+        rows, cols = np.nonzero(dist <= threshold)
+        later = cols > rows + start  # each pair once, no image with itself
+        rows, cols = rows[later], cols[later]
+        found.append((rows + start, cols, dist[rows, cols]))
+    a, b, d = (np.concatenate([f[k] for f in found]) for k in range(3))
+    return _by_id(ids, a.astype(np.int64), b.astype(np.int64), d.astype(np.int32))
+
+
 def binary_pairs(
     ids: np.ndarray,
     hashes: np.ndarray,
@@ -449,6 +481,8 @@ def binary_pairs(
         rows = [np.arange(w, n, workers, dtype=np.int64) for w in range(workers)]
         return _concat(ids, _parallel(lambda q: _brute(q, hw, mw, has_m, threshold), rows))
 
+    if method == "auto" and n <= NUMPY_MAX:
+        return _numpy_pairs(ids, hashes, mirrors, has_m, threshold)
     if method == "brute" or n < 2 or (method == "auto" and n < SMALL):
         return brute()
     plan = plan_for(n, threshold, bool(has_m.any()), _balance(hashes), force=method == "index")

@@ -315,7 +315,8 @@ def test_keyboard_reaches_a_result_and_opens_it(tab: Tab) -> None:
 
 
 def test_thumbnails_load_in_fixed_boxes(tab: Tab) -> None:
-    """Waits for the lead's thumbnail feature and route (GET /images/{id}/thumbnail)."""
+    """Result cards show the stored thumbnails (GET /images/{id}/thumbnail) in boxes of a
+    fixed size, so nothing moves while they load."""
     health = httpx.get(f"{tab.url}/health").json()
     assert "thumbnail" in health["extractors"], "the app has no thumbnail feature yet"
     tab.go("#/?q=bridge")
@@ -355,13 +356,14 @@ def test_without_the_thumbnail_feature_file_names_stand_in(tab: Tab) -> None:
 
 
 def test_duplicates_found_and_one_deleted(tab: Tab) -> None:
-    """Waits for the lead's GET /duplicates."""
+    """A smaller, mirrored copy is grouped with its original; deleting it from the group,
+    after the confirmation, removes it and keeps the original."""
     copy = reencode((PHOTOS / WINE).read_bytes(), scale=0.6, quality=70, mirror=True)
     add_files(tab, [{"name": "wine-copy.jpg", "mimeType": "image/jpeg", "buffer": copy}])
     copy_id = httpx.get(f"{tab.url}/images", params={"file_name": "wine-copy.jpg"}).json()
     tab.go("#/duplicates")
     group = tab.page.locator(".group").filter(has_text="wine-copy.jpg")
-    expect(group).to_contain_text(WINE)
+    expect(group).to_contain_text(WINE, timeout=WAIT_MS)  # a grouping may take seconds
     tab.shot("duplicates-desktop")
     # Keep the original, delete the copy: tick the copy off, the original on.
     group.locator("li").filter(has_text=WINE).get_by_label("Keep").check()
@@ -381,7 +383,8 @@ def test_a_bad_threshold_shows_the_api_message_beside_it(tab: Tab) -> None:
     assert expected.status_code == 422
     tab.go("#/duplicates")
     threshold = tab.page.get_by_label("Threshold")
-    expect(threshold).not_to_have_value("")  # the app's default, as the answer says
+    # The app's default, as the answer says (once the grouping answered).
+    expect(threshold).not_to_have_value("", timeout=WAIT_MS)
     threshold.fill("5000")
     tab.page.get_by_role("button", name="Find duplicates").click()
     expect(tab.page.locator('[data-error="threshold"]')).to_have_text(expected.json()["detail"])

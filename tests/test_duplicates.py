@@ -104,6 +104,19 @@ def test_binary_pairs_equal_brute_force(
         assert got[0].dtype == np.int64 and got[2].dtype == np.int32
 
 
+@pytest.mark.parametrize("threshold", [0, 16, 64, 128])
+def test_small_sets_pair_in_numpy_as_brute_force(threshold: int) -> None:
+    """Up to NUMPY_MAX hashes "auto" compares in NumPy (no kernel to compile first)."""
+    from index_actors.duplicates import NUMPY_MAX
+
+    ids, hashes, mirrors, has_mirror = planted(600, seed=3)
+    want = expected(ids, brute_distances(hashes, mirrors, has_mirror), threshold)
+    assert NUMPY_MAX >= 600 and (threshold < 16 or len(want[0]) > 5)
+    assert_same(binary_pairs(ids, hashes, threshold, mirrors, has_mirror), want)
+    no_mirrors = expected(ids, brute_distances(hashes, None, None), threshold)
+    assert_same(binary_pairs(ids, hashes, threshold), no_mirrors)
+
+
 @pytest.mark.parametrize("threshold", [0, 32, 64])
 def test_binary_pairs_without_mirrors(threshold: int) -> None:
     ids, hashes, _, _ = planted(SMALL + 100, seed=1)
