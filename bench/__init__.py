@@ -8,9 +8,15 @@ order they run:
 - phash:  images/s of ``PHash`` against ``imagehash.phash`` on real photos, one core.
 - search: phash search latency through the index actor against raw FAISS, at ``--n-hashes``.
 - http:   ``POST /search/image`` on the deployed app against the same work in-process.
+- latency: ``POST /search/image`` with whole 1600-px photos as queries over
+          ``--latency-images`` stored images on the deployed default visual features, each
+          alone and fused (p50, p95, the first request), against the same work in process;
+          and the in-process time stage by stage (bench/latency.py).
 - memory: PSS (and RSS) of every process of an idle ``serve run configs/serve.yaml``: the
           default config as users run it, dashboard on (bench/memory.py).
-- ingest: Ray Data ingest (``deployments/ingest.py``) against a joblib loop over the same files.
+- ingest: the default app (``serve run configs/serve.yaml``) taking 1600-px photos in over
+          HTTP and by ``make ingest`` (Ray Data, start-up included), against the in-process
+          cost of the same extractors on the same files and cores (bench/ingest.py).
 - models: images/s of the global-features network at batch 1 and at larger batches, beside
           phash and colour (in-process, all cores, decoding included).
 - vectors: search at ``--n-vectors`` synthetic 1280-d embeddings: exact Flat against a
@@ -57,6 +63,7 @@ SECTIONS = (
     "search",
     "shards",
     "http",
+    "latency",
     "memory",
     "ingest",
     "models",

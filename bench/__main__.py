@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import tempfile
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from bench.duplicates import bench_duplicates
 from bench.footprint import bench_footprint
 from bench.http import bench_http
 from bench.ingest import bench_ingest
+from bench.latency import bench_latency
 from bench.memory import bench_memory
 from bench.models import bench_models
 from bench.ocr import bench_ocr
@@ -46,21 +46,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", default=",".join(SECTIONS), help="comma list of " + ",".join(SECTIONS))
     p.add_argument("--n-hashes", type=int, default=1_000_000, help="stored hashes for search")
     p.add_argument("--n-http", type=int, default=10_000, help="stored images for http")
-    p.add_argument("--n-ingest", type=int, default=1200, help="files for ingest")
+    p.add_argument("--ingest-sizes", default="40,120", help="comma list of file counts for ingest")
     p.add_argument("--repeat", type=int, default=5, help="best-of-N rounds for phash")
     p.add_argument("--searches", type=int, default=200, help="timed index searches")
     p.add_argument("--http-searches", type=int, default=100, help="timed HTTP searches")
-    # Actors per feature: 1 gives a phash and a colour actor, two processes as joblib's two.
     p.add_argument(
-        "--pool-size",
-        type=int,
-        default=os.cpu_count() or 1,
-        help="Ray Data extractor actors (default: one per core, as joblib's n_jobs=2 on 2)",
+        "--latency-images", type=int, default=420, help="stored images for latency (>= 400)"
+    )
+    p.add_argument(
+        "--latency-searches", type=int, default=45, help="timed searches per source, latency"
     )
     p.add_argument(
         "--features",
         default="phash,color",
-        help="features of the deployed app (http, ingest), as in configs/serve.yaml",
+        help="features of the deployed app (http), as in configs/serve.yaml",
     )
     p.add_argument("--idle-s", type=float, default=10.0, help="idle time before memory")
     p.add_argument("--no-dashboard", action="store_true", help="start Ray without dashboard")
@@ -132,7 +131,10 @@ def main(argv: list[str] | None = None) -> None:
             rows += bench_vectors(opts.n_vectors, opts.factory, settings, tmp)
         if "memory" in opts.only:  # its own Ray session: `serve run` of the default config
             rows += bench_memory(photos, opts.idle_s)
-        if opts.only & {"search", "shards", "http", "ingest"}:
+        if "ingest" in opts.only:  # its own Ray session too
+            sizes = [int(n) for n in opts.ingest_sizes.split(",")]
+            rows += bench_ingest(photos, sizes, tmp)
+        if opts.only & {"search", "shards", "latency", "http"}:
             isolate_ports()
             ray.init(
                 num_cpus=4,
@@ -148,14 +150,13 @@ def main(argv: list[str] | None = None) -> None:
                     rows += bench_shards(
                         opts.n_hashes, opts.shard_vectors, opts.searches, tmp / "shards"
                     )
-                if opts.only & {"http", "ingest"}:
+                if "latency" in opts.only:  # its own app, deleted after it
+                    rows += bench_latency(photos, opts.latency_images, opts.latency_searches, tmp)
+                if "http" in opts.only:
                     args, url = deploy(tmp, opts.features.split(","))
-                    if "http" in opts.only:
-                        rows += bench_http(args, url, photos, opts.n_http, opts.http_searches, tmp)
-                    if "ingest" in opts.only:
-                        rows += bench_ingest(args, photos, opts.n_ingest, opts.pool_size, tmp)
+                    rows += bench_http(args, url, photos, opts.n_http, opts.http_searches, tmp)
             finally:
-                if opts.only & {"http", "ingest"}:
+                if opts.only & {"latency", "http"}:
                     serve.shutdown()
                 ray.shutdown()  # the cluster is ours: this also ends the detached actors
     print()

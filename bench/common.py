@@ -154,6 +154,10 @@ def isolate_ports() -> None:
         os.environ.setdefault(var, str(free_port()))
 
 
+#: The port of the Serve this process started (``deploy``).
+_serve_port: int | None = None
+
+
 def deploy(tmp: Path, feature_names: list[str]) -> tuple[AppArgs, str]:
     """Start Serve and deploy the real app on a fresh data dir; returns its args and URL."""
     # Here, not at the top: the tests import this module for its text helpers.
@@ -161,9 +165,12 @@ def deploy(tmp: Path, feature_names: list[str]) -> tuple[AppArgs, str]:
 
     from graph import build_app
 
-    port = free_port()
-    # Serve must know its port before the first serve.run.
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    global _serve_port
+    if _serve_port is None:  # a second app (another section) shares the running Serve
+        _serve_port = free_port()
+        # Serve must know its port before the first serve.run.
+        serve.start(http_options={"host": "127.0.0.1", "port": _serve_port})
+    port = _serve_port
     shipped = load_app_args(ROOT / "configs" / "serve.yaml", "imgsearch").features
     args = AppArgs(
         name=f"bench{uuid.uuid4().hex[:8]}",

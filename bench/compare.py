@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LIGHT: dict[str, list[str]] = {
     "http": ["--n-http", "2000", "--http-searches", "60"],
     "search": ["--n-hashes", "200000", "--searches", "100"],
-    "ingest": ["--n-ingest", "300"],
+    "ingest": ["--ingest-sizes", "40"],
     "memory": ["--idle-s", "10"],
     "phash": ["--repeat", "3"],
     "vectors": ["--n-vectors", "100000"],

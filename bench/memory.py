@@ -6,22 +6,15 @@ process), summed over every process of that Ray session, by process kind."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
-import yaml
 
-from bench.common import ROOT, GiB, Row, free_port, isolate_ports, row
-
-#: How long the default app may take to answer /health from a cold start.
-START_S = 600.0
+from bench.common import GiB, Row, row
+from bench.served import serve_default
 
 
 def _process_kind(cmd: list[str], name: str) -> str:
@@ -57,75 +50,23 @@ def measure(root: int) -> tuple[int, Counter[str], Counter[str]]:
     return len(procs), pss, rss
 
 
-def default_config(tmp: Path, port: int) -> Path:
-    """``configs/serve.yaml`` with its data directory under ``tmp`` and its port ``port``."""
-    cfg = yaml.safe_load((ROOT / "configs" / "serve.yaml").read_text())
-    cfg["http_options"]["port"] = port
-    for app in cfg["applications"]:
-        app["args"]["data_dir"] = str(tmp / "data")
-    path = tmp / "serve.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
 def bench_memory(photos: dict[str, bytes], idle_s: float) -> list[Row]:
     """PSS and RSS of every process of an idle ``serve run configs/serve.yaml``, when it
     is ready and again after a first add and searches."""
-    import psutil
-
-    isolate_ports()
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        config = default_config(Path(tmp), port)
-        env = {**os.environ, "RAY_DASHBOARD_PORT": str(free_port())}
-        # Its own Ray session (ray.init in `serve run`), dashboard on, as `make serve`.
-        cmd = [sys.executable, "-m", "ray.serve.scripts", "run", str(config)]
-        serve_bin = Path(sys.executable).with_name("serve")
-        if serve_bin.exists():
-            cmd = [str(serve_bin), "run", str(config)]
-        log = open(Path(tmp) / "serve.log", "w")  # noqa: SIM115 - closed below
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        started = time.perf_counter()
-        try:
-            while time.perf_counter() - started < START_S:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"serve run exited: {Path(log.name).read_text()[-2000:]}")
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(2)
-            else:
-                raise RuntimeError("the default app did not answer /health in time")
-            ready = time.perf_counter() - started
-            time.sleep(idle_s)
-            count, pss, rss = measure(proc.pid)
-            health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).json()
-            # Then as after a first use: one add (every feature) and the searches, which
-            # load what idle processes have not (OpenCV, numba, Tesseract's wrapper).
-            photo = next(iter(photos.values()))
-            url = f"http://127.0.0.1:{port}"
-            with httpx.Client(base_url=url, timeout=300) as client:
-                client.post("/images", files={"image": ("first.jpg", photo)}).raise_for_status()
-                client.post("/search/image", files={"image": ("q.jpg", photo)}).raise_for_status()
-                client.get("/search/text", params={"q": "bridge"}).raise_for_status()
-            time.sleep(idle_s)
-            _, used, _ = measure(proc.pid)
-        finally:
-            # The whole session: serve run, and the Ray processes it started.
-            kids = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-            for kid in kids:
-                if kid.is_running():
-                    kid.kill()
-            log.close()
+    with tempfile.TemporaryDirectory() as tmp, serve_default(Path(tmp)) as app:
+        ready = app.ready_s
+        time.sleep(idle_s)
+        count, pss, rss = measure(app.proc.pid)
+        health = httpx.get(f"{app.url}/health", timeout=30).json()
+        # Then as after a first use: one add (every feature) and the searches, which
+        # load what idle processes have not (OpenCV, numba, Tesseract's wrapper).
+        photo = next(iter(photos.values()))
+        with httpx.Client(base_url=app.url, timeout=300) as client:
+            client.post("/images", files={"image": ("first.jpg", photo)}).raise_for_status()
+            client.post("/search/image", files={"image": ("q.jpg", photo)}).raise_for_status()
+            client.get("/search/text", params={"q": "bridge"}).raise_for_status()
+        time.sleep(idle_s)
+        _, used, _ = measure(app.proc.pid)
     total_pss, total_rss = sum(pss.values()) / GiB, sum(rss.values()) / GiB
     unavailable = [n for n, e in health["extractors"].items() if not e.get("available")]
     print(

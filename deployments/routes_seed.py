@@ -184,10 +184,9 @@ async def unified(eng: Engine, data: bytes) -> dict[str, Any]:
     services found, scored by the sum of 1/rank over them, highest first (absent when
     empty). The weighted fusion is the native ``/search/image``'s."""
     names = [n for n in eng.visual if n in SEED_NAMES]
-    queries = await eng.queries(data, names)
     thresholds = {"phash": kind_of("phash").seed_threshold(GATEWAY_DUPLICATE)}
     options = {n: seed_options(eng, n, GATEWAY_LOCAL) for n in names if n == "local"}
-    lists = await eng.search(queries, GATEWAY_K, thresholds, options)
+    lists = await eng.extract_and_search(data, names, GATEWAY_K, thresholds, options)
     names_of = await eng.client.names(sorted({i for hits in lists.values() for i, _ in hits}))
     listed = {n: await eng.listing(hits, names_of) for n, hits in lists.items()}
     out: dict[str, Any] = {

@@ -122,6 +122,13 @@ class Searches:
         results = await asyncio.gather(
             *(self.extractors[n].extract(data, query) for n in names), return_exceptions=True
         )
+        return self.computed(names, results)
+
+    @staticmethod
+    def computed(
+        names: list[str], results: list[Any]
+    ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """``extract``'s answer from each extractor's result or exception."""
         feats: dict[str, np.ndarray] = {}
         failed: dict[str, str] = {}
         for name, result in zip(names, results, strict=True):
@@ -206,10 +213,51 @@ class Searches:
             if duplicate_threshold is None
             else duplicate_threshold
         )
-        queries = await self.queries(data, names)
         k_each = kk if duplicates_only else max(kk, self.args.fusion.candidates)
         thresholds = {"phash": dup} if duplicates_only else {}
-        return await self.fused(await self.search(queries, k_each, thresholds, options), kk, dup)
+        lists = await self.extract_and_search(await read(data), names, k_each, thresholds, options)
+        return await self.fused(lists, kk, dup)
+
+    async def extract_and_search(
+        self,
+        data: bytes,
+        names: list[str],
+        k: int | None,
+        thresholds: Mapping[str, float | None],
+        options: Mapping[str, dict[str, Any]],
+    ) -> dict[str, list[Hit]]:
+        """``queries`` then ``search``, with each feature's index searched as soon as its
+        own query feature is ready: the fast sources' searches overlap the slow extractors
+        (local features, networks). The answer, and the error when there is one, are those
+        of the two steps in turn: a bad image, then no feature computed, then nothing to
+        match, then a failed search (the first in ``names`` order)."""
+
+        async def one(name: str) -> tuple[Any, Any]:
+            try:
+                query = await self.extractors[name].extract(data, True)
+            except Exception as exc:
+                return exc, None
+            if isinstance(query, InvalidImage) or kind_of(name).is_empty(query):
+                return query, None
+            try:
+                hits = await self.client.search(
+                    name, query, k, thresholds.get(name), **options.get(name, {})
+                )
+            except Exception as exc:
+                return query, exc
+            return query, hits
+
+        results = dict(zip(names, await asyncio.gather(*(one(n) for n in names)), strict=True))
+        queries, failed = self.computed(names, [q for q, _ in results.values()])
+        if not queries:
+            raise Unavailable(f"no feature could be computed: {failed}")
+        lists: dict[str, list[Hit]] = {}
+        for name in self.searchable(queries):
+            hits = results[name][1]
+            if isinstance(hits, BaseException):
+                raise hits
+            lists[name] = hits
+        return lists
 
     async def similar(
         self,

@@ -8,6 +8,7 @@ One image's feature is a variable-length uint8 array (see ``pack``): a count, th
 
 from __future__ import annotations
 
+import io
 import threading
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from extractors.base import Extractor, Kind, WeightsUnavailable
+from extractors.images import InvalidImage, decode
 from extractors.keypoint_pack import DESC, HEADER, keypoint_count, pack, unpack
 from extractors.weights import FETCH, existing_file, offline, read_state_dict
 
@@ -39,6 +41,21 @@ HARDNET_REPO, HARDNET_FILE = "kornia/hardnet", "hardnet8v2.pt"
 #: Patch half-size per SIFT keypoint size, as kornia-moons converts OpenCV keypoints.
 MR_SIZE = 6.0
 DESCRIPTORS = ("rootsift", "hardnet8")
+#: Strongest SIFT extrema a query's keypoints are chosen from (the seed's rule chose the
+#: same 200 from the top 1,500 on 8 of 8 photos at 800 x 600, and 7 of 8 from the top 1,000).
+QUERY_EXTREMA = 2000
+#: A SIFT keypoint at x in an image w pixels wide is at w - MIRROR_X - x in its mirror
+#: (OpenCV's upscaled first octave shifts keypoints by a quarter pixel; measured).
+MIRROR_X = 0.5
+#: Where a SIFT descriptor's bin (row, column, orientation) of a 4 x 4 x 8 grid goes in the
+#: mirrored image's descriptor of the mirrored keypoint: the rows flip (the patch is seen
+#: in the keypoint's frame, whose axis the mirror reverses) and orientations run backwards.
+MIRRORED_BINS = np.arange(DESC).reshape(4, 4, 8)[::-1][:, :, (-np.arange(8)) % 8].ravel().copy()
+
+
+def mirrored_descriptors(desc: np.ndarray) -> np.ndarray:
+    """SIFT (or RootSIFT) descriptors of the mirrored keypoints in the mirrored image."""
+    return np.ascontiguousarray(desc[:, MIRRORED_BINS])
 
 
 class LocalFeatures(Extractor):
@@ -49,7 +66,15 @@ class LocalFeatures(Extractor):
     first. Unlike the seed, ``radius`` (50 px) is for a 3000 px image and scales with the
     longer side: a fixed 50 px left a 324 x 223 crop 62 keypoints and no match in its scene
     (``pairs/box.png``), 10 px found it. ``query_variants`` adds the mirrored image unless
-    ``mirror`` is off (it doubles a query's extraction and search time).
+    ``mirror`` is off (it doubles a query's search time; with RootSIFT its keypoints and
+    descriptors come from the image's own, mirrored, without a second SIFT pass).
+
+    A query is read at ``query_max_area`` pixels at most (None, the default: ``max_area``,
+    as stored images). A bound trades ranking for time: a 1600 x 1067 photo read at
+    800 x 533 costs half the SIFT time, and crops are found as before, but the photo's
+    own stored copy has ~60 % of its keypoints in SIFT's finest octave, which the smaller
+    query cannot see: it then ranks first for 7 of 14 photos instead of 14 (measured:
+    docs/architecture.md, "Measured numbers").
 
     ``descriptor``: ``rootsift`` (default, no weights) or ``hardnet8``, whose weights come
     from ``weights`` (a file) or the Hugging Face cache (``scripts/fetch_models.py local``).
@@ -75,6 +100,7 @@ class LocalFeatures(Extractor):
         descriptor: str = "rootsift",
         weights: str | None = None,
         mirror: bool = True,
+        query_max_area: int | None = None,
         max_pixels: int = 100_000_000,
     ) -> None:
         super().__init__(max_pixels=max_pixels)
@@ -90,10 +116,14 @@ class LocalFeatures(Extractor):
         self.radius = radius
         self.max_neighbours = max_neighbours
         self.max_area = max_area
+        self.query_max_area = query_max_area
         # contrastThreshold -1: every extremum is a candidate; the selection picks.
         import cv2  # here, not at the top: processes that only read the kind stay small
 
         self.sift = cv2.SIFT_create(contrastThreshold=-1)  # type: ignore[attr-defined]
+        self.query_sift = cv2.SIFT_create(  # type: ignore[attr-defined]
+            nfeatures=QUERY_EXTREMA, contrastThreshold=-1
+        )
 
     def load(self) -> None:
         """Load HardNet8 when it is the descriptor (``WeightsUnavailable`` naming the fix)."""
@@ -127,23 +157,29 @@ class LocalFeatures(Extractor):
                 f"({type(exc).__name__}); fetch it with {FETCH.format(feature='local')}"
             ) from None
 
-    def _prepared(self, img: Image.Image) -> np.ndarray:
+    @property
+    def _query_area(self) -> int:
+        return min(self.max_area, self.query_max_area or self.max_area)
+
+    def _prepared(self, img: Image.Image, max_area: int | None = None) -> np.ndarray:
         w, h = img.size
-        if w * h > self.max_area:
-            k = (w * h / self.max_area) ** 0.5
+        area = max_area or self.max_area
+        if w * h > area:
+            k = (w * h / area) ** 0.5
             img = img.resize((round(w / k), round(h / k)), Image.Resampling.LANCZOS)
         return np.asarray(img, dtype=np.uint8)
 
-    def features(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(keypoints n x 2, RootSIFT descriptors n x 128 uint8) of a grey image array."""
+    def _detected(self, gray: np.ndarray) -> tuple[list[Any], np.ndarray]:
+        """Every SIFT extremum by falling response, and their (x, y) as float64."""
         found = sorted(self.sift.detect(gray, None), key=lambda kp: -kp.response)
-        if not found:
-            return np.empty((0, 2), np.float32), np.empty((0, DESC), np.uint8)
-        xy = np.array([kp.pt for kp in found], dtype=np.float64)
-        h, w = gray.shape
+        return found, np.array([kp.pt for kp in found], dtype=np.float64).reshape(-1, 2)
+
+    def _chosen(self, xy: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """Indices (into ``xy``, in its order) of the keypoints the seed's rule keeps."""
         from extractors.keypoint_select import select
 
-        keep = select(
+        h, w = shape[:2]
+        return select(
             xy[:, 0],
             xy[:, 1],
             float(w),
@@ -153,15 +189,57 @@ class LocalFeatures(Extractor):
             self.radius * max(h, w) / 3000,
             self.max_neighbours,
         )
-        kps = [found[i] for i in keep]
-        if self.descriptor == "hardnet8":
-            return np.array([kp.pt for kp in kps], np.float32), self._hardnet8(gray, kps)
+
+    def _rootsift(self, gray: np.ndarray, kps: list[Any]) -> tuple[list[Any], np.ndarray]:
+        """The keypoints SIFT described and their RootSIFT descriptors as bytes."""
         kps, desc = self.sift.compute(gray, kps)
         if desc is None or not len(kps):
-            return np.empty((0, 2), np.float32), np.empty((0, DESC), np.uint8)
+            return [], np.empty((0, DESC), np.uint8)
         root = np.sqrt(desc / (desc.sum(axis=1, keepdims=True) + 1e-7))
+        return list(kps), np.clip(np.rint(root * SCALE), 0, 255).astype(np.uint8)
+
+    def features(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(keypoints n x 2, RootSIFT descriptors n x 128 uint8) of a grey image array."""
+        found, xy = self._detected(gray)
+        if not found:
+            return np.empty((0, 2), np.float32), np.empty((0, DESC), np.uint8)
+        kps = [found[i] for i in self._chosen(xy, gray.shape)]
+        if self.descriptor == "hardnet8":
+            return np.array([kp.pt for kp in kps], np.float32), self._hardnet8(gray, kps)
+        kps, desc = self._rootsift(gray, kps)
+        return np.array([kp.pt for kp in kps], np.float32).reshape(-1, 2), desc
+
+    def query_features(self, gray: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(keypoints, RootSIFT descriptors) of the image and, with ``mirror``, of its
+        mirror, from one SIFT pass over the ``QUERY_EXTREMA`` strongest extrema.
+
+        ``features`` detects every extremum, chooses, then describes the chosen ones in a
+        second pass (OpenCV rebuilds the pyramid for it); a query detects and describes in
+        one pass. The seed's rule chooses among the strongest extrema, which holds the
+        choice from all of them unless the rule runs out of them (a flat quadrant: it then
+        keeps fewer). The mirror's extrema are the image's, mirrored, with the same
+        responses; the rule chooses among them in mirrored coordinates, and each chosen
+        keypoint's descriptor is its own with the bins mirrored (``mirrored_descriptors``).
+        Against a second pass over the mirrored pixels, ~92 % of the keypoints come out
+        identical and the rest differ by their sub-pixel refinement.
+        """
+        found, desc = self.query_sift.detectAndCompute(gray, None)
+        if desc is None or not found:
+            empty = (np.empty((0, 2), np.float32), np.empty((0, DESC), np.uint8))
+            return [empty, empty] if self.mirror else [empty]
+        order = np.argsort([-kp.response for kp in found], kind="stable")
+        xy = np.array([found[i].pt for i in order], np.float64).reshape(-1, 2)
+        raw = desc[order]
+        root = np.sqrt(raw / (raw.sum(axis=1, keepdims=True) + 1e-7))
         quantised = np.clip(np.rint(root * SCALE), 0, 255).astype(np.uint8)
-        return np.array([kp.pt for kp in kps], np.float32), quantised
+        keep = self._chosen(xy, gray.shape)
+        out = [(xy[keep].astype(np.float32), quantised[keep])]
+        if self.mirror:
+            flipped = xy.copy()
+            flipped[:, 0] = gray.shape[1] - MIRROR_X - xy[:, 0]
+            keep = self._chosen(flipped, gray.shape)
+            out.append((flipped[keep].astype(np.float32), mirrored_descriptors(quantised[keep])))
+        return out
 
     def _hardnet8(self, gray: np.ndarray, kps: list[Any]) -> np.ndarray:
         """HardNet8 descriptors (as bytes) of 32 x 32 patches at the keypoints' scale and angle."""
@@ -185,14 +263,48 @@ class LocalFeatures(Extractor):
         return [pack(*self.features(self._prepared(img))) for img in images]
 
     def query_variants(self, images: list[Image.Image]) -> list[np.ndarray]:
-        """The image and (with ``mirror``) its mirror, zero-padded to one width (``unpack``
-        reads the count)."""
+        """The image and (with ``mirror``) its mirror, at ``query_max_area`` pixels at most,
+        zero-padded to one width (``unpack`` reads the count)."""
         out = []
         for img in images:
-            gray = self._prepared(img)
-            rows = [pack(*self.features(gray))]
-            if self.mirror:
-                rows.append(pack(*self.features(np.ascontiguousarray(gray[:, ::-1]))))
+            gray = self._prepared(img, self._query_area)
+            if self.descriptor == "hardnet8" and not self.mirror:
+                rows = [pack(*self.features(gray))]
+            elif self.descriptor == "hardnet8":  # a learnt descriptor: no mirrored bins
+                mirrored = np.ascontiguousarray(gray[:, ::-1])
+                rows = [pack(*self.features(gray)), pack(*self.features(mirrored))]
+            else:
+                rows = [pack(*variant) for variant in self.query_features(gray)]
             width = max(len(r) for r in rows)
             out.append(np.stack([np.pad(r, (0, width - len(r))) for r in rows]))
         return out
+
+    def extract_bytes(
+        self, blobs: list[bytes], query: bool = False
+    ) -> list[np.ndarray | InvalidImage]:
+        """As ``Extractor.extract_bytes``; a query over ``query_max_area`` pixels is decoded
+        as its luminance alone, in JPEG draft mode down to that size where it can be."""
+        if not query:
+            return super().extract_bytes(blobs, query)
+        return [self._query(data) for data in blobs]
+
+    def _query(self, data: bytes) -> np.ndarray | InvalidImage:
+        try:
+            img = self._query_image(data)
+        except InvalidImage as exc:
+            return exc
+        return self._compute([img], self.query_variants)[0]
+
+    def _query_image(self, data: bytes) -> Image.Image:
+        """A query upload decoded for ``query_variants``."""
+        try:
+            with Image.open(io.BytesIO(data)) as probe:
+                w, h = probe.size
+        except Exception:  # decode says what is wrong with it
+            w = h = 0
+        area = self._query_area
+        if w * h <= area:  # as stored images are decoded
+            return self.decode(data)
+        # Both sides stay at least the downscaled ones: the rest is a LANCZOS resize.
+        side = max(1, int(min(w, h) * (area / (w * h)) ** 0.5))
+        return decode(data, mode=self.decode_mode, size=side, max_pixels=self.max_pixels)

@@ -12,6 +12,15 @@ from extractors.global_features import GlobalFeatures
 from extractors.textdoc import encode_doc
 
 
+def imagenet_labels() -> list[str]:
+    """ImageNet's class names as tags: each class's common name ("tiger shark, Galeocerdo
+    cuvieri" -> "tiger shark"), in class order."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i).split(",")[0].strip() for i in range(info.num_classes())]
+
+
 class ImageNetTagger(TextExtractor, GlobalFeatures):
     """Tags from the ImageNet classifier of a global-features network (timm; the packaged
     EfficientNet-Lite0 by default): the readable class names whose probability is at least
@@ -70,11 +79,7 @@ class ImageNetTagger(TextExtractor, GlobalFeatures):
                     f"tags ({self.model_name}): the model has {classes} classes, not "
                     f"ImageNet's {info.num_classes()}: choose an ImageNet-1k model"
                 )
-            # "tiger shark, Galeocerdo cuvieri" -> "tiger shark": the common name.
-            self._labels = [
-                info.index_to_description(i).split(",")[0].strip()
-                for i in range(info.num_classes())
-            ]
+            self._labels = imagenet_labels()
 
     def analyze(self, images: list[Image.Image]) -> list[dict[str, Any]]:
         """Per image ``{"tags": [{"label", "score"}, ...]}``."""

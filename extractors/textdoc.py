@@ -4,9 +4,11 @@ text index, the ingress and the scripts all use it."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,10 @@ _WORD = re.compile(r"\w+")
 #: Words of a query at most: a search by a stored image's text (a page of OCR) uses its
 #: first ones; each word costs a pass over the vocabulary.
 MAX_QUERY_WORDS = 64
+
+#: The broader words of ImageNet's and Places365's labels (WordNet hypernyms: "daisy" ->
+#: "flower", "angiosperm", ..., "plant"), built by scripts/build_hypernyms.py.
+HYPERNYMS = Path(__file__).with_name("hypernyms.json")
 
 #: Longer "words" are OCR noise or pasted data, not words (and PostgreSQL's levenshtein
 #: takes at most 255 characters).
@@ -111,3 +117,24 @@ def merge_docs(docs: Iterable[dict[str, Any]]) -> dict[str, Any]:
 def doc_text(doc: dict[str, Any]) -> str:
     """The searchable text of a document: OCR text, caption and tag labels."""
     return " ".join([doc.get("text", ""), doc.get("caption", ""), *labels(doc)]).strip()
+
+
+@functools.cache
+def hypernyms() -> dict[str, list[str]]:
+    """The shipped table, read once: a label (lower case) -> its broader words, nearest
+    first; a label that is both an ImageNet class and a Places365 category gets both lists."""
+    table: dict[str, list[str]] = {}
+    for section in json.loads(HYPERNYMS.read_text()).values():
+        for label, broader in section.items():
+            table[label] = table.get(label, []) + broader
+    return table
+
+
+def broader_words(doc: dict[str, Any], own: Iterable[str] = ()) -> list[str]:
+    """The words of a document's tag labels' broader terms (``hypernyms``), less ``own``
+    (the document's own words, which match as they are) and less the words of one or two
+    letters, which join a term's words ("body of water", "child's room") and name nothing."""
+    table = hypernyms()
+    found = words(" ".join(w for label in labels(doc) for w in table.get(label.lower(), ())))
+    mine = set(own)
+    return [w for w in found if len(w) > 2 and w not in mine]

@@ -14,6 +14,9 @@ swaps it in; ``nprobe`` is live. Re-matching always uses the exact descriptors i
 
 from __future__ import annotations
 
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -251,24 +254,20 @@ class KeypointIndex(Trained):
         error (``_quantisation_error``).
         """
         rows = np.atleast_2d(np.asarray(queries, np.uint8))
+        variants = [v for v in (unpack(row) for row in rows) if len(v[1])]
         scores: dict[int, int] = {}
-        for row in rows:
-            points, desc = unpack(row)
-            if not len(desc):
-                continue
-            for image_id, score in self._score(
-                points,
-                desc,
-                k_clusters,
-                knn_min_matches,
-                matching_threshold,
-                candidates,
-                use_smnn_matching,
-                smnn_match_threshold,
-                use_ransac,
-                exclude,
-            ):
-                scores[image_id] = max(scores.get(image_id, 0), score)
+        for image_id, score in self._score(
+            variants,
+            k_clusters,
+            knn_min_matches,
+            matching_threshold,
+            candidates,
+            use_smnn_matching,
+            smnn_match_threshold,
+            use_ransac,
+            exclude,
+        ):
+            scores[image_id] = max(scores.get(image_id, 0), score)
         hits = sorted(
             ((i, 1.0 / (1 + s)) for i, s in scores.items() if s > 0), key=lambda h: (h[1], h[0])
         )
@@ -284,8 +283,7 @@ class KeypointIndex(Trained):
 
     def _score(
         self,
-        points: np.ndarray,
-        desc: np.ndarray,
+        variants: list[tuple[np.ndarray, np.ndarray]],
         k_clusters: int,
         knn_min_matches: int,
         matching_threshold: float,
@@ -295,38 +293,90 @@ class KeypointIndex(Trained):
         use_ransac: bool,
         exclude: int | None,
     ) -> list[tuple[int, int]]:
+        """(image, score) of each variant's candidates: its votes, or with ``use_smnn`` its
+        mutual matches (``use_ransac``: their homography's inliers).
+
+        The variants' descriptors are searched in one call, and the candidates are
+        verified on a few threads (NumPy's matrix product and OpenCV release the GIL).
+        """
+        if not variants:
+            return []
         with self._lock:
             if self.index.ntotal == 0:
                 return []
+            # Hundreds of query descriptors, which FAISS splits over OpenMP threads: every
+            # core, where Ray starts an actor that reserves no CPU with one
+            # (OMP_NUM_THREADS=1); set per call, as it is the calling thread's setting. Two
+            # cores halve the search (docs/architecture.md, "Measured numbers").
+            faiss.omp_set_num_threads(_cores())
             dists, labels = self.index.search(
-                desc.astype(np.float32), min(k_clusters, self.index.ntotal)
+                np.concatenate([d for _, d in variants]).astype(np.float32),
+                min(k_clusters, self.index.ntotal),
             )
             owners = self.ranges.lookup(labels.ravel()).reshape(labels.shape)
         close = (dists < matching_threshold**2 + self._slack) & (owners >= 0)
-        # One vote per query descriptor and image, however many of its neighbours agree.
-        voted = {(q, int(owners[q, j])) for q, j in zip(*np.nonzero(close), strict=True)}
-        votes: dict[int, int] = {}
-        for _, image_id in voted:
-            if image_id != exclude:
-                votes[image_id] = votes.get(image_id, 0) + 1
-        ranked = sorted(
-            ((i, v) for i, v in votes.items() if v >= knn_min_matches), key=lambda iv: -iv[1]
-        )[:candidates]
-        if not use_smnn:
-            return ranked
-        out = []
-        for image_id, _ in ranked:
-            raw = self.store.get(image_id)
-            if raw is None:
-                continue
-            their_points, their_desc = unpack(self._split(raw)[1])
+        out: list[tuple[int, int]] = []
+        checks: list[tuple[np.ndarray, np.ndarray, int]] = []
+        start = 0
+        for points, desc in variants:
+            rows = slice(start, start + len(desc))
+            start += len(desc)
+            ranked = _ranked(close[rows], owners[rows], knn_min_matches, candidates, exclude)
+            if use_smnn:
+                checks += [(points, desc, image_id) for image_id, _ in ranked]
+            else:
+                out += ranked
+        if not checks:
+            return out
+        ids = sorted({image_id for _, _, image_id in checks})
+        stored = {
+            i: unpack(self._split(raw)[1])
+            for i, raw in zip(ids, self.store.get_many(ids), strict=True)
+            if raw is not None
+        }
+
+        def verify(check: tuple[np.ndarray, np.ndarray, int]) -> tuple[int, int]:
+            points, desc, image_id = check
+            their_points, their_desc = stored[image_id]
             matches = _mutual_matches(desc, their_desc, smnn_threshold)
             if use_ransac:
-                score = _inliers(points[matches[:, 0]], their_points[matches[:, 1]])
-            else:
-                score = len(matches)
-            out.append((image_id, score))
-        return out
+                return image_id, _inliers(points[matches[:, 0]], their_points[matches[:, 1]])
+            return image_id, len(matches)
+
+        todo = [c for c in checks if c[2] in stored]
+        return out + list(_verifiers().map(verify, todo))
+
+
+def _ranked(
+    close: np.ndarray,
+    owners: np.ndarray,
+    knn_min_matches: int,
+    candidates: int,
+    exclude: int | None,
+) -> list[tuple[int, int]]:
+    """The ``candidates`` images with the most votes (at least ``knn_min_matches``), given
+    which of each query descriptor's neighbours are ``close`` and the images that own
+    them."""
+    # One vote per query descriptor and image, however many of its neighbours agree.
+    voted = {(q, int(owners[q, j])) for q, j in zip(*np.nonzero(close), strict=True)}
+    votes: dict[int, int] = {}
+    for _, image_id in voted:
+        if image_id != exclude:
+            votes[image_id] = votes.get(image_id, 0) + 1
+    return sorted(
+        ((i, v) for i, v in votes.items() if v >= knn_min_matches), key=lambda iv: -iv[1]
+    )[:candidates]
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@functools.cache
+def _verifiers() -> ThreadPoolExecutor:
+    """The threads that verify candidates, one per core, shared by the searches."""
+    return ThreadPoolExecutor(_cores(), thread_name_prefix="verify")
 
 
 def _template(blob: bytes | None) -> Any:
@@ -367,7 +417,7 @@ def _mutual_matches(a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarra
         return first, passed
 
     to_b, ok_a = nearest(dist)
-    to_a, ok_b = nearest(dist.T)
+    to_a, ok_b = nearest(np.ascontiguousarray(dist.T))  # a row-wise pass: ~2x faster
     i = np.flatnonzero(ok_a)
     j = to_b[i]
     mutual = ok_b[j] & (to_a[j] == i)

@@ -10,7 +10,10 @@ interface:
   misspellings among words of a close length, an index on the key the sound-alikes.
 
 Both score alike (``word_score``): per query word its best match in the image, averaged
-over the query words; the distance is 1 - that score.
+over the query words; the distance is 1 - that score. Both also match the broader words of
+an image's tags (WordNet's hypernyms, ``extractors/hypernyms.json``: "flower" and "plant"
+for a daisy), below a match of its own words and only as spelt or one edit off
+(``broader_score``).
 """
 
 from __future__ import annotations
@@ -35,38 +38,55 @@ from extractors.textdoc import (
 )
 from index_actors.interface import UnknownImage
 from index_actors.store import FeatureStore
-from index_actors.text_match import Hit, TextIndex, max_edits, rank, sound, word_score
+from index_actors.text_match import (
+    Hit,
+    TextIndex,
+    broader_score,
+    indexed_words,
+    max_edits,
+    rank,
+    sound,
+    word_score,
+)
 from index_actors.text_pg import PostgresTextIndex
 
 
 class EmbeddedTextIndex:
-    """Text documents in LMDB; vocabulary, postings and metaphone keys in memory."""
+    """Text documents in LMDB; vocabulary, postings and metaphone keys in memory. The
+    broader words of tags (``indexed_words``) have postings of their own, computed from the
+    shipped table as documents are indexed: the stored documents stay as given."""
 
     def __init__(self, path: str | Path) -> None:
         self.store = FeatureStore(Path(path) / "lmdb")
         self._lock = threading.RLock()
         self.postings: dict[str, set[int]] = {}
+        self.broader: dict[str, set[int]] = {}
         self.sounds: dict[str, set[str]] = {}
         self._vocabulary: list[str] | None = None
         for image_id, value in self.store.items():
             self._index(image_id, json.loads(bytes(value)))
 
     def _index(self, image_id: int, doc: Doc) -> None:
-        for word in words(doc_text(doc)):
+        own, broader = indexed_words(doc)
+        for word in own:
             self.postings.setdefault(word, set()).add(image_id)
             if key := sound(word):
                 self.sounds.setdefault(key, set()).add(word)
+        for word in broader:  # no sound-alikes (``broader_score``)
+            self.broader.setdefault(word, set()).add(image_id)
         self._vocabulary = None
 
     def _unindex(self, image_id: int, doc: Doc) -> None:
-        for word in words(doc_text(doc)):
-            ids = self.postings.get(word)
-            if ids is not None:
-                ids.discard(image_id)
-                if not ids:
-                    del self.postings[word]
-                    if (key := sound(word)) and key in self.sounds:
-                        self.sounds[key].discard(word)
+        own, broader = indexed_words(doc)
+        for postings, found in ((self.postings, own), (self.broader, broader)):
+            for word in found:
+                ids = postings.get(word)
+                if ids is not None:
+                    ids.discard(image_id)
+                    if not ids:
+                        del postings[word]
+                        if postings is self.postings and (key := sound(word)) in self.sounds:
+                            self.sounds[key].discard(word)
         self._vocabulary = None
 
     def add_many(self, items: list[tuple[int, Doc]]) -> None:
@@ -108,10 +128,10 @@ class EmbeddedTextIndex:
         matches: list[tuple[int, int, float]] = []
         with self._lock:
             if self._vocabulary is None:
-                self._vocabulary = list(self.postings)
+                self._vocabulary = list(self.postings.keys() | self.broader.keys())
             for q, word in enumerate(wanted):
                 limit = max_edits(word)
-                found = {word: 0} if word in self.postings else {}
+                found = {word: 0} if word in self.postings or word in self.broader else {}
                 if limit:
                     for other, edits, _ in process.extract(
                         word, self._vocabulary, scorer=OSA.distance, score_cutoff=limit, limit=None
@@ -122,7 +142,9 @@ class EmbeddedTextIndex:
                     found.setdefault(other, limit + 1)
                 for other, edits in found.items():
                     score = word_score(edits, limit, bool(key) and sound(other) == key)
-                    matches += [(q, i, score) for i in self.postings[other]]
+                    matches += [(q, i, score) for i in self.postings.get(other, ())]
+                    if (broader := broader_score(edits, limit)) > 0:
+                        matches += [(q, i, broader) for i in self.broader.get(other, ())]
         return rank(len(wanted), matches, k)
 
     @property

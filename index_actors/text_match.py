@@ -9,12 +9,16 @@ from typing import Protocol
 
 import jellyfish
 
-from extractors.textdoc import Doc
+from extractors.textdoc import Doc, broader_words, doc_text, words
 from index_actors.interface import BackendDown
 
 Hit = tuple[int, float]
 #: metaphone keys are cut to this length (PostgreSQL's metaphone() needs one).
 SOUND_LEN = 16
+#: What a match of a tag's broader word ("flower" for a daisy) counts, against 1 for the
+#: image's own word: below an exact own word, so a photo tagged "flower" comes before one
+#: tagged "daisy"; above a misspelt one (0.75), so "plant" finds the daisy before a "plane".
+BROADER = 0.8
 
 
 class TextUnavailable(BackendDown):
@@ -39,6 +43,21 @@ def word_score(edits: int, limit: int, same_sound: bool) -> float:
     (within ``limit``), 0.6 for a sound-alike, 0 otherwise."""
     by_edits = 1.0 - 0.25 * edits if edits <= limit else 0.0
     return max(by_edits, 0.6 if same_sound else 0.0)
+
+
+def indexed_words(doc: Doc) -> tuple[list[str], list[str]]:
+    """A document's searchable words: its own (text, caption, tag labels), and the broader
+    words of its tags that are not its own (matched as ``broader_score`` says)."""
+    own = words(doc_text(doc))
+    return own, broader_words(doc, own)
+
+
+def broader_score(edits: int, limit: int) -> float:
+    """How well a tag's broader word matches a query word: ``BROADER`` exact, 0.75 of that
+    one edit away (within ``limit``: "flowers"), else 0. A broader word is already a guess
+    at what the query means; a guess at its spelling or sound on top ("steel" for "seed")
+    finds noise."""
+    return BROADER * word_score(edits, min(limit, 1), False)
 
 
 def rank(n_words: int, matches: Iterable[tuple[int, int, float]], k: int) -> list[Hit]:

@@ -1,6 +1,7 @@
-"""The PostgreSQL text backend: tables of image fields, image words and the vocabulary
-(word, length, metaphone key); ``fuzzystrmatch``'s ``levenshtein_less_equal`` finds the
-misspellings among words of a close length, an index on the key the sound-alikes."""
+"""The PostgreSQL text backend: tables of image fields, image words (their own, and their
+tags' broader words, flagged) and the vocabulary (word, length, metaphone key);
+``fuzzystrmatch``'s ``levenshtein_less_equal`` finds the misspellings among words of a close
+length, an index on the key the sound-alikes."""
 
 from __future__ import annotations
 
@@ -11,18 +12,31 @@ from typing import Any
 
 from rapidfuzz.distance import OSA
 
-from extractors.textdoc import Doc, checked_doc, doc_text, query_words, words
-from index_actors.text_match import Hit, TextUnavailable, max_edits, rank, sound, word_score
+from extractors.textdoc import Doc, checked_doc, query_words
+from index_actors.text_match import (
+    Hit,
+    TextUnavailable,
+    broader_score,
+    indexed_words,
+    max_edits,
+    rank,
+    sound,
+    word_score,
+)
 
 #: Tables of one text feature, prefixed with its name (``{t}``): each feature (OCR text,
 #: captions, tags) has its own, so that each is a source of its own in fused search.
 _SCHEMA = """
 CREATE EXTENSION IF NOT EXISTS fuzzystrmatch;
 CREATE TABLE IF NOT EXISTS {t}_docs (image_id bigint PRIMARY KEY, doc jsonb NOT NULL);
+-- broader: a broader word of the image's tags (a hypernym), not one of its own words.
 CREATE TABLE IF NOT EXISTS {t}_words (
     image_id bigint NOT NULL REFERENCES {t}_docs ON DELETE CASCADE,
-    word text NOT NULL
+    word text NOT NULL,
+    broader boolean NOT NULL DEFAULT false
 );
+-- Tables from before broader words: their images gain them when stored again.
+ALTER TABLE {t}_words ADD COLUMN IF NOT EXISTS broader boolean NOT NULL DEFAULT false;
 CREATE INDEX IF NOT EXISTS {t}_words_word ON {t}_words (word);
 CREATE INDEX IF NOT EXISTS {t}_words_image ON {t}_words (image_id);
 -- The vocabulary: each distinct word once, with its length and metaphone key.
@@ -51,7 +65,7 @@ WITH q AS (
           AND levenshtein_less_equal(q.word, v.word, 2 * q.lim) <= 2 * q.lim)
       OR (q.sound <> '' AND v.sound = q.sound)
 )
-SELECT found.i, found.word, w.image_id
+SELECT found.i, found.word, w.image_id, w.broader
 FROM found JOIN {t}_words w ON w.word = found.word
 """
 TABLE_PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,50}")  # + "_vocab_sound": 63, PostgreSQL's limit
@@ -122,10 +136,16 @@ class PostgresTextIndex:
         return sql.SQL(template.replace("{t}", self.table))
 
     def add_many(self, items: list[tuple[int, Doc]]) -> None:
-        """Store documents and their words in one transaction."""
+        """Store documents and their words (their own and their tags' broader ones) in one
+        transaction."""
         docs = {image_id: checked_doc(doc) for image_id, doc in items}
-        found = {i: words(doc_text(d)) for i, d in docs.items()}
-        vocab = sorted({w for ws in found.values() for w in ws})
+        rows = [
+            (i, w, broader)
+            for i, d in docs.items()
+            for found, broader in zip(indexed_words(d), (False, True), strict=True)
+            for w in found
+        ]
+        vocab = sorted({w for _, w, _ in rows})
         with self._db() as db, db.transaction(), db.cursor() as cur:
             cur.execute(self._sql("DELETE FROM {t}_docs WHERE image_id = ANY(%s)"), (list(docs),))
             cur.executemany(
@@ -137,10 +157,7 @@ class PostgresTextIndex:
                     self._sql("INSERT INTO {t}_vocab VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"),
                     [(w, len(w), sound(w)) for w in vocab],
                 )
-                cur.executemany(
-                    self._sql("INSERT INTO {t}_words VALUES (%s, %s)"),
-                    [(i, w) for i, ws in found.items() for w in ws],
-                )
+                cur.executemany(self._sql("INSERT INTO {t}_words VALUES (%s, %s, %s)"), rows)
 
     def add(self, image_id: int, doc: Doc) -> None:
         """Store one image's document."""
@@ -180,10 +197,13 @@ class PostgresTextIndex:
             params = {"words": wanted, "limits": limits, "sounds": sounds}
             got = db.execute(self._sql(_SEARCH), params).fetchall()
         matches = []
-        for q1, word, image_id in got:
+        for q1, word, image_id, broader in got:
             q = int(q1) - 1
-            same = bool(sounds[q]) and sound(word) == sounds[q]
-            score = word_score(int(OSA.distance(wanted[q], word)), limits[q], same)
+            edits = int(OSA.distance(wanted[q], word))
+            if broader:
+                score = broader_score(edits, limits[q])
+            else:
+                score = word_score(edits, limits[q], bool(sounds[q]) and sound(word) == sounds[q])
             if score > 0:
                 matches.append((q, int(image_id), score))
         return rank(len(wanted), matches, k)

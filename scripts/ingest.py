@@ -73,6 +73,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ns
 
 
+#: The cluster's own warnings that Ray's driver prints on stdout: about Ray's worker pool
+#: (Ray Data's actors start many workers at once), not about the ingest.
+POOL_NOISE = ("worker processes have been started",)
+
+
+def quiet_pool_warnings() -> None:
+    """Keep the raylet's worker-pool warnings ("12 PYTHON worker processes have been
+    started on node ...") off this command's output; they stay in Ray's own logs
+    (raylet.out). Ray's driver prints every message that the cluster publishes through
+    ``print_to_stdstream`` in its error-listener thread, whatever ``log_to_driver`` says,
+    so that function is wrapped; every other message is printed as before."""
+    import ray._private.worker as ray_worker
+
+    printer = ray_worker.print_to_stdstream
+    if getattr(printer, "quiet", False):
+        return
+
+    def filtered(data: dict, ignore_prefix: bool) -> None:
+        lines = data.get("lines") or []
+        if lines and all(any(n in line for n in POOL_NOISE) for line in lines):
+            return
+        printer(data, ignore_prefix)
+
+    filtered.quiet = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = filtered
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run an ingest from the command line; prints the summary and the failed files."""
     ns = parse_args(argv)
@@ -85,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # A person reads this output: the progress bar, the summary and real errors. The
         # workers' own logs stay in Ray's log files (/tmp/ray/session_latest/logs).
+        quiet_pool_warnings()
         ray.init(
             address=ns.address,
             namespace="serve",

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from deployments.config import AppArgs
 from deployments.engine import Engine
@@ -16,7 +17,7 @@ from deployments.ports import LocalExtractor
 from extractors import InvalidImage
 from index_actors.client import IndexClient
 from index_actors.interface import BackendDown, Conflict, InvalidInput, Unavailable, UnknownImage
-from tests.helpers import reencode
+from tests.helpers import encode, reencode
 
 BRIDGE = "Bridge_by_Sander_Klootwijk.jpg"
 WINE = "Wine_by_Jakkub_Mede.jpg"
@@ -186,3 +187,58 @@ def test_http_edges_empty_fields_booleans_and_a_missing_phash_index(
     assert r.status_code == 503 and "not open" in r.json()["detail"], r.text
     r = client.post("/reverse_search", files=upload, data={"find_duplicate": 1})
     assert r.status_code == 503 and "not open" in r.json()["detail"], r.text
+
+
+def test_each_search_starts_as_its_query_is_ready_and_answers_as_before(
+    tmp_path: Path, photos: dict[str, bytes]
+) -> None:
+    """A search by image searches each feature's index as soon as that feature's query is
+    computed: phash's search runs while local features are still extracting. The answer is
+    the two steps' (every query, then every search): the same lists, the same fusion; and
+    the errors keep their order (nothing to match for local alone, a bad image first)."""
+    features = {"phash": {}, "color": {}, "local": {}}
+    args = AppArgs.model_validate({"name": "unit", "data_dir": str(tmp_path), "features": features})
+    extractors = {n: LocalExtractor.build(n, args.extractor_options(n)) for n in args.enabled}
+    engine = Engine(args, extractors, IndexClient.local(tmp_path, args.index_specs()))
+    for i, (name, data) in enumerate(sorted(photos.items()), start=1):
+        assert run(engine.add(data, i, name, engine.indexed)).features["local"] == "ok"
+    names = engine.visual
+    options = {n: engine.options(n, {}) for n in names}
+
+    async def two_steps(data: bytes) -> Any:
+        queries = await engine.queries(data, names)
+        lists = await engine.search(queries, args.fusion.candidates, {}, options)
+        return await engine.fused(lists, 20, args.fusion.duplicate_threshold)
+
+    for data in (reencode(photos[BRIDGE], 0.5), reencode(photos[WINE], mirror=True)):
+        want = run(two_steps(data))
+        assert run(engine.search_image(data, 20, None, {})) == want
+        assert set(want.by_feature) == {"phash", "color", "local"}
+
+    # local's extraction waits until phash's index has been asked: no deadlock means
+    # phash's search did not wait for it.
+    asked = asyncio.Event()
+    search, port = engine.client.search, engine.extractors["local"]
+
+    async def noting(feature: str, *a: Any, **kw: Any) -> Any:
+        if feature == "phash":
+            asked.set()
+        return await search(feature, *a, **kw)
+
+    class Late:
+        async def extract(self, data: bytes, query: bool) -> Any:
+            await asyncio.wait_for(asked.wait(), 10)
+            return await port.extract(data, query)
+
+    engine.client.search = noting  # type: ignore[method-assign]
+    engine.extractors["local"] = Late()  # type: ignore[assignment]
+    found = run(engine.search_image(photos[WINE], 5, None, {}))
+    assert found.results[0].file_name == WINE and "local" in found.by_feature
+
+    flat = encode(Image.new("RGB", (300, 200), (90, 90, 90)), "PNG")
+    found = run(engine.search_image(flat, 5, None, {}))
+    assert "local" not in found.by_feature and "phash" in found.by_feature
+    with pytest.raises(InvalidInput, match="no keypoints"):
+        run(engine.search_image(flat, 5, "local", {}))
+    with pytest.raises(InvalidImage):
+        run(engine.search_image(b"not an image", 5, None, {}))

@@ -372,3 +372,26 @@ def test_ingest_writes_each_image_to_its_shard(
         assert (again.stored, again.skipped) == (0, 6)
     finally:
         kill_actors(name)
+
+
+def test_the_worker_pool_warning_stays_off_the_output(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``make ingest`` drops the raylet's "N PYTHON worker processes have been started"
+    warning that Ray's driver prints from the cluster, and prints every other message."""
+    import ray._private.worker as ray_worker
+
+    from scripts.ingest import quiet_pool_warnings
+
+    monkeypatch.setattr(ray_worker, "print_to_stdstream", ray_worker.print_to_stdstream)
+    quiet_pool_warnings()
+    quiet_pool_warnings()  # once is enough: not wrapped twice
+    pool = (
+        "WARNING: 12 PYTHON worker processes have been started on node: 92da with address: "
+        "192.0.2.2, which is 6x the maximum expected startup concurrency (2)."
+    )
+    ray_worker.print_to_stdstream({"lines": [pool], "pid": "raylet", "is_err": False}, False)
+    assert "worker processes" not in capsys.readouterr().out
+    oom = "Task was killed due to the node running low on memory."
+    ray_worker.print_to_stdstream({"lines": [oom], "pid": "raylet", "is_err": False}, False)
+    assert oom in capsys.readouterr().out

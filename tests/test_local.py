@@ -11,11 +11,11 @@ import pytest
 from PIL import Image, ImageOps
 
 from extractors import WeightsUnavailable
-from extractors.local import LocalFeatures, pack, unpack
+from extractors.local import LocalFeatures, mirrored_descriptors, pack, unpack
 from index_actors.keypoints import KeypointIndex
 from index_actors.ranges import RangeMap
 from scripts.train_index import train
-from tests.helpers import encode
+from tests.helpers import encode, reencode
 
 PAIRS = Path(__file__).resolve().parent / "photos" / "pairs"
 
@@ -272,3 +272,73 @@ def test_mutual_matching_is_kornias_match_smnn() -> None:
         got = _mutual_matches(a, b, threshold)
         assert np.array_equal(got, want.numpy().reshape(-1, 2)), threshold
         assert len(got) or not len(near)
+
+
+def test_a_query_is_read_at_a_bounded_size(
+    stored: tuple[KeypointIndex, list[str]], photos: dict[str, bytes]
+) -> None:
+    """``query_max_area`` bounds the query (here to a quarter of a 640 x 360 test photo,
+    about what the default 800 x 600 is of a 1600-px photo): its keypoints lie within the
+    smaller image, stored images keep their size, and the photo, a large crop and its
+    mirror image are still found first."""
+    idx, names = stored
+    name = "Bridge_by_Sander_Klootwijk.jpg"
+    bounded = LocalFeatures(query_max_area=320 * 180)
+    (query,) = bounded.extract_bytes([photos[name]], query=True)
+    for row in query:
+        points, _ = unpack(row)
+        assert len(points) > 50 and points[:, 0].max() < 320 and points[:, 1].max() < 180
+    (kept,) = bounded.extract_bytes([photos[name]])
+    assert unpack(kept)[0][:, 0].max() > 320  # stored: the whole 640 px
+    for data in (photos[name], _crop(photos[name], 0.8), reencode(photos[name], mirror=True)):
+        assert _top(idx, bounded, data, names) == name
+
+
+def _verified(points: np.ndarray, desc: np.ndarray, stored: np.ndarray) -> int:
+    """Inliers of a query variant's matches with a stored feature, as a search counts them."""
+    from index_actors.keypoints import _inliers, _mutual_matches
+
+    their_points, their_desc = unpack(stored)
+    m = _mutual_matches(desc, their_desc, 0.85)
+    return _inliers(points[m[:, 0]], their_points[m[:, 1]])
+
+
+def test_a_query_is_detected_and_described_in_one_pass(
+    local: LocalFeatures, photos: dict[str, bytes]
+) -> None:
+    """A query's keypoints come from one SIFT pass over its strongest extrema: the image's
+    variant chooses the keypoints ``features`` chooses from all of them, and the mirror
+    variant (the same extrema mirrored, their descriptors' bins mirrored) verifies about as
+    many matches with a mirrored copy as a second SIFT pass over the mirrored pixels."""
+    assert np.array_equal(mirrored_descriptors(mirrored_descriptors(np.eye(128))), np.eye(128))
+    for name in sorted(photos)[:4]:
+        gray = np.asarray(Image.open(io.BytesIO(photos[name])).convert("L"))
+        (points, desc), (m_points, m_desc) = local.query_features(gray)
+        want = local.features(gray)
+        assert len(points) == len(want[0]) == 200
+        assert (np.abs(points[:, None] - want[0][None]).max(-1) < 0.01).any(1).all(), name
+        (stored,) = local.extract_bytes([reencode(photos[name], quality=80)])
+        assert _verified(points, desc, stored) >= 0.9 * _verified(*want, stored) > 0, name
+        (copy,) = local.extract_bytes([reencode(photos[name], quality=80, mirror=True)])
+        second = local.features(np.ascontiguousarray(gray[:, ::-1]))  # a second pass
+        assert _verified(m_points, m_desc, copy) >= 0.8 * _verified(*second, copy) > 0, name
+        # Most mirrored keypoints are where the second pass found one.
+        near = np.abs(m_points[:, None, :] - second[0][None, :, :]).max(-1).min(1) < 0.1
+        assert near.mean() > 0.5, name
+
+
+def test_variants_searched_together_answer_as_each_alone(
+    stored: tuple[KeypointIndex, list[str]], local: LocalFeatures, photos: dict[str, bytes]
+) -> None:
+    """One search of both variants (their descriptors in one FAISS call, the candidates
+    verified on threads) keeps, per image, the best of each variant searched alone."""
+    idx, _ = stored
+    for data in (photos["Wine_by_Jakkub_Mede.jpg"], _crop(photos["Dragonfly_by_Bolly.jpg"], 0.3)):
+        (query,) = local.extract_bytes([data], query=True)
+        for opts in ({}, {"use_smnn_matching": False}, {"use_ransac": False, "candidates": 5}):
+            best: dict[int, float] = {}
+            for row in query:
+                for image_id, distance in idx.search(row[None, :], k=None, **opts):
+                    best[image_id] = min(best.get(image_id, 1.0), distance)
+            want = sorted(best.items(), key=lambda h: (h[1], h[0]))
+            assert idx.search(query, k=None, **opts) == want

@@ -89,6 +89,29 @@ def test_replace_remove_and_get(index: TextIndex) -> None:
     assert index.count == len(TEXTS) - 1
 
 
+def test_broader_words_of_tags(index: TextIndex) -> None:
+    """A tag's broader words (WordNet's hypernyms, the shipped table) find its image, below
+    a match of the image's own words; the stored document keeps the tag alone."""
+    daisy = {"tags": [{"label": "daisy", "score": 0.9}]}
+    index.add(10, daisy)
+    index.add(11, {"tags": "flower"})
+    index.add(12, {"caption": "a plane"})
+    for query in ("flower", "plant", "flowers", "Plant"):
+        assert 10 in dict(index.search(query)), query
+    assert 10 not in dict(index.search("animal"))
+    # A direct tag first; a broader word's exact match before a misspelt own word.
+    assert [i for i, _ in index.search("flower", k=2)] == [11, 10]
+    assert [i for i, _ in index.search("plant", k=2)] == [10, 12]
+    assert dict(index.search("daisy"))[10] == 0.0 < dict(index.search("flower"))[10] < 0.25
+    # A broader word is matched as spelt or one edit off, not two ("plant"'s own words are).
+    assert 10 not in dict(index.search("blamt")) and 12 in dict(index.search("plamn"))
+    assert index.get(10) == daisy  # what GET /images/{id} shows
+    index.add(10, {"tags": "tabby"})  # re-tagged: the old broader words go, new ones come
+    assert 10 not in dict(index.search("plant")) and _top(index, "cat") == 10
+    index.remove([10])
+    assert 10 not in dict(index.search("cat"))
+
+
 def test_bad_input(index: TextIndex) -> None:
     for query in ("", "   ", "?!... ---"):
         with pytest.raises(ValueError, match="no words"):
