@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import ray  # noqa: F401 - puts the psutil it ships on the path (serve_default)
 import yaml
 
 from bench.common import ROOT, free_port, isolate_ports

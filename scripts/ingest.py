@@ -35,9 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="use each file's integer stem (1234.jpg -> 1234) as its image id",
     )
     p.add_argument("--features", help="comma list of features (default: every enabled one)")
-    p.add_argument("--batch-size", type=int, default=32, help="files per batch (default 32)")
+    p.add_argument("--batch-size", type=int, default=4, help="files per batch (default 4)")
     p.add_argument(
-        "--pool-size", type=int, default=None, help="extractor actors (default: one per CPU)"
+        "--pool-size", type=int, default=None, help="extractor actors (default: one per two CPUs)"
     )
     p.add_argument(
         "--model-pool-size", type=int, default=1, help="actors for model features (default 1)"
