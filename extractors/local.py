@@ -53,6 +53,12 @@ MIRROR_X = 0.5
 MIRRORED_BINS = np.arange(DESC).reshape(4, 4, 8)[::-1][:, :, (-np.arange(8)) % 8].ravel().copy()
 
 
+def root_quantised(desc: np.ndarray) -> np.ndarray:
+    """RootSIFT descriptors as bytes (x ``SCALE``) from OpenCV's SIFT descriptors."""
+    root = np.sqrt(desc / (desc.sum(axis=1, keepdims=True) + 1e-7))
+    return np.clip(np.rint(root * SCALE), 0, 255).astype(np.uint8)
+
+
 def mirrored_descriptors(desc: np.ndarray) -> np.ndarray:
     """SIFT (or RootSIFT) descriptors of the mirrored keypoints in the mirrored image."""
     return np.ascontiguousarray(desc[:, MIRRORED_BINS])
@@ -195,8 +201,7 @@ class LocalFeatures(Extractor):
         kps, desc = self.sift.compute(gray, kps)
         if desc is None or not len(kps):
             return [], np.empty((0, DESC), np.uint8)
-        root = np.sqrt(desc / (desc.sum(axis=1, keepdims=True) + 1e-7))
-        return list(kps), np.clip(np.rint(root * SCALE), 0, 255).astype(np.uint8)
+        return list(kps), root_quantised(desc)
 
     def features(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(keypoints n x 2, RootSIFT descriptors n x 128 uint8) of a grey image array."""
@@ -229,9 +234,7 @@ class LocalFeatures(Extractor):
             return [empty, empty] if self.mirror else [empty]
         order = np.argsort([-kp.response for kp in found], kind="stable")
         xy = np.array([found[i].pt for i in order], np.float64).reshape(-1, 2)
-        raw = desc[order]
-        root = np.sqrt(raw / (raw.sum(axis=1, keepdims=True) + 1e-7))
-        quantised = np.clip(np.rint(root * SCALE), 0, 255).astype(np.uint8)
+        quantised = root_quantised(desc[order])
         keep = self._chosen(xy, gray.shape)
         out = [(xy[keep].astype(np.float32), quantised[keep])]
         if self.mirror:
@@ -268,11 +271,10 @@ class LocalFeatures(Extractor):
         out = []
         for img in images:
             gray = self._prepared(img, self._query_area)
-            if self.descriptor == "hardnet8" and not self.mirror:
+            if self.descriptor == "hardnet8":  # a learnt descriptor: no mirrored bins
                 rows = [pack(*self.features(gray))]
-            elif self.descriptor == "hardnet8":  # a learnt descriptor: no mirrored bins
-                mirrored = np.ascontiguousarray(gray[:, ::-1])
-                rows = [pack(*self.features(gray)), pack(*self.features(mirrored))]
+                if self.mirror:
+                    rows.append(pack(*self.features(np.ascontiguousarray(gray[:, ::-1]))))
             else:
                 rows = [pack(*variant) for variant in self.query_features(gray)]
             width = max(len(r) for r in rows)

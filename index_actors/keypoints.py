@@ -14,9 +14,6 @@ swaps it in; ``nprobe`` is live. Re-matching always uses the exact descriptors i
 
 from __future__ import annotations
 
-import functools
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +22,7 @@ import numpy as np
 
 from extractors.keypoint_pack import DESC, keypoint_count, pack, unpack
 from index_actors.interface import Hit, UnknownImage
+from index_actors.keypoint_match import cores, inliers, mutual_matches, ranked, verifiers
 from index_actors.ranges import RangeMap
 from index_actors.store import numbered
 from index_actors.trained import Trained
@@ -308,7 +306,7 @@ class KeypointIndex(Trained):
             # core, where Ray starts an actor that reserves no CPU with one
             # (OMP_NUM_THREADS=1); set per call, as it is the calling thread's setting. Two
             # cores halve the search (docs/architecture.md, "Measured numbers").
-            faiss.omp_set_num_threads(_cores())
+            faiss.omp_set_num_threads(cores())
             dists, labels = self.index.search(
                 np.concatenate([d for _, d in variants]).astype(np.float32),
                 min(k_clusters, self.index.ntotal),
@@ -321,11 +319,11 @@ class KeypointIndex(Trained):
         for points, desc in variants:
             rows = slice(start, start + len(desc))
             start += len(desc)
-            ranked = _ranked(close[rows], owners[rows], knn_min_matches, candidates, exclude)
+            best = ranked(close[rows], owners[rows], knn_min_matches, candidates, exclude)
             if use_smnn:
-                checks += [(points, desc, image_id) for image_id, _ in ranked]
+                checks += [(points, desc, image_id) for image_id, _ in best]
             else:
-                out += ranked
+                out += best
         if not checks:
             return out
         ids = sorted({image_id for _, _, image_id in checks})
@@ -338,45 +336,13 @@ class KeypointIndex(Trained):
         def verify(check: tuple[np.ndarray, np.ndarray, int]) -> tuple[int, int]:
             points, desc, image_id = check
             their_points, their_desc = stored[image_id]
-            matches = _mutual_matches(desc, their_desc, smnn_threshold)
+            matches = mutual_matches(desc, their_desc, smnn_threshold)
             if use_ransac:
-                return image_id, _inliers(points[matches[:, 0]], their_points[matches[:, 1]])
+                return image_id, inliers(points[matches[:, 0]], their_points[matches[:, 1]])
             return image_id, len(matches)
 
         todo = [c for c in checks if c[2] in stored]
-        return out + list(_verifiers().map(verify, todo))
-
-
-def _ranked(
-    close: np.ndarray,
-    owners: np.ndarray,
-    knn_min_matches: int,
-    candidates: int,
-    exclude: int | None,
-) -> list[tuple[int, int]]:
-    """The ``candidates`` images with the most votes (at least ``knn_min_matches``), given
-    which of each query descriptor's neighbours are ``close`` and the images that own
-    them."""
-    # One vote per query descriptor and image, however many of its neighbours agree.
-    voted = {(q, int(owners[q, j])) for q, j in zip(*np.nonzero(close), strict=True)}
-    votes: dict[int, int] = {}
-    for _, image_id in voted:
-        if image_id != exclude:
-            votes[image_id] = votes.get(image_id, 0) + 1
-    return sorted(
-        ((i, v) for i, v in votes.items() if v >= knn_min_matches), key=lambda iv: -iv[1]
-    )[:candidates]
-
-
-def _cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-@functools.cache
-def _verifiers() -> ThreadPoolExecutor:
-    """The threads that verify candidates, one per core, shared by the searches."""
-    return ThreadPoolExecutor(_cores(), thread_name_prefix="verify")
+        return out + list(verifiers().map(verify, todo))
 
 
 def _template(blob: bytes | None) -> Any:
@@ -393,49 +359,3 @@ def _add_range(index: Any, start: int, desc: np.ndarray) -> None:
 def _remove_range(index: Any, start: int, count: int) -> None:
     if count:
         index.remove_ids(faiss.IDSelectorRange(start, start + count))
-
-
-def _mutual_matches(a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
-    """Index pairs of mutual nearest neighbours passing the second-nearest ratio test, in
-    order of ``a``'s index: kornia's ``match_smnn``, in NumPy, so that the index actor
-    never loads torch for it (~300 MB in that process)."""
-    if len(a) < 2 or len(b) < 2:
-        return np.empty((0, 2), np.int64)
-    x, y = a.astype(np.float64), b.astype(np.float64)
-    squared = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * (x @ y.T)
-    dist = np.sqrt(np.maximum(squared, 0.0))
-
-    def nearest(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each row's nearest column, and whether it passes the ratio test."""
-        two = np.argpartition(d, 1, axis=1)[:, :2]
-        pair = np.take_along_axis(d, two, axis=1)
-        order = np.argsort(pair, axis=1, kind="stable")
-        first = np.take_along_axis(two, order, axis=1)[:, 0]
-        low, high = np.sort(pair, axis=1).T
-        with np.errstate(divide="ignore", invalid="ignore"):
-            passed = low / high <= threshold  # 0/0 is NaN: no match, as in kornia
-        return first, passed
-
-    to_b, ok_a = nearest(dist)
-    to_a, ok_b = nearest(np.ascontiguousarray(dist.T))  # a row-wise pass: ~2x faster
-    i = np.flatnonzero(ok_a)
-    j = to_b[i]
-    mutual = ok_b[j] & (to_a[j] == i)
-    return np.stack([i[mutual], j[mutual]], axis=1).astype(np.int64)
-
-
-def _inliers(src: np.ndarray, dst: np.ndarray) -> int:
-    """Inliers of a MAGSAC++ homography between matched points (0 under 4 matches)."""
-    if len(src) < 4:
-        return 0
-    import cv2  # here: the other index actors never load OpenCV (tens of MB a process)
-
-    _, mask = cv2.findHomography(
-        src.astype(np.float32),
-        dst.astype(np.float32),
-        cv2.USAC_MAGSAC,
-        4.0,
-        confidence=0.999,
-        maxIters=2000,
-    )
-    return int(mask.sum()) if mask is not None else 0

@@ -255,7 +255,7 @@ def test_mutual_matching_is_kornias_match_smnn() -> None:
     import torch
     from kornia.feature import match_smnn
 
-    from index_actors.keypoints import _mutual_matches
+    from index_actors.keypoint_match import mutual_matches
 
     rng = np.random.default_rng(0)
     for _ in range(50):
@@ -269,7 +269,7 @@ def test_mutual_matching_is_kornias_match_smnn() -> None:
             torch.from_numpy(b.astype(np.float32)),
             threshold,
         )
-        got = _mutual_matches(a, b, threshold)
+        got = mutual_matches(a, b, threshold)
         assert np.array_equal(got, want.numpy().reshape(-1, 2)), threshold
         assert len(got) or not len(near)
 
@@ -296,11 +296,11 @@ def test_a_query_is_read_at_a_bounded_size(
 
 def _verified(points: np.ndarray, desc: np.ndarray, stored: np.ndarray) -> int:
     """Inliers of a query variant's matches with a stored feature, as a search counts them."""
-    from index_actors.keypoints import _inliers, _mutual_matches
+    from index_actors.keypoint_match import inliers, mutual_matches
 
     their_points, their_desc = unpack(stored)
-    m = _mutual_matches(desc, their_desc, 0.85)
-    return _inliers(points[m[:, 0]], their_points[m[:, 1]])
+    m = mutual_matches(desc, their_desc, 0.85)
+    return inliers(points[m[:, 0]], their_points[m[:, 1]])
 
 
 def test_a_query_is_detected_and_described_in_one_pass(
