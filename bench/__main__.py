@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         if "ranges" in opts.only:
             rows += bench_ranges(10_000, 200, 2.0)
         if "text" in opts.only:
-            rows += bench_text(opts.n_texts, 200)
+            rows += bench_text(opts.n_texts, 200, photos)
         if "ocr" in opts.only:
             rows += bench_ocr()
         if "throughput" in opts.only:

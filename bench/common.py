@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from deployments.config import AppArgs, load_app_args
 from deployments.fusion import fuse
 from extractors import Extractor, InvalidImage, build_extractor
+from extractors.base import Query
 from index_actors.interface import Index
 from index_actors.kinds import open_index
 from index_actors.store import Catalog
@@ -47,7 +48,7 @@ def ms(latencies: list[float], q: float) -> float:
     return float(np.percentile(latencies, q)) * 1000
 
 
-def features(extractor: Extractor, blobs: list[bytes], query: bool = False) -> list[np.ndarray]:
+def features(extractor: Extractor, blobs: list[bytes], query: Query = False) -> list[np.ndarray]:
     """``extract_bytes`` for inputs known to be good: a bad one is a bench bug, so it raises."""
     out = []
     for result in extractor.extract_bytes(blobs, query=query):

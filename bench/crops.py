@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from bench.common import Row, features, ms, row
+from extractors.base import FUSED
 from extractors.local import LocalFeatures
 from extractors.phash import PHash
 from index_actors.binary import BinaryIndex
@@ -205,18 +206,31 @@ def bench_crops(
     ]
     queries += [("pairs", ids[stored], jpeg(_pair(pairs, query))) for stored, query in PAIRS]
     local_q, phash_q, extract_s = [], [], []
+    # The same queries as a fused search reads them (at local's fused_query_max_area).
+    fused_q, fused_s = [], []
     for kind, truth, blob in queries:
         start = time.perf_counter()  # extracted one at a time, as a search request is
         local_q.append((kind, truth, features(local, [blob], query=True)[0]))
         extract_s.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        fused_q.append((kind, truth, features(local, [blob], query=FUSED)[0]))
+        fused_s.append(time.perf_counter() - start)
         phash_q.append((kind, truth, features(phash, [blob], query=True)[0]))
 
     rows: list[Row] = []
 
-    def report(label: str, opts: dict[str, Any] | None = None) -> dict[str, tuple[float, float]]:
-        got, secs = _recall(local_idx, local_q, **(opts or {}))
+    def report(
+        label: str,
+        opts: dict[str, Any] | None = None,
+        asked: list | None = None,
+        extracted: list[float] | None = None,
+    ) -> dict[str, tuple[float, float]]:
+        """Recall and latency of the queries (``asked``, extracted in ``extracted`` s;
+        default: the whole ones)."""
+        asked, extracted = asked or local_q, extracted or extract_s
+        got, secs = _recall(local_idx, asked, **(opts or {}))
         ph, _ = _recall(phash_idx, phash_q)
-        total = [e + s for e, s in zip(extract_s, secs, strict=True)]
+        total = [e + s for e, s in zip(extracted, secs, strict=True)]
         lmdb_b, index_b = _bytes_per_image(local_idx)
         print(f"crops {label}: {local_idx.count} images, {local_idx.index.ntotal} descriptors")
         for kind in got:
@@ -261,6 +275,7 @@ def bench_crops(
         return got
 
     report(f"{local_idx.count} exact")
+    report(f"{local_idx.count} exact, fused query", asked=fused_q, extracted=fused_s)
     if n_scale > local_idx.count:
         fill_s = fill(n_distractors, n_distractors + n_scale - local_idx.count)
         print(f"crops: grown to {local_idx.count} images ({fill_s:.0f} s)")

@@ -6,6 +6,8 @@ The texts are 8 words each from a vocabulary of pronounceable pseudo-words (no d
 this machine); queries are two words of one stored text, exact, misspelt (each word 1 edit,
 2 from 6 letters on: substitutions, transpositions, deletions) and sound-alike (each word's
 inner vowels changed and a consonant doubled: 3 or more edits, the same metaphone key).
+With the shared photos, also queries of real words: the broader words of the photos' tags
+among random ImageNet tags (``bench.text_real``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from typing import Any
 import numpy as np
 
 from bench.common import Row, ms, row
+from bench.text_real import Query as RealQuery
+from bench.text_real import describe, recall_at, tag_docs
+from extractors.textdoc import Doc
 from index_actors.text import EmbeddedTextIndex
 from index_actors.text_match import TextIndex, max_edits, sound
 from index_actors.text_pg import PostgresTextIndex
@@ -87,8 +92,9 @@ def _fill(index: TextIndex, texts: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def bench_text(n_texts: int, n_queries: int) -> list[Row]:
-    """recall@5 and latency of exact, misspelt and sound-alike queries, both backends."""
+def bench_text(n_texts: int, n_queries: int, photos: dict[str, bytes] | None = None) -> list[Row]:
+    """recall@5 and latency of exact, misspelt and sound-alike queries, both backends; with
+    ``photos``, also of the broader words of their tags (``bench.text_real``)."""
     from scripts.pgserver import NoPostgres, pg_server
 
     rng = np.random.default_rng(5)
@@ -105,6 +111,12 @@ def bench_text(n_texts: int, n_queries: int) -> list[Row]:
         queries["exact"].append((t, f"{a} {b}"))
         queries["misspelt"].append((t, f"{misspelt(a, rng)} {misspelt(b, rng)}"))
         queries["sound-alike"].append((t, " ".join(w for w in alike if w)))
+    real: dict[str, list[RealQuery]] = {}
+    extra: list[tuple[int, Doc]] = []
+    if photos:
+        extra, real["broader words of tags"] = tag_docs(photos, n_texts // 10, n_texts, rng)
+        for label, rq in real.items():
+            print(f"text {label}: {describe(rq)}")
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-text-") as tmp, contextlib.ExitStack() as stack:
         folder = Path(tmp)
@@ -118,7 +130,12 @@ def bench_text(n_texts: int, n_queries: int) -> list[Row]:
         for name, make in backends:
             index = make()
             fill_s = _fill(index, texts)
+            index.add_many(extra)
             got: dict[str, Any] = {"fill_s": fill_s}
+            for label, rq in real.items():
+                got[label] = statistics.fmean(
+                    recall_at([i for i, _ in index.search(q, k=5)], relevant) for q, relevant in rq
+                )
             for kind, qs in queries.items():
                 secs, found = [], []
                 for truth, q in qs:
@@ -132,6 +149,7 @@ def bench_text(n_texts: int, n_queries: int) -> list[Row]:
             print(
                 f"text {name}: {n_texts} texts stored in {fill_s:.1f} s; "
                 + "; ".join(f"{k} recall@5 {got[k][0]:.2f}, p50 {got[k][1]:.2f} ms" for k in KINDS)
+                + "".join(f"; {k} recall@5 {got[k]:.2f}" for k in real)
             )
     rows = []
     embedded, pg = results["embedded"], results.get("PostgreSQL")
@@ -148,4 +166,7 @@ def bench_text(n_texts: int, n_queries: int) -> list[Row]:
                 None,
             )
         )
+    for kind in real:
+        for name, got in results.items():
+            rows.append(row(f"text recall@5 {kind}, {name}", got[kind], None, "info", None))
     return rows

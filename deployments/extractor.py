@@ -18,6 +18,8 @@ from deployments.config import AppArgs
 from deployments.ports import build_group
 from extractors import REGISTRY, InvalidImage, WeightsUnavailable, build_extractor
 from extractors import group as extractor_group
+from extractors.base import Query
+from extractors.group import Request
 
 Result = np.ndarray | InvalidImage
 
@@ -107,16 +109,16 @@ class ExtractorDeployment:
     # No wait by default: a lone request runs at once, and under load the requests that queue
     # while a batch runs form the next batch anyway.
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
-    async def _batch(self, items: list[tuple[bytes, bool, str]]) -> list[Result]:
+    async def _batch(self, items: list[Request]) -> list[Result]:
         return await asyncio.to_thread(self._run, items)
 
     # Weight-free groups: a few batches at once, so that a search's SIFT query does not
     # wait behind an ingest batch's OCR (SIFT, Tesseract and PIL release the GIL).
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0, max_concurrent_batches=4)
-    async def _batch_side_by_side(self, items: list[tuple[bytes, bool, str]]) -> list[Result]:
+    async def _batch_side_by_side(self, items: list[Request]) -> list[Result]:
         return await asyncio.to_thread(self._run, items)
 
-    def _run(self, items: list[tuple[bytes, bool, str]]) -> list[Result]:
+    def _run(self, items: list[Request]) -> list[Result]:
         ready = {n: p.extractor for n, p in self.ports.items() if p.extractor is not None}
         try:
             return extractor_group.run(ready, self.riders, items, self.threads)
@@ -127,7 +129,9 @@ class ExtractorDeployment:
                 # instead of 275 MB. Handing them back costs well under a millisecond.
                 _trim()
 
-    async def extract(self, data: bytes, query: bool = False, feature: str | None = None) -> Result:
+    async def extract(
+        self, data: bytes, query: Query = False, feature: str | None = None
+    ) -> Result:
         """A feature of one upload (batched with concurrent calls)."""
         name = feature or self.names[0]
         self.ports[name].ready()

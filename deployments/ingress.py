@@ -18,6 +18,7 @@ from deployments.engine import Engine
 from deployments.http import install, offline_docs
 from deployments.page import serve_page
 from extractors import Extractor, InvalidImage, build_extractor
+from extractors.base import Query
 from index_actors.client import IndexClient
 
 
@@ -56,11 +57,11 @@ class ServeExtractor:
         self.name = name
         self.local = local
 
-    async def extract(self, data: bytes, query: bool) -> np.ndarray | InvalidImage:
+    async def extract(self, data: bytes, query: Query) -> np.ndarray | InvalidImage:
         """See ``ExtractorPort.extract``."""
         if query and self.local is not None:
             local = self.local
-            return (await asyncio.to_thread(local.extract_bytes, [data], True))[0]
+            return (await asyncio.to_thread(local.extract_bytes, [data], query))[0]
         result: np.ndarray | InvalidImage = await self.handle.extract.remote(data, query, self.name)
         return result
 

@@ -9,15 +9,17 @@ from typing import Any, Protocol
 import numpy as np
 
 from extractors import REGISTRY, Extractor, InvalidImage, WeightsUnavailable, build_extractor
+from extractors.base import Query
 from extractors.group import share_networks
 
 
 class ExtractorPort(Protocol):
     """One extractor, as the engine calls it."""
 
-    async def extract(self, data: bytes, query: bool) -> np.ndarray | InvalidImage:
-        """The feature of an upload (``query``: its query variants), or why the image is bad.
-        Raises ``WeightsUnavailable`` when the model is missing."""
+    async def extract(self, data: bytes, query: Query) -> np.ndarray | InvalidImage:
+        """The feature of an upload (``query``: its query variants, ``FUSED``: for a fused
+        search), or why the image is bad. Raises ``WeightsUnavailable`` when the model is
+        missing."""
 
     async def embed_text(self, text: str) -> np.ndarray:
         """A text's embedding (extractors that map text and images to one space)."""
@@ -66,7 +68,7 @@ class LocalExtractor:
             raise WeightsUnavailable(self.unavailable or f"{self.name} is not loaded")
         return self.extractor
 
-    async def extract(self, data: bytes, query: bool) -> np.ndarray | InvalidImage:
+    async def extract(self, data: bytes, query: Query) -> np.ndarray | InvalidImage:
         """See ``ExtractorPort.extract``."""
         extractor = self.ready()
         return (await asyncio.to_thread(extractor.extract_bytes, [data], query))[0]

@@ -25,6 +25,7 @@ from deployments.schemas import (
     TextSearchResult,
 )
 from extractors import REGISTRY, InvalidImage, WeightsUnavailable
+from extractors.base import FUSED, Query
 from extractors.textdoc import MAX_QUERY_WORDS, words
 from index_actors.client import IndexClient
 from index_actors.interface import (
@@ -112,7 +113,7 @@ class Searches:
 
     # --- extraction -----------------------------------------------------------------------
     async def extract(
-        self, data: bytes, names: list[str], query: bool
+        self, data: bytes, names: list[str], query: Query
     ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Features of one upload per extractor, and why any extractor could not run.
 
@@ -153,9 +154,12 @@ class Searches:
             raise InvalidInput(f"no {what} found in this image: nothing to match")
         return {n: q for n, q in queries.items() if n not in gone}
 
-    async def queries(self, data: Data, names: list[str]) -> dict[str, np.ndarray]:
-        """Searchable query features of an upload; ``Unavailable`` when none was computed."""
-        queries, failed = await self.extract(await read(data), names, query=True)
+    async def queries(
+        self, data: Data, names: list[str], mode: Query = True
+    ) -> dict[str, np.ndarray]:
+        """Searchable query features of an upload (``mode``: see ``query_mode``);
+        ``Unavailable`` when none was computed."""
+        queries, failed = await self.extract(await read(data), names, query=mode)
         if not queries:
             raise Unavailable(f"no feature could be computed: {failed}")
         return self.searchable(queries)
@@ -215,8 +219,18 @@ class Searches:
         )
         k_each = kk if duplicates_only else max(kk, self.args.fusion.candidates)
         thresholds = {"phash": dup} if duplicates_only else {}
-        lists = await self.extract_and_search(await read(data), names, k_each, thresholds, options)
+        lists = await self.extract_and_search(
+            await read(data), names, k_each, thresholds, options, self.query_mode(names)
+        )
         return await self.fused(lists, kk, dup)
+
+    @staticmethod
+    def query_mode(names: list[str]) -> Query:
+        """``FUSED`` when a whole-image feature (phash, global, CLIP) is among the searched
+        ones, which finds the photo itself, so that local features may read the query at a
+        bounded size and only look for crops; a plain query otherwise."""
+        whole = [n for n in names if kind_of(n).visual and REGISTRY[n].kind != "keypoints"]
+        return FUSED if whole and len(whole) < len(names) else True
 
     async def extract_and_search(
         self,
@@ -225,16 +239,18 @@ class Searches:
         k: int | None,
         thresholds: Mapping[str, float | None],
         options: Mapping[str, dict[str, Any]],
+        mode: Query = True,
     ) -> dict[str, list[Hit]]:
         """``queries`` then ``search``, with each feature's index searched as soon as its
         own query feature is ready: the fast sources' searches overlap the slow extractors
         (local features, networks). The answer, and the error when there is one, are those
         of the two steps in turn: a bad image, then no feature computed, then nothing to
-        match, then a failed search (the first in ``names`` order)."""
+        match, then a failed search (the first in ``names`` order). ``mode``: the query
+        mode (``query_mode``)."""
 
         async def one(name: str) -> tuple[Any, Any]:
             try:
-                query = await self.extractors[name].extract(data, True)
+                query = await self.extractors[name].extract(data, mode)
             except Exception as exc:
                 return exc, None
             if isinstance(query, InvalidImage) or kind_of(name).is_empty(query):

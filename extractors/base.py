@@ -12,6 +12,12 @@ from extractors.images import InvalidImage, decode
 from extractors.textdoc import encode_doc
 
 Kind = Literal["binary", "vector", "keypoints", "text", "blob", "labels"]
+#: ``query`` of ``extract_bytes``: False for a stored feature, True for a query's variants,
+#: ``FUSED`` for a query whose search is fused with whole-image features (phash, global),
+#: which find the photo itself: an extractor may read such a query at a bounded size
+#: (local features do: they only need to find crops there). The others treat it as True.
+FUSED: Literal["fused"] = "fused"
+Query = bool | Literal["fused"]
 
 
 class WeightsUnavailable(RuntimeError):
@@ -84,7 +90,7 @@ class Extractor(ABC):
         return [f[None, :] for f in self.extract(images)]
 
     def extract_bytes(
-        self, blobs: list[bytes], query: bool = False
+        self, blobs: list[bytes], query: Query = False
     ) -> list[np.ndarray | InvalidImage]:
         """Decode and extract a batch of uploads; a bad upload yields its ``InvalidImage``.
 

@@ -5,15 +5,15 @@ Data pool): each computes its own feature, except one that rides on another's fo
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from extractors.base import Extractor
+from extractors.base import Extractor, Query
 from extractors.images import InvalidImage
 
-#: One request: an upload's bytes, whether it is a query, and the feature wanted.
-Request = tuple[bytes, bool, str]
+#: One request: an upload's bytes, whether (and how) it is a query, and the feature wanted.
+Request = tuple[bytes, Query, str]
 
 
 def share_networks(extractors: Mapping[str, Extractor]) -> dict[str, str]:
@@ -31,7 +31,7 @@ def share_networks(extractors: Mapping[str, Extractor]) -> dict[str, str]:
 def run(
     extractors: Mapping[str, Any],
     riders: Mapping[str, str],
-    requests: list[Request],
+    requests: Sequence[Request],
     threads: ThreadPoolExecutor | None = None,
 ) -> list[Any]:
     """The feature (or ``InvalidImage``) of every request. Where a rider and its source
@@ -44,10 +44,10 @@ def run(
     ``extractors``: feature -> a loaded ``Extractor`` (one that ``ready()`` gives, for an
     unavailable one the caller answers before)."""
     out: list[Any] = [None] * len(requests)
-    for query in (False, True):
+    for query in dict.fromkeys(q for _, q, _ in requests):  # stored, query, fused query
         wanted: dict[str, list[int]] = defaultdict(list)
         for i, (_, q, name) in enumerate(requests):
-            if q is query:
+            if q == query and type(q) is type(query):  # True == 1, never "fused"
                 wanted[name].append(i)
         for rider, source in riders.items() if not query else ():
             if rider not in wanted or source not in wanted:
@@ -70,7 +70,7 @@ def run(
             wanted[source] = [i for i in wanted[source] if i not in done]
         jobs = [(name, slots) for name, slots in wanted.items() if slots]
 
-        def one(job: tuple[str, list[int]], query: bool = query) -> list[Any]:
+        def one(job: tuple[str, list[int]], query: Query = query) -> list[Any]:
             name, slots = job
             return extractors[name].extract_bytes([requests[i][0] for i in slots], query)
 

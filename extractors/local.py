@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from extractors.base import Extractor, Kind, WeightsUnavailable
+from extractors.base import FUSED, Extractor, Kind, Query, WeightsUnavailable
 from extractors.images import InvalidImage, decode
 from extractors.keypoint_pack import DESC, HEADER, keypoint_count, pack, unpack
 from extractors.weights import FETCH, existing_file, offline, read_state_dict
@@ -80,7 +80,10 @@ class LocalFeatures(Extractor):
     800 x 533 costs half the SIFT time, and crops are found as before, but the photo's
     own stored copy has ~60 % of its keypoints in SIFT's finest octave, which the smaller
     query cannot see: it then ranks first for 7 of 14 photos instead of 14 (measured:
-    docs/architecture.md, "Measured numbers").
+    docs/architecture.md, "Measured numbers"). A query of a fused search (``FUSED``),
+    where phash and global features find the photo itself, is read at
+    ``fused_query_max_area`` pixels at most: there local features only need to find crops,
+    which the bound leaves as they were (the crops bench).
 
     ``descriptor``: ``rootsift`` (default, no weights) or ``hardnet8``, whose weights come
     from ``weights`` (a file) or the Hugging Face cache (``scripts/fetch_models.py local``).
@@ -107,6 +110,7 @@ class LocalFeatures(Extractor):
         weights: str | None = None,
         mirror: bool = True,
         query_max_area: int | None = None,
+        fused_query_max_area: int | None = 480_000,
         max_pixels: int = 100_000_000,
     ) -> None:
         super().__init__(max_pixels=max_pixels)
@@ -123,6 +127,7 @@ class LocalFeatures(Extractor):
         self.max_neighbours = max_neighbours
         self.max_area = max_area
         self.query_max_area = query_max_area
+        self.fused_query_max_area = fused_query_max_area
         # contrastThreshold -1: every extremum is a candidate; the selection picks.
         import cv2  # here, not at the top: processes that only read the kind stay small
 
@@ -163,9 +168,10 @@ class LocalFeatures(Extractor):
                 f"({type(exc).__name__}); fetch it with {FETCH.format(feature='local')}"
             ) from None
 
-    @property
-    def _query_area(self) -> int:
-        return min(self.max_area, self.query_max_area or self.max_area)
+    def _query_area(self, query: Query = True) -> int:
+        """The most pixels a query of this mode is read at."""
+        bound = self.fused_query_max_area if query == FUSED else None
+        return min(self.max_area, bound or self.query_max_area or self.max_area)
 
     def _prepared(self, img: Image.Image, max_area: int | None = None) -> np.ndarray:
         w, h = img.size
@@ -265,12 +271,13 @@ class LocalFeatures(Extractor):
         """Packed keypoints and descriptors of each image (zero keypoints is a valid result)."""
         return [pack(*self.features(self._prepared(img))) for img in images]
 
-    def query_variants(self, images: list[Image.Image]) -> list[np.ndarray]:
-        """The image and (with ``mirror``) its mirror, at ``query_max_area`` pixels at most,
-        zero-padded to one width (``unpack`` reads the count)."""
+    def query_variants(self, images: list[Image.Image], query: Query = True) -> list[np.ndarray]:
+        """The image and (with ``mirror``) its mirror, at the query's bound
+        (``query_max_area``, or ``fused_query_max_area`` for ``FUSED``), zero-padded to one
+        width (``unpack`` reads the count)."""
         out = []
         for img in images:
-            gray = self._prepared(img, self._query_area)
+            gray = self._prepared(img, self._query_area(query))
             if self.descriptor == "hardnet8":  # a learnt descriptor: no mirrored bins
                 rows = [pack(*self.features(gray))]
                 if self.mirror:
@@ -282,29 +289,28 @@ class LocalFeatures(Extractor):
         return out
 
     def extract_bytes(
-        self, blobs: list[bytes], query: bool = False
+        self, blobs: list[bytes], query: Query = False
     ) -> list[np.ndarray | InvalidImage]:
-        """As ``Extractor.extract_bytes``; a query over ``query_max_area`` pixels is decoded
-        as its luminance alone, in JPEG draft mode down to that size where it can be."""
+        """As ``Extractor.extract_bytes``; a query over its bound's pixels is decoded as its
+        luminance alone, in JPEG draft mode down to that size where it can be."""
         if not query:
             return super().extract_bytes(blobs, query)
-        return [self._query(data) for data in blobs]
+        return [self._query(data, query) for data in blobs]
 
-    def _query(self, data: bytes) -> np.ndarray | InvalidImage:
+    def _query(self, data: bytes, query: Query) -> np.ndarray | InvalidImage:
         try:
-            img = self._query_image(data)
+            img = self._query_image(data, self._query_area(query))
         except InvalidImage as exc:
             return exc
-        return self._compute([img], self.query_variants)[0]
+        return self._compute([img], lambda imgs: self.query_variants(imgs, query))[0]
 
-    def _query_image(self, data: bytes) -> Image.Image:
-        """A query upload decoded for ``query_variants``."""
+    def _query_image(self, data: bytes, area: int) -> Image.Image:
+        """A query upload decoded for ``query_variants`` at ``area`` pixels at most."""
         try:
             with Image.open(io.BytesIO(data)) as probe:
                 w, h = probe.size
         except Exception:  # decode says what is wrong with it
             w = h = 0
-        area = self._query_area
         if w * h <= area:  # as stored images are decoded
             return self.decode(data)
         # Both sides stay at least the downscaled ones: the rest is a LANCZOS resize.

@@ -15,6 +15,7 @@ from deployments.config import AppArgs
 from deployments.engine import Engine
 from deployments.ports import LocalExtractor
 from extractors import InvalidImage
+from extractors.base import FUSED
 from index_actors.client import IndexClient
 from index_actors.interface import BackendDown, Conflict, InvalidInput, Unavailable, UnknownImage
 from tests.helpers import encode, reencode
@@ -195,8 +196,10 @@ def test_each_search_starts_as_its_query_is_ready_and_answers_as_before(
     """A search by image searches each feature's index as soon as that feature's query is
     computed: phash's search runs while local features are still extracting. The answer is
     the two steps' (every query, then every search): the same lists, the same fusion; and
-    the errors keep their order (nothing to match for local alone, a bad image first)."""
-    features = {"phash": {}, "color": {}, "local": {}}
+    the errors keep their order (nothing to match for local alone, a bad image first).
+    Fused with phash, local features read the query at their fused bound (here a small
+    one), alone at full size."""
+    features = {"phash": {}, "color": {}, "local": {"options": {"fused_query_max_area": 40_000}}}
     args = AppArgs.model_validate({"name": "unit", "data_dir": str(tmp_path), "features": features})
     extractors = {n: LocalExtractor.build(n, args.extractor_options(n)) for n in args.enabled}
     engine = Engine(args, extractors, IndexClient.local(tmp_path, args.index_specs()))
@@ -205,8 +208,8 @@ def test_each_search_starts_as_its_query_is_ready_and_answers_as_before(
     names = engine.visual
     options = {n: engine.options(n, {}) for n in names}
 
-    async def two_steps(data: bytes) -> Any:
-        queries = await engine.queries(data, names)
+    async def two_steps(data: bytes, names: list[str] = names) -> Any:
+        queries = await engine.queries(data, names, engine.query_mode(names))
         lists = await engine.search(queries, args.fusion.candidates, {}, options)
         return await engine.fused(lists, 20, args.fusion.duplicate_threshold)
 
@@ -214,6 +217,12 @@ def test_each_search_starts_as_its_query_is_ready_and_answers_as_before(
         want = run(two_steps(data))
         assert run(engine.search_image(data, 20, None, {})) == want
         assert set(want.by_feature) == {"phash", "color", "local"}
+        alone = run(engine.search_image(data, 20, "local", {}))
+        assert alone == run(two_steps(data, ["local"]))
+        assert alone.by_feature["local"] != want.by_feature["local"]  # the bound tells
+    assert engine.query_mode(["phash", "local"]) == engine.query_mode(["global", "local"])
+    assert engine.query_mode(["phash", "local"]) == FUSED
+    assert engine.query_mode(["local"]) is True and engine.query_mode(["phash"]) is True
 
     # local's extraction waits until phash's index has been asked: no deadlock means
     # phash's search did not wait for it.

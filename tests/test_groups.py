@@ -9,7 +9,9 @@ import pytest
 
 from deployments.ports import build_group
 from extractors import GlobalFeatures, ImageNetTagger, InvalidImage, WeightsUnavailable
+from extractors.base import FUSED, Query
 from extractors.group import run, share_networks
+from extractors.local import LocalFeatures
 from extractors.textdoc import decode_doc
 
 OPTIONS = {"global": {"threads": 1}, "tags": {"threads": 1}, "phash": {}}
@@ -72,3 +74,15 @@ def test_a_feature_known_to_lack_weights_is_never_built() -> None:
     with pytest.raises(WeightsUnavailable, match="no weights"):
         ports["clip"].ready()
     assert ports["phash"].ready().name == "phash"
+
+
+def test_a_batch_of_mixed_modes_answers_each_in_its_own(photos: dict[str, bytes]) -> None:
+    """One batch may hold stored features, queries and fused queries of one upload: each
+    gets its own (a fused query of local features at their fused bound)."""
+    local = LocalFeatures(fused_query_max_area=160 * 90)
+    data = next(iter(photos.values()))
+    modes: list[Query] = [FUSED, False, True, FUSED]
+    out = run({"local": local}, {}, [(data, mode, "local") for mode in modes])
+    for mode, got in zip(modes, out, strict=True):
+        assert np.array_equal(got, local.extract_bytes([data], mode)[0]), mode
+    assert not np.array_equal(out[0], out[2])

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from extractors import WeightsUnavailable
+from extractors.base import FUSED
 from extractors.local import LocalFeatures, mirrored_descriptors, pack, unpack
 from index_actors.keypoints import KeypointIndex
 from index_actors.ranges import RangeMap
@@ -293,6 +294,17 @@ def test_a_query_is_read_at_a_bounded_size(
     for data in (photos[name], _crop(photos[name], 0.8), reencode(photos[name], mirror=True)):
         assert _top(idx, bounded, data, names) == name
 
+    # A fused search's query has a bound of its own; a plain query keeps the whole image,
+    # and a query within the bound is the same in both modes.
+    fused = LocalFeatures(fused_query_max_area=320 * 180)
+    (whole,) = fused.extract_bytes([photos[name]], query=True)
+    (glance,) = fused.extract_bytes([photos[name]], query=FUSED)
+    assert unpack(whole[0])[0][:, 0].max() > 320
+    assert np.array_equal(whole, LocalFeatures().extract_bytes([photos[name]], query=True)[0])
+    assert unpack(glance[0])[0][:, 0].max() < 320 and len(unpack(glance[0])[0]) > 50
+    small = _crop(photos[name], 0.2)
+    assert np.array_equal(*(fused.extract_bytes([small], query=q)[0] for q in (True, FUSED)))
+
 
 def _verified(points: np.ndarray, desc: np.ndarray, stored: np.ndarray) -> int:
     """Inliers of a query variant's matches with a stored feature, as a search counts them."""
@@ -342,3 +354,9 @@ def test_variants_searched_together_answer_as_each_alone(
                     best[image_id] = min(best.get(image_id, 1.0), distance)
             want = sorted(best.items(), key=lambda h: (h[1], h[0]))
             assert idx.search(query, k=None, **opts) == want
+    # The verifier threads run NumPy's BLAS on one thread each (its own threads on top of
+    # them made each mutual matching 20-100x slower on 2 cores).
+    from threadpoolctl import threadpool_info
+
+    blas = [i for i in threadpool_info() if i["prefix"] == "libscipy_openblas"]
+    assert blas and all(i["num_threads"] == 1 for i in blas)
