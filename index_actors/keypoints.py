@@ -7,13 +7,18 @@ in memory (``RangeMap``), rebuilt from LMDB on start. A search votes per image o
 nearest descriptors of each query descriptor, then re-matches the best candidates mutually
 (kornia ``match_smnn``) and counts the RANSAC (MAGSAC++) inliers of a homography.
 
-The descriptor index is exact (8-bit, Flat) until ``scripts/train_index.py local --factory
-"IVF1024,PQ16"`` trains one: ``adopt`` fills it from LMDB while the index serves and
-swaps it in; ``nprobe`` is live. Re-matching always uses the exact descriptors in LMDB.
+The descriptor index is exact (8-bit, Flat) until one is trained: by ``scripts/train_index.py
+local --factory "IVF1024,PQ16"``, or by the index itself in the background once it holds
+``train_at`` descriptors (exact search grows with the collection: ~0.3-0.6 s a query at
+1,000 images against ~0.09 s trained, the same crops found; bench ``crops``). ``adopt``
+fills the new index from LMDB while the index serves and swaps it in; ``nprobe`` is live.
+Re-matching always uses the exact descriptors in LMDB.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +30,11 @@ from index_actors.interface import Hit, UnknownImage
 from index_actors.keypoint_match import cores, inliers, mutual_matches, ranked, verifiers
 from index_actors.ranges import RangeMap
 from index_actors.store import numbered
-from index_actors.trained import Trained
+from index_actors.trained import Trained, train_template
+
+log = logging.getLogger(__name__)
+#: Descriptors sampled to train an index by itself (``train_at``): ~250 per IVF list.
+TRAIN_SAMPLE = 256_000
 
 
 class KeypointIndex(Trained):
@@ -37,7 +46,20 @@ class KeypointIndex(Trained):
     dtype = np.dtype(np.uint8)
     LIVE: tuple[str, ...] = ("nprobe",)
 
-    def __init__(self, path: str | Path, dim: int = DESC, nprobe: int = 16, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        dim: int = DESC,
+        nprobe: int = 16,
+        train_at: int | None = None,
+        train_factory: str = "IVF1024,PQ16",
+        **kwargs: Any,
+    ) -> None:
+        #: Descriptors from which the index trains ``train_factory`` by itself (None: never).
+        self.train_at = train_at
+        self.train_factory = train_factory
+        #: The background training, once started (at most once per process).
+        self.training: threading.Thread | None = None
         self.ranges = RangeMap()
         self.path = Path(path)
         parts = self._read_parts()
@@ -121,7 +143,39 @@ class KeypointIndex(Trained):
             for image_id, start, (_, desc) in zip(ids, starts, parsed, strict=True):
                 _add_range(self.index, start, desc)
                 self.ranges.add(image_id, start, len(desc))
+            self._maybe_train()
         return len(ids)
+
+    def _maybe_train(self) -> None:
+        """Start training ``train_factory`` in the background once ``train_at`` descriptors
+        are stored and the index is still exact (under ``_lock``)."""
+        if (
+            self.train_at is None
+            or self.training is not None
+            or self.trained
+            or self._adopting
+            or self.ranges.descriptors < self.train_at
+        ):
+            return
+        self.training = threading.Thread(target=self._train, name="train-index", daemon=True)
+        self.training.start()
+
+    def _train(self) -> None:
+        """Train on a sample of the stored descriptors and adopt the result; a failure is
+        logged and leaves the exact index serving."""
+        try:
+            template = train_template(self.sample(TRAIN_SAMPLE), self.train_factory, "l2")
+            done = self.adopt(template)
+            log.info("%s: trained %s by itself: %s", self.path, self.train_factory, done)
+        except Exception:
+            log.exception("%s: training %s failed; exact it stays", self.path, self.train_factory)
+
+    def close(self) -> None:
+        """As ``StoredIndex.close``, once a training in progress is done (it reads the
+        store; it runs once in a store's life)."""
+        if self.training is not None:
+            self.training.join()
+        super().close()
 
     def _drop(self, start: int, packed: np.ndarray) -> None:
         _remove_range(self.index, start, keypoint_count(packed))

@@ -92,3 +92,14 @@ class Trained(StoredIndex):
         self.index, self._tag = fresh, self._tag_of(parts)
         self._snapshot_generation = -1  # the old snapshot is of the old index
         self.configure(**self.live)
+
+
+def train_template(sample: np.ndarray, factory: str, metric: str) -> bytes:
+    """An empty FAISS index of ``factory`` trained on ``sample`` (rows), serialized: what
+    ``adopt`` takes. ``ValueError`` when FAISS cannot build the factory."""
+    try:
+        index = faiss.index_factory(sample.shape[1], factory, METRICS[metric])
+    except RuntimeError as exc:
+        raise ValueError(f"FAISS cannot build {factory!r}: {exc}") from None
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    return bytes(faiss.serialize_index(index).tobytes())

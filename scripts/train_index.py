@@ -32,8 +32,8 @@ import ray
 import yaml
 
 from deployments.config import load_app_args
-from index_actors.base import METRICS
 from index_actors.client import IndexClient
+from index_actors.trained import train_template
 from index_actors.vector import transform_to_bytes
 from index_actors.vector import whiten as whiten_rows
 
@@ -57,12 +57,7 @@ def train(
     data = whiten_rows(white, np.ascontiguousarray(sample, dtype=np.float32))
     if not factory or factory == "Flat":
         return None, transform_to_bytes(white) if white is not None else None
-    try:
-        index = faiss.index_factory(data.shape[1], factory, METRICS[metric])
-    except RuntimeError as exc:
-        raise ValueError(f"FAISS cannot build {factory!r}: {exc}") from None
-    index.train(data)
-    blob = faiss.serialize_index(index).tobytes()
+    blob = train_template(data, factory, metric)
     return blob, transform_to_bytes(white) if white is not None else None
 
 

@@ -2,6 +2,7 @@
 index with its descriptor-id ranges, and finding crops and the classic pairs."""
 
 import io
+import logging
 import threading
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from PIL import Image, ImageOps
 
 from extractors import WeightsUnavailable
 from extractors.base import FUSED
+from extractors.keypoint_pack import keypoint_count
 from extractors.local import LocalFeatures, mirrored_descriptors, pack, unpack
 from index_actors.keypoints import KeypointIndex
 from index_actors.ranges import RangeMap
@@ -360,3 +362,40 @@ def test_variants_searched_together_answer_as_each_alone(
 
     blas = [i for i in threadpool_info() if i["prefix"] == "libscipy_openblas"]
     assert blas and all(i["num_threads"] == 1 for i in blas)
+
+
+def test_the_index_trains_itself_once_it_holds_train_at_descriptors(
+    local: LocalFeatures,
+    photos: dict[str, bytes],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Under ``train_at`` descriptors the index stays exact; the add that crosses it starts
+    a background training of ``train_factory``, whose index is adopted (kept on disk) with
+    every image still found by a crop. A factory FAISS cannot build leaves it exact."""
+    names = sorted(photos)
+    feats = local.extract_bytes([photos[n] for n in names])
+    half = len(names) // 2
+    at = sum(keypoint_count(f) for f in feats[:half]) + 1
+    idx = KeypointIndex(tmp_path / "auto", train_at=at, train_factory="IVF8,Flat")
+    idx.add(list(range(half)), feats[:half])
+    assert idx.training is None and not idx.trained
+    idx.add(list(range(half, len(names))), feats[half:])
+    assert idx.training is not None
+    idx.training.join(120)
+    assert idx.trained and idx.describe()["trained"]
+    for name in names:
+        assert _top(idx, local, _crop(photos[name], 0.5), names) == name, name
+    idx.close()
+    again = KeypointIndex(tmp_path / "auto", train_at=at, train_factory="IVF8,Flat")
+    assert again.trained and again.count == len(names)
+    again.close()
+
+    broken = KeypointIndex(tmp_path / "broken", train_at=at, train_factory="IVF8,NoSuch")
+    with caplog.at_level(logging.ERROR):
+        broken.add(list(range(len(names))), feats)
+        assert broken.training is not None
+        broken.training.join(120)
+    assert not broken.trained and "NoSuch" in caplog.text
+    assert _top(broken, local, photos[names[0]], names) == names[0]
+    broken.close()
