@@ -1,5 +1,5 @@
 """API keys, Ray-free: the HTTP app (``create_app``) over an in-process engine with a key
-file, and the start-up rule for exposed hosts."""
+file, the start-up rule for exposed hosts, and the scripts' key check."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 
 from deployments import auth, routes_native, routes_seed
@@ -246,6 +247,27 @@ def test_an_exposed_host_without_keys_refuses_to_start_unless_allowed(
             auth.startup(str(named), True, host)
 
 
+def test_make_serve_checks_the_config_first(
+    tmp_path: Path, key_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``scripts/preflight.py`` (``make serve`` runs it before ``serve run``): the config's
+    http_options.host and each application's args; the shipped config passes."""
+    from scripts import preflight
+
+    root = Path(__file__).resolve().parent.parent
+    assert preflight.main([str(root / "configs" / "serve.yaml")]) == 0
+    config = tmp_path / "serve.yaml"
+    app = {"name": "imgsearch", "import_path": "graph:build_app", "args": {}}
+    cfg = {"http_options": {"host": "0.0.0.0", "port": 8000}, "applications": [app]}
+    config.write_text(yaml.safe_dump(cfg))
+    assert preflight.main([str(config)]) == 2
+    assert "refusing to start: http_options.host is '0.0.0.0'" in capsys.readouterr().err
+    for args in ({"allow_unauthenticated": True}, {"api_keys_file": str(key_file)}):
+        app["args"] = args
+        config.write_text(yaml.safe_dump(cfg))
+        assert preflight.main([str(config)]) == 0, capsys.readouterr().err
+
+
 def test_the_environment_names_the_key_file(
     tmp_path: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -288,3 +310,35 @@ def test_keys_never_appear_in_logs_or_answers(
     for key in (READ_KEY, WRITE_KEY):
         assert key not in text
         assert not any(key in a.text or key in str(a.headers) for a in answers)
+
+
+def test_scripts_need_a_write_key_when_the_app_has_keys(
+    tmp_path: Path,
+    key_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Ingest and training check ``--api-key`` / ``IMGSEARCH_API_KEY`` against the app's
+    key file before they connect to Ray."""
+    from scripts import ingest
+
+    assert auth.client_problem(None, None) is None  # no keys: open
+    assert "give a write key" in str(auth.client_problem(str(key_file), None))
+    assert auth.client_problem(str(key_file), "nope") == "the API key is not valid"
+    assert "write key" in str(auth.client_problem(str(key_file), READ_KEY))
+    assert auth.client_problem(str(key_file), WRITE_KEY) is None
+    assert auth.client_problem(str(key_file), READ_KEY, auth.READ) is None
+
+    config = tmp_path / "serve.yaml"
+    app = {"name": "imgsearch", "args": {"api_keys_file": str(key_file)}}
+    config.write_text(yaml.safe_dump({"applications": [app]}))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    monkeypatch.delenv(auth.ENV_KEY, raising=False)
+    assert ingest.main([str(folder), "--config", str(config)]) == 2
+    assert "give a write key (--api-key, or IMGSEARCH_API_KEY)" in capsys.readouterr().err
+    monkeypatch.setenv(auth.ENV_KEY, READ_KEY)
+    assert ingest.main([str(folder), "--config", str(config)]) == 2
+    assert "this needs a write key" in capsys.readouterr().err
+    assert ingest.main([str(folder), "--config", str(config), "--api-key", "nope"]) == 2
+    assert "the API key is not valid" in capsys.readouterr().err
