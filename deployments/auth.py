@@ -41,7 +41,7 @@ ENV_FILE = "IMGSEARCH_API_KEYS_FILE"
 ENV_KEY = "IMGSEARCH_API_KEY"
 #: The OpenAPI extension of each operation that names the key it needs.
 MARK = "x-api-key"
-#: What the middleware leaves in the request's scope: the key's scope, None without a key.
+#: What ``check`` leaves in the request's scope: the key's scope, None without a key.
 GRANTED = "imgsearch.key_scope"
 ROOT = Path(__file__).resolve().parent.parent
 

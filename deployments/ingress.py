@@ -8,9 +8,12 @@ import logging
 from typing import Any
 
 import numpy as np
+import ray
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from ray import serve
+from ray.serve.config import HTTPOptions
+from ray.serve.context import _get_global_client
 from ray.serve.handle import DeploymentHandle
 
 from deployments import auth, routes_native, routes_seed
@@ -64,14 +67,10 @@ def serve_http_host() -> str | None:
 
     ``http_options`` is Serve's, not an app argument: ``serve run`` starts the controller
     with the config's before it builds the app, so the running controller knows it (Ray
-    2.60 has no public call for it, hence ``_get_global_client``). Without a controller,
-    ``serve.run`` starts one with Ray's defaults (``HTTPOptions()``; every interface under
-    HAProxy).
+    2.60 has no public call for it, hence ``_get_global_client``). Without a controller
+    (or before Ray is up), ``serve.run`` will start one with Ray's defaults
+    (``HTTPOptions()``: every interface under HAProxy).
     """
-    import ray
-    from ray.serve.config import HTTPOptions
-    from ray.serve.context import _get_global_client
-
     client = (
         _get_global_client(raise_if_no_controller_running=False) if ray.is_initialized() else None
     )
