@@ -17,7 +17,10 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
+# The preflight stops here, with the reason, a config that exposes the API without keys
+# (build_app checks it too, but there a refusal leaves `serve run` running without the app).
 serve: $(BIN)/.installed ocr-deps
+	$(BIN)/python scripts/preflight.py configs/serve.yaml
 	$(BIN)/serve run configs/serve.yaml
 
 lint: $(BIN)/.installed
@@ -48,7 +51,7 @@ test: lint system-deps
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench
 
-# make ingest DIR=~/Pictures [ARGS=--ids-from-filenames]
+# make ingest DIR=~/Pictures [ARGS=--ids-from-filenames]; with API keys: IMGSEARCH_API_KEY=<write key>
 ingest: $(BIN)/.installed
 	$(BIN)/python scripts/ingest.py $(DIR) $(ARGS)
 

@@ -9,9 +9,10 @@ from typing import Any
 
 from ray.serve import Application
 
+from deployments import auth
 from deployments.config import AppArgs
 from deployments.extractor import ExtractorDeployment, models_without_weights
-from deployments.ingress import Ingress
+from deployments.ingress import Ingress, serve_http_host
 from index_actors.client import IndexClient
 
 
@@ -21,9 +22,15 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     ``serve run`` hands over the YAML ``args`` as a dict; tests pass an ``AppArgs``. Each
     feature's width comes from its extractor's configuration (no weights loaded), so an
     index opens for a model whose weights are still missing; such a feature's replica
-    answers "unavailable" without loading its model code.
+    answers "unavailable" without loading its model code. An exposed HTTP host without
+    API keys stops it here (``auth.AuthConfigError``, naming the reason).
     """
     args = AppArgs.model_validate(args)
+    # Refuse before any actor starts: an exposed host needs keys (``deployments/auth.py``).
+    # The key file resolved here (the environment may override it) is the one every
+    # ingress replica reads, wherever it runs.
+    keys = auth.startup(args.api_keys_file, args.allow_unauthenticated, serve_http_host())
+    args = args.model_copy(update={"api_keys_file": str(keys) if keys else None})
     missing = models_without_weights(args)
     extractors = {
         deployment: ExtractorDeployment.options(name=deployment).bind(  # type: ignore[attr-defined]

@@ -87,6 +87,14 @@ class AppArgs(BaseModel):
     #: browser (CORS), as the original gallery does from its own origin; ``["*"]``: any.
     #: Empty: same origin only.
     cors_origins: list[str] = Field(default_factory=list)
+    #: A file of API keys, one a line: ``read:KEY`` or ``write:KEY``, ``#`` comments; re-read
+    #: when it changes. The environment variable ``IMGSEARCH_API_KEYS_FILE`` overrides it;
+    #: relative paths are under the project root. Unset: no keys, the API is open, which the
+    #: app allows on a loopback ``http_options.host`` only (``deployments/auth.py``).
+    api_keys_file: str | None = None
+    #: Start without keys on a host that is not loopback: only when something in front of
+    #: the app (a reverse proxy, a firewall) checks who reaches it.
+    allow_unauthenticated: bool = False
     #: PostgreSQL connection string (libpq) for the text features' indexes (ocr, caption,
     #: tags), each in tables of its own (``<name>_<feature>_*``); unset: the embedded store
     #: under data_dir. Keep a password out of it (~/.pgpass, or PGPASSWORD): it travels

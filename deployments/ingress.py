@@ -4,15 +4,19 @@ engine, whose extractors are the extractor deployments."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import numpy as np
+import ray
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from ray import serve
+from ray.serve.config import HTTPOptions
+from ray.serve.context import _get_global_client
 from ray.serve.handle import DeploymentHandle
 
-from deployments import routes_native, routes_seed
+from deployments import auth, routes_native, routes_seed
 from deployments.config import AppArgs
 from deployments.engine import Engine
 from deployments.http import install, offline_docs
@@ -21,11 +25,24 @@ from extractors import Extractor, InvalidImage, build_extractor
 from extractors.base import Query
 from index_actors.client import IndexClient
 
+log = logging.getLogger("ray.serve")
+
 
 def create_app(engine: Engine, max_upload_bytes: int) -> FastAPI:
-    """The HTTP API over an engine: both routers, the upload cap, the error mapping."""
+    """The HTTP API over an engine: both routers, API keys, the upload cap, the error
+    mapping."""
+    path = auth.keys_path(engine.args.api_keys_file)
+    keys = auth.KeyFile(path) if path else None
+    if keys is not None:
+        # The build checked the file (``auth.startup``); here a bad one only grants nothing.
+        log.info("API keys from %s: %d", keys.path, len(keys.current()))
     # /docs and /redoc are ours (offline_docs): FastAPI's load their scripts from a CDN.
-    app = FastAPI(title="Image retrieval engine", docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="Image retrieval engine",
+        docs_url=None,
+        redoc_url=None,
+        dependencies=auth.documented(keys),
+    )
     if engine.args.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -35,12 +52,29 @@ def create_app(engine: Engine, max_upload_bytes: int) -> FastAPI:
         )
     app.state.engine = engine
     app.state.max_upload_bytes = max_upload_bytes
+    app.state.keys = keys  # every API route checks it (``auth.KeyedRoute``)
     install(app)
+    # The page and the docs need no key: static files, no data.
     offline_docs(app)
     serve_page(app)
     app.include_router(routes_native.router)
     app.include_router(routes_seed.router)
     return app
+
+
+def serve_http_host() -> str | None:
+    """The host Serve's HTTP proxies listen on, as the controller has it.
+
+    ``http_options`` is Serve's, not an app argument: ``serve run`` starts the controller
+    with the config's before it builds the app, so the running controller knows it (Ray
+    2.60 has no public call for it, hence ``_get_global_client``). Without a controller
+    (or before Ray is up), ``serve.run`` will start one with Ray's defaults
+    (``HTTPOptions()``: every interface under HAProxy).
+    """
+    client = (
+        _get_global_client(raise_if_no_controller_running=False) if ray.is_initialized() else None
+    )
+    return client.http_config.host if client is not None else HTTPOptions().host
 
 
 class ServeExtractor:

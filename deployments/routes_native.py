@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Response, UploadFile
 
+from deployments.auth import OPTIONAL, READ, KeyedRoute, granted, needs
 from deployments.engine import Engine
 from deployments.http import as_form, as_query, engine, etag_matches, upload
 from deployments.schemas import (
@@ -19,11 +20,14 @@ from deployments.schemas import (
     SearchResult,
     Similar,
     TextSearchResult,
+    Up,
 )
 from index_actors.interface import InvalidInput
 from index_actors.kinds import Blank, SearchOptions, VectorOptions
 
-router = APIRouter()
+# Every route checks the request's key (``deployments/auth.py``): GET routes need a read
+# key, the others a write key, unless one says otherwise (searches and analyses by upload).
+router = APIRouter(route_class=KeyedRoute)
 #: Image ids are signed 64-bit keys in LMDB and FAISS; negative ones are not given out.
 ID = {"ge": 0, "lt": 2**63}
 Eng = Annotated[Engine, Depends(engine)]
@@ -93,7 +97,7 @@ async def delete_image(eng: Eng, image_id: Annotated[int, Path(**ID)]) -> Delete
 
 
 # ``partial`` only when a shard did not answer (no other field of these answers is None).
-@router.post("/search/image", response_model_exclude_none=True)
+@router.post("/search/image", response_model_exclude_none=True, openapi_extra=needs(READ))
 async def search_image(
     request: Request,
     eng: Eng,
@@ -165,7 +169,7 @@ async def duplicates(
     return await eng.duplicates(feature, threshold, page, page_size)
 
 
-@router.post("/analyze")
+@router.post("/analyze", openapi_extra=needs(READ))
 async def analyze(request: Request, eng: Eng, image: Upload = None) -> Analysis:
     """Tags, caption and text (OCR's words with confidence and box) of an upload, nothing
     stored; a feature whose model is missing is named under ``unavailable``."""
@@ -180,7 +184,10 @@ async def analyze(request: Request, eng: Eng, image: Upload = None) -> Analysis:
     )
 
 
-@router.get("/health")
-async def health(eng: Eng) -> Health:
-    """Every extractor (available, or why not) and every index (count)."""
+@router.get("/health", openapi_extra=needs(OPTIONAL))
+async def health(request: Request, eng: Eng) -> Health | Up:
+    """Every extractor (available, or why not) and every index (count); when the app has
+    API keys, only with one: without, just that the app is up (a load balancer's probe)."""
+    if granted(request) is None:
+        return Up()
     return await eng.health()

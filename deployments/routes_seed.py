@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, File, Form, Request, Response, UploadFile
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from deployments.auth import READ, KeyedRoute, needs
 from deployments.config import SEED_NAMES
 from deployments.engine import Engine
 from deployments.http import as_form, engine, upload
@@ -29,7 +30,9 @@ def _not_bool(value: Any) -> Any:
     return value
 
 
-router = APIRouter(tags=["original services"])
+# Every route checks the request's key (``deployments/auth.py``): searches and analyses
+# need a read key (``needs(READ)``), the other routes (POSTs that store or delete) a write key.
+router = APIRouter(tags=["original services"], route_class=KeyedRoute)
 SEED_SERVICES = {seed: name for name, seed in SEED_NAMES.items()}
 ImageId = Annotated[int, Field(ge=0, lt=2**63), BeforeValidator(_not_bool)]
 Eng = Annotated[Engine, Depends(engine)]
@@ -161,7 +164,7 @@ async def delete_all(eng: Eng, body: Annotated[ImageRef, Body()]) -> list[dict[s
     return [{"status": "fulfilled"} for _ in eng.indexed]
 
 
-@router.post("/reverse_search")
+@router.post("/reverse_search", openapi_extra=needs(READ))
 async def reverse_search(
     request: Request,
     eng: Eng,
@@ -244,7 +247,7 @@ async def delete(svc: str, eng: Eng, body: Annotated[ImageRef, Body()]) -> Respo
     return Response(status_code=200)
 
 
-@router.post("/{svc}_get_similar_images_by_id")
+@router.post("/{svc}_get_similar_images_by_id", openapi_extra=needs(READ))
 async def by_id(svc: str, eng: Eng, body: Annotated[ById, Body()]) -> list[dict[str, Any]]:
     """A service: ``[{"image_id", "distance", "file_name"}]`` nearest to a stored image,
     searched by its stored feature as the original did: the image itself is listed (first,
@@ -256,7 +259,7 @@ async def by_id(svc: str, eng: Eng, body: Annotated[ById, Body()]) -> list[dict[
     return listing(name, found.results)
 
 
-@router.post("/image_text_features_get_similar_images_by_text")
+@router.post("/image_text_features_get_similar_images_by_text", openapi_extra=needs(READ))
 async def by_text(eng: Eng, body: Annotated[ByText, Body()]) -> list[dict[str, Any]]:
     """A service: ``[{"image_id", "distance", "file_name"}]`` matching a text (CLIP)."""
     name = eng.embedder or "clip"
@@ -264,7 +267,7 @@ async def by_text(eng: Eng, body: Annotated[ByText, Body()]) -> list[dict[str, A
     return listing(name, await eng.listing(await eng.text_hits(body.text, k, t, body)))
 
 
-@router.post("/{svc}_get_similar_images_by_image_buffer")
+@router.post("/{svc}_get_similar_images_by_image_buffer", openapi_extra=needs(READ))
 async def by_image(
     request: Request,
     svc: str,
@@ -282,7 +285,7 @@ async def by_image(
     return listing(name, await eng.listing(hits))
 
 
-@router.post("/get_image_tags")
+@router.post("/get_image_tags", openapi_extra=needs(READ))
 async def tags(request: Request, eng: Eng, image: Upload = None) -> list[str]:
     """The tagger: an upload's tags as a list of labels (Places365's first, the original's
     tagger, where it is enabled; then ImageNet's)."""
@@ -290,7 +293,7 @@ async def tags(request: Request, eng: Eng, image: Upload = None) -> list[str]:
     return labels(doc)
 
 
-@router.post("/get_image_caption")
+@router.post("/get_image_caption", openapi_extra=needs(READ))
 async def caption(request: Request, eng: Eng, image: Upload = None) -> str:
     """The captioner: an upload's caption, a string."""
     doc, _ = await eng.analyze(upload(request, image), ("caption",), "captioner")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -114,6 +114,12 @@ class Analysis(BaseModel):
     text: str | None
     words: list[Any]
     unavailable: dict[str, str]
+
+
+class Up(BaseModel):
+    """``/health`` without a key, when the app has keys: it answers, nothing more."""
+
+    status: Literal["up"] = "up"
 
 
 class Health(BaseModel):

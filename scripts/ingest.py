@@ -5,19 +5,22 @@
 
 Files already stored are skipped, so an interrupted run picks up where it stopped; a file that
 is not a readable image is reported at the end with the reason. The app must be running
-(``make serve``).
+(``make serve``). When it has API keys, give a write key: ``IMGSEARCH_API_KEY=KEY`` (or
+``--api-key KEY``, which other users of the machine can see in the process list).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 import ray
 import yaml
 
+from deployments import auth
 from deployments.config import load_app_args
 from deployments.ingest import IngestError, ingest
 
@@ -35,6 +38,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="use each file's integer stem (1234.jpg -> 1234) as its image id",
     )
     p.add_argument("--features", help="comma list of features (default: every enabled one)")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get(auth.ENV_KEY),
+        help=f"a write key, when the app has API keys (default: ${auth.ENV_KEY})",
+    )
     p.add_argument("--batch-size", type=int, default=4, help="files per batch (default 4)")
     p.add_argument(
         "--pool-size", type=int, default=None, help="extractor actors (default: one per two CPUs)"
@@ -108,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         args = load_app_args(ns.config, ns.app)
     except (OSError, ValueError, yaml.YAMLError) as exc:  # no config, or args the app refuses
         print(f"ingest: {ns.config}: {exc}", file=sys.stderr)
+        return 2
+    # This writes through Ray, not HTTP: it checks the key against the app's key file.
+    problem = auth.client_problem(args.api_keys_file, ns.api_key)
+    if problem:
+        print(f"ingest: {problem}", file=sys.stderr)
         return 2
     try:
         # A person reads this output: the progress bar, the summary and real errors. The

@@ -5,6 +5,8 @@
     python scripts/train_index.py clip --flat                     # back to exact Flat
     python scripts/train_index.py local --factory "IVF1024,PQ16"  # local features' descriptors
 
+When the app has API keys, give a write key: IMGSEARCH_API_KEY=KEY (or --api-key KEY).
+
 For local features the sample is of descriptors (from random images), and there is no
 whitening: the trained index only picks the candidates, which are re-matched with the exact
 descriptors kept in LMDB.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -31,6 +34,7 @@ import numpy as np
 import ray
 import yaml
 
+from deployments import auth
 from deployments.config import load_app_args
 from index_actors.client import IndexClient
 from index_actors.trained import train_template
@@ -97,6 +101,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", default="configs/serve.yaml", help="the app's Serve config")
     p.add_argument("--app", default="imgsearch", help="application name in the config")
     p.add_argument("--address", default="auto", help="Ray cluster address the app runs on")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get(auth.ENV_KEY),
+        help=f"a write key, when the app has API keys (default: ${auth.ENV_KEY})",
+    )
     ns = p.parse_args(argv)
     if ns.flat == bool(ns.factory or ns.whiten):
         p.error("give --factory and/or --whiten, or --flat")
@@ -115,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if ns.feature not in args.enabled:
         print(f"train_index: {ns.feature} is not enabled in {ns.config}", file=sys.stderr)
+        return 2
+    # Training reaches the index actors through Ray, not HTTP: it checks the key itself.
+    problem = auth.client_problem(args.api_keys_file, ns.api_key)
+    if problem:
+        print(f"train_index: {problem}", file=sys.stderr)
         return 2
     metric = args.index_options(ns.feature).get("metric", "l2")
     try:

@@ -48,8 +48,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextlib.contextmanager
+def serving(data: Path, features: dict[str, Any], **settings: Any) -> Iterator[str]:
     """The app (``create_app`` over an in-process engine) on a free port; yields its URL."""
     import uvicorn
 
@@ -59,15 +59,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from deployments.ports import LocalExtractor
     from index_actors.client import IndexClient
 
-    data = tmp_path_factory.mktemp("browser-data")
-    features: dict[str, Any] = {
-        "phash": {},
-        "color": {"weight": 0.5},
-        "tags": {"options": {"model": "efficientnet_lite0", "threads": 1}},
-        "thumbnail": {},
-    }
-    settings = {"name": "browser", "data_dir": str(data), "features": features, "max_upload_mb": 2}
-    args = AppArgs.model_validate(settings)
+    settings = {"name": "browser", "data_dir": str(data), "features": features, **settings}
+    args = AppArgs.model_validate({"max_upload_mb": 2, **settings})
     extractors = {n: LocalExtractor.build(n, args.extractor_options(n)) for n in args.enabled}
     client = IndexClient.local(data, args.index_specs())
     app = create_app(Engine(args, extractors, client), int(args.max_upload_mb * 1024 * 1024))
@@ -87,6 +80,19 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         for actor in shards:
             with contextlib.suppress(Exception):
                 actor._obj.index.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The app with phash, colour, tags and thumbnails, no API keys."""
+    features: dict[str, Any] = {
+        "phash": {},
+        "color": {"weight": 0.5},
+        "tags": {"options": {"model": "efficientnet_lite0", "threads": 1}},
+        "thumbnail": {},
+    }
+    with serving(tmp_path_factory.mktemp("browser-data"), features) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -133,13 +139,14 @@ class Tab:
         return path
 
 
-@pytest.fixture
-def tab(browser: Any, server: str, shots: Path) -> Iterator[Tab]:
-    """A fresh desktop-sized page; at the end, no console error but the allowed ones."""
+@contextlib.contextmanager
+def new_tab(browser: Any, url: str, shots: Path) -> Iterator[Tab]:
+    """A fresh desktop-sized page of the app at ``url``; at the end, no console error but
+    the allowed ones."""
     context = browser.new_context(viewport=DESKTOP)
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
-    opened = Tab(page, server, shots)
+    opened = Tab(page, url, shots)
     page.on(
         "console", lambda m: opened.errors.append(m.text) if m.type in ("error", "assert") else None
     )
@@ -147,6 +154,13 @@ def tab(browser: Any, server: str, shots: Path) -> Iterator[Tab]:
     yield opened
     context.close()
     assert opened.unexpected() == [], f"console errors: {opened.unexpected()}"
+
+
+@pytest.fixture
+def tab(browser: Any, server: str, shots: Path) -> Iterator[Tab]:
+    """A fresh page of the app without keys."""
+    with new_tab(browser, server, shots) as opened:
+        yield opened
 
 
 def expect(locator: Any, message: str | None = None) -> Any:
@@ -481,3 +495,74 @@ def test_phone_width_fits_without_sideways_scrolling(tab: Tab, route: str) -> No
     assert width <= PHONE["width"], f"{route or '#/'} is {width} px wide"
     name = route.strip("#/").split("?")[0].replace("/", "-") or "search"
     tab.shot(f"phone-{name}{'-results' if '?' in route else ''}")
+
+
+# --- an app with API keys -------------------------------------------------------------------
+
+READ_KEY = "r-browser-7c1d2e90"
+WRITE_KEY = "w-browser-93ab41f5"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An app with a read and a write key (phash and thumbnails only: light)."""
+    data = tmp_path_factory.mktemp("keyed-data")
+    keys = data / "api-keys"
+    keys.write_text(f"read:{READ_KEY}\nwrite:{WRITE_KEY}\n")
+    features: dict[str, Any] = {"phash": {}, "thumbnail": {}}
+    with serving(data / "store", features, api_keys_file=str(keys)) as url:
+        yield url
+
+
+def test_the_page_asks_for_a_key_once_and_sends_it_everywhere(
+    browser: Any, keyed_server: str, shots: Path
+) -> None:
+    """The page asks for a key (again after a wrong one), asks for a write key when a read
+    key may not add, keeps the key for the tab's session (a reload asks nothing) and sends
+    it with every API request, thumbnails included."""
+    with new_tab(browser, keyed_server, shots) as tab:
+        tab.allow(r"status of 40[13]")  # the browser logs each refused request
+        page = tab.page
+        dialog = page.get_by_role("dialog", name="API key")
+
+        def answer(key: str) -> None:
+            dialog.get_by_label("Key").fill(key)
+            dialog.get_by_role("button", name="Use key").click()
+
+        tab.go("")
+        expect(dialog).to_contain_text("asks for an API key")
+        answer("not-a-key")
+        expect(dialog).to_contain_text("did not accept")
+        answer(READ_KEY)
+        expect(page.get_by_role("heading", name="Search", level=1)).to_be_visible()
+        expect(dialog).to_be_hidden()
+
+        tab.go("#/add")
+        with page.expect_file_chooser() as chooser:
+            page.get_by_label("Images to add").click()
+        chooser.value.set_files([str(PHOTOS / WINE)])
+        expect(dialog).to_contain_text("needs a write key")
+        tab.shot("api-key-dialog")
+        answer(WRITE_KEY)
+        row = page.locator(".upload")
+        expect(row).to_have_attribute("data-state", "ok")
+        added = row.get_by_role("link").get_attribute("href")
+        assert added and added.startswith("#/image/")
+
+        sent: list[tuple[str, str | None]] = []
+        page.on("request", lambda r: sent.append((r.url, r.headers.get("authorization"))))
+        page.reload()
+        tab.go(added)
+        expect(page.get_by_role("heading", level=1)).to_have_text(WINE)
+        image = page.locator(".thumb.large img")
+        expect(image).to_have_attribute("src", re.compile(r"^blob:"))
+        assert page.evaluate("document.querySelector('.thumb.large img').naturalWidth") > 0
+        expect(dialog).to_be_hidden()
+        shell = (keyed_server, f"{keyed_server}/")  # the page itself and its files need none
+        api = [
+            (u, a)
+            for u, a in sent
+            if u.startswith(keyed_server) and u not in shell and "/web/" not in u
+        ]
+        assert any(u.endswith("/thumbnail") for u, _ in api), api
+        assert all(a == f"Bearer {WRITE_KEY}" for _, a in api), api

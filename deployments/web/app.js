@@ -56,16 +56,93 @@ function detailOf(status, text) {
   return `the server answered ${status}${text ? ": " + text.slice(0, 200) : ""}`;
 }
 
-async function api(path, options) {
-  let response;
+// --- the API key ---------------------------------------------------------------------------
+// An app with API keys answers 401 without one (and /health only "up"): the page then asks
+// once and keeps the key for this tab's session (sessionStorage: gone when the tab closes),
+// and sends it with every request, thumbnails included. A 403 (a read key where adding or
+// deleting needs a write key) asks for a write key. Without keys nothing is asked or sent.
+
+const KEY_ITEM = "imgsearch.apiKey";
+let keyInMemory = ""; // where sessionStorage is unavailable: kept until the page is left
+
+function apiKey() {
   try {
-    response = await fetch(path, options);
-  } catch (err) {
-    throw new ApiError(0, `the server cannot be reached (${err.message})`);
+    return sessionStorage.getItem(KEY_ITEM) || keyInMemory;
+  } catch {
+    return keyInMemory;
   }
-  const text = await response.text();
-  if (!response.ok) throw new ApiError(response.status, detailOf(response.status, text));
-  return text ? JSON.parse(text) : null;
+}
+
+/** Headers with ``Authorization: Bearer KEY`` added when there is a key. */
+function withKey(headers) {
+  const out = new Headers(headers || {});
+  const key = apiKey();
+  if (key) out.set("Authorization", `Bearer ${key}`);
+  return out;
+}
+
+let asking = null; // requests refused at the same time share one prompt
+
+/** Ask for a key, saying why; resolves true when one was given (then kept). */
+function askKey(reason) {
+  if (asking) return asking;
+  const dialog = $("#key");
+  const input = $("#key-input");
+  $("#key-reason").textContent = reason;
+  input.value = "";
+  dialog.returnValue = "";
+  dialog.showModal();
+  asking = new Promise((resolve) => {
+    dialog.addEventListener(
+      "close",
+      () => {
+        const key = input.value.trim();
+        input.value = ""; // the key stays in storage only, not in the page
+        asking = null;
+        if (dialog.returnValue !== "ok" || !key) return resolve(false);
+        keyInMemory = key;
+        try {
+          sessionStorage.setItem(KEY_ITEM, key);
+        } catch {
+          // storage disabled: the key lives in memory for this page
+        }
+        resolve(true);
+      },
+      { once: true },
+    );
+  });
+  return asking;
+}
+
+/** After a 401 or 403, ask for a key; true when one was given, so the request goes again. */
+function keyRefused(status, text) {
+  if (status === 401) {
+    return askKey(
+      apiKey()
+        ? "The server did not accept this key. Enter another."
+        : "This server asks for an API key: a read key to search, a write key to add and delete.",
+    );
+  }
+  if (status === 403) {
+    const why = detailOf(status, text);
+    return askKey(`${why.charAt(0).toUpperCase()}${why.slice(1)}. Enter a write key to go on.`);
+  }
+  return Promise.resolve(false);
+}
+
+async function api(path, options = {}) {
+  for (;;) {
+    let response;
+    try {
+      response = await fetch(path, { ...options, headers: withKey(options.headers) });
+    } catch (err) {
+      throw new ApiError(0, `the server cannot be reached (${err.message})`);
+    }
+    const text = await response.text();
+    if (await keyRefused(response.status, text)) continue; // again, with the key given
+    if (!response.ok) throw new ApiError(response.status, detailOf(response.status, text));
+    return text ? JSON.parse(text) : null;
+  }
 }
 
 /** POST a file to /images with upload progress (fetch cannot report it; XHR can). */
@@ -73,12 +150,16 @@ function uploadImage(file, onProgress) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open("POST", "images");
+    const key = apiKey();
+    if (key) xhr.setRequestHeader("Authorization", `Bearer ${key}`);
     xhr.upload.addEventListener("progress", (e) => {
       if (e.lengthComputable) onProgress(e.loaded / e.total);
     });
     xhr.upload.addEventListener("load", () => onProgress(1));
-    xhr.addEventListener("load", () => {
+    xhr.addEventListener("load", async () => {
       if (xhr.status >= 200 && xhr.status < 300) resolve(JSON.parse(xhr.responseText));
+      else if (await keyRefused(xhr.status, xhr.responseText))
+        uploadImage(file, onProgress).then(resolve, reject);
       else reject(new ApiError(xhr.status, detailOf(xhr.status, xhr.responseText)));
     });
     xhr.addEventListener("error", () => reject(new ApiError(0, "the server cannot be reached")));
@@ -94,6 +175,11 @@ let health = null;
 
 async function loadHealth() {
   health = await api("health");
+  // Without a key, an app with keys says only {"status": "up"}: ask, then read it again.
+  while (!health.extractors) {
+    if (!(await keyRefused(401, ""))) throw new ApiError(401, "this page needs an API key");
+    health = await api("health");
+  }
   return health;
 }
 
@@ -129,16 +215,41 @@ function thumb(id, name, large = false) {
   }
   // The card around a small thumbnail already says the file name: its alt stays empty.
   const img = h("img", {
-    src: `images/${encodeURIComponent(id)}/thumbnail`,
     alt: large ? label : "",
     width: 320,
     height: 320,
     loading: "lazy",
     decoding: "async",
   });
-  img.addEventListener("error", () => box.replaceChildren(placeholder()), { once: true });
+  const failed = () => box.replaceChildren(placeholder());
+  img.addEventListener("error", failed, { once: true });
+  const src = `images/${encodeURIComponent(id)}/thumbnail`;
+  if (apiKey()) keyedImage(img, src, failed);
+  else img.src = src;
   box.append(img);
   return box;
+}
+
+/** Show ``src`` in ``img``, fetched with the key (an <img> cannot send a header) once it
+ * comes near the screen, as loading="lazy" would; ``failed()`` when it cannot. The browser
+ * still revalidates it by its ETag (fetch uses the HTTP cache). */
+function keyedImage(img, src, failed) {
+  const seen = new IntersectionObserver(
+    (entries) => {
+      if (!entries.some((e) => e.isIntersecting)) return;
+      seen.disconnect();
+      fetch(src, { headers: withKey() })
+        .then((r) => (r.ok ? r.blob() : Promise.reject(new Error(`status ${r.status}`))))
+        .then((blob) => {
+          const url = URL.createObjectURL(blob);
+          img.addEventListener("load", () => URL.revokeObjectURL(url), { once: true });
+          img.src = url;
+        })
+        .catch(failed);
+    },
+    { rootMargin: "200px" },
+  );
+  seen.observe(img);
 }
 
 /** A result card that links to the image's own page; ``details``: lines under the name. */
