@@ -2,9 +2,10 @@
 Tesseract, on text in photos and on rendered lines.
 
 - Photos: words and short phrases rendered onto the shared 1600-px photos (``photo_cases``):
-  DejaVu fonts of 28-88 px, anywhere, in a colour that stands out from what is under it or
-  dark on a light band; upright, tilted by 2-10 degrees either way, or the whole photo seen
-  at an angle (a perspective warp); every other image saved at JPEG quality 40. Seeded:
+  DejaVu fonts of 28-88 px (smaller where a phrase would not fit), anywhere, in a colour
+  that stands out from what is under it or dark on a light band; upright, tilted by 2-10
+  degrees either way, or the whole photo seen at an angle (a perspective warp); every other
+  image saved at JPEG quality 40. Seeded:
   the same cases every run. Recall counts a rendered word found among the words of the text
   the extractor stores (what text search matches). Target: >= 0.95 with the default engine.
 - Rendered lines: a line of dark text on a light background (Pillow's and DejaVu fonts,
