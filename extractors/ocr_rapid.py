@@ -73,8 +73,9 @@ class RapidOcr:
             folder = Path(self.model_dir or Path(rapidocr.__file__).parent / "models")
             params = {
                 "Global.log_level": "critical",
-                # The extractor has already capped the size; rapidocr's own resize rounds
-                # to 32 px and can blow a thin strip up to hundreds of thousands of pixels.
+                # The extractor has already capped the size. rapidocr's own resize brings
+                # the short side up to 30 px and pads wide images: a 2000x2 strip became
+                # 30016x7504 pixels (850 MiB at peak, against 206 without).
                 "Global.use_preprocess_img": False,
                 # The angle classifier only turns upside-down lines; photos rarely have one.
                 "Global.use_cls": False,
