@@ -19,7 +19,7 @@ $(BIN)/.installed: pyproject.toml
 
 # The preflight stops here, with the reason, a config that exposes the API without keys
 # (build_app checks it too, but there a refusal leaves `serve run` running without the app).
-serve: $(BIN)/.installed ocr-deps
+serve: $(BIN)/.installed
 	$(BIN)/python scripts/preflight.py configs/serve.yaml
 	$(BIN)/serve run configs/serve.yaml
 
@@ -28,11 +28,13 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# Debian packages, installed once with apt-get (sudo unless root): Tesseract for OCR, and
-# for the tests a PostgreSQL server (the text index's second backend; the tests start their
-# own in a temporary folder) and Chromium (the page's browser tests drive it with Playwright,
-# whose own browser downloads are not used). `make serve` only tries: without Tesseract the
-# app still runs, with the ocr feature reported unavailable in /health.
+# Debian packages, installed once with apt-get (sudo unless root), for the tests: Tesseract
+# (the OCR engine besides the default rapidocr, which ships its models in its Python
+# package), a PostgreSQL server (the text index's second backend; the tests start their own
+# in a temporary folder) and Chromium (the page's browser tests drive it with Playwright,
+# whose own browser downloads are not used). `make ocr-deps` installs Tesseract alone, for
+# an app configured with the ocr option `engine: tesseract`; without it, that app runs with
+# the ocr feature reported unavailable in /health.
 OCR_PKGS := tesseract-ocr tesseract-ocr-eng
 TEST_PKGS := $(OCR_PKGS) postgresql chromium
 APT = SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -q && $$SUDO apt-get install -y -q

@@ -33,7 +33,8 @@ order they run:
           ``int4range`` table (a throwaway server, when PostgreSQL is installed).
 - text:   recall@5 and latency of exact, misspelt and sound-alike text queries over
           ``--n-texts`` texts, the embedded backend beside PostgreSQL (bench/text.py).
-- ocr:    Tesseract's word accuracy and images/s on rendered lines.
+- ocr:    word recall and images/s of rapidocr (the default OCR engine) against Tesseract on
+          text rendered onto the photos, and on rendered lines (bench/ocr.py).
 - throughput: images/s of every extractor on the shipped photos, beside global features.
 - footprint: bytes per image of every default feature (LMDB, memory exact and trained) on
           the photos, and the projection to 100M and 1B images (nodes, shards, fan-out).

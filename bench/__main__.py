@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         if "text" in opts.only:
             rows += bench_text(opts.n_texts, 200, photos)
         if "ocr" in opts.only:
-            rows += bench_ocr()
+            rows += bench_ocr(photos)
         if "throughput" in opts.only:
             rows += bench_throughput(photos)
         if "footprint" in opts.only:

@@ -59,7 +59,7 @@ def bench_memory(photos: dict[str, bytes], idle_s: float) -> list[Row]:
         count, pss, rss = measure(app.proc.pid)
         health = httpx.get(f"{app.url}/health", timeout=30).json()
         # Then as after a first use: one add (every feature) and the searches, which
-        # load what idle processes have not (OpenCV, numba, Tesseract's wrapper).
+        # load what idle processes have not (OpenCV, numba, OCR's models).
         photo = next(iter(photos.values()))
         with httpx.Client(base_url=app.url, timeout=300) as client:
             client.post("/images", files={"image": ("first.jpg", photo)}).raise_for_status()

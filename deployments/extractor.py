@@ -113,7 +113,7 @@ class ExtractorDeployment:
         return await asyncio.to_thread(self._run, items)
 
     # Weight-free groups: a few batches at once, so that a search's SIFT query does not
-    # wait behind an ingest batch's OCR (SIFT, Tesseract and PIL release the GIL).
+    # wait behind an ingest batch's OCR (SIFT, onnxruntime and PIL release the GIL).
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0, max_concurrent_batches=4)
     async def _batch_side_by_side(self, items: list[Request]) -> list[Result]:
         return await asyncio.to_thread(self._run, items)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from extractors.color import ColorHistogram
     from extractors.global_features import GlobalFeatures
     from extractors.local import LocalFeatures
-    from extractors.ocr import TesseractOcr
+    from extractors.ocr import Ocr
     from extractors.phash import PHash
     from extractors.places import Places365Tagger
     from extractors.tags import ImageNetTagger
@@ -34,7 +34,7 @@ _WHERE = {
     "global": ("extractors.global_features", "GlobalFeatures"),
     "clip": ("extractors.clip", "ClipFeatures"),
     "tags": ("extractors.tags", "ImageNetTagger"),
-    "ocr": ("extractors.ocr", "TesseractOcr"),
+    "ocr": ("extractors.ocr", "Ocr"),
     "caption": ("extractors.caption", "Captioner"),
     "places": ("extractors.places", "Places365Tagger"),
     "thumbnail": ("extractors.thumbnail", "Thumbnail"),
@@ -84,9 +84,9 @@ __all__ = [
     "ImageNetTagger",
     "InvalidImage",
     "LocalFeatures",
+    "Ocr",
     "PHash",
     "Places365Tagger",
-    "TesseractOcr",
     "Thumbnail",
     "WeightsUnavailable",
     "build_extractor",

@@ -37,7 +37,7 @@ def run(
     """The feature (or ``InvalidImage``) of every request. Where a rider and its source
     are both asked for the same upload (an add computes every feature at once), one pass
     of the source gives both; the rest run each extractor on its own batch, on
-    ``threads`` side by side when given (weight-free extractors: SIFT, Tesseract and PIL
+    ``threads`` side by side when given (CPU extractors: SIFT, OCR (onnxruntime) and PIL
     release the GIL; networks run one at a time, since a torch op on another thread starts
     a second OpenMP team that slows both).
 

@@ -58,13 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     for name in wanted:
         options = args.extractor_options(name)
         try:
-            build_extractor(name, options).load()
+            extractor = build_extractor(name, options)
+            extractor.load()
         except WeightsUnavailable as exc:
             missing += 1
             print(f"{name}: missing: {exc}")
         else:
-            what = options.get("model") or options.get("descriptor") or "no weights needed"
-            print(f"{name}: ok ({what})")
+            # OCR names its engine: rapidocr's models ship in its package, Tesseract has none.
+            engine = getattr(extractor, "engine_name", None)
+            what = options.get("model") or options.get("descriptor") or engine
+            print(f"{name}: ok ({what or 'no weights needed'})")
     return 1 if missing else 0
 
 

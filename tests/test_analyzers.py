@@ -1,62 +1,18 @@
-"""Text analyzers (issue 5, no Ray): ImageNet tags from the global network, Tesseract OCR
-on rendered text (fonts, sizes, small rotations, JPEG noise)."""
+"""Text analyzers (issue 5, no Ray): ImageNet tags from the global network, captions,
+Places365 tags (OCR: tests/test_ocr.py)."""
 
 import io
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
-from bench.common import rendered_line, text_fonts
 from extractors import WeightsUnavailable
 from extractors.caption import Captioner
-from extractors.ocr import TesseractOcr
 from extractors.places import Places365Tagger, _readable
 from extractors.tags import ImageNetTagger
 from tests.helpers import places_dir, tiny_blip_dir
-
-LINES = [
-    "Please sign here to receive your parcel",
-    "Platform seven departures to Amsterdam",
-    "Fresh bread baked every morning",
-    "Museum opening hours Monday closed",
-]
-
-
-def test_ocr_word_accuracy_on_rendered_text() -> None:
-    ocr = TesseractOcr()
-    right = total = 0
-    for size in (28, 44):
-        for font in text_fonts(size):
-            for angle in (-3.0, 0.0, 2.0):
-                images = [rendered_line(line, font, angle) for line in LINES]
-                for line, result in zip(LINES, ocr.analyze(images), strict=True):
-                    got = {w["text"].lower().strip(".,") for w in result["words"]}
-                    want = line.lower().split()
-                    right += sum(w in got for w in want)
-                    total += len(want)
-                    assert all(0 <= w["confidence"] <= 100 for w in result["words"])
-    assert right / total >= 0.9, f"word accuracy {right / total:.2f}"
-
-
-def test_ocr_of_an_image_without_text_and_a_missing_language() -> None:
-    (result,) = TesseractOcr().analyze([Image.new("RGB", (640, 480), (90, 120, 150))])
-    assert result == {"text": "", "words": []}
-    # A strip that downscales to under a pixel high stays a pixel high.
-    (strip,) = TesseractOcr(max_side=2000).analyze([Image.new("RGB", (5000, 1), "white")])
-    assert strip == {"text": "", "words": []}
-    with pytest.raises(WeightsUnavailable, match="tesseract-ocr-xyz"):
-        TesseractOcr(languages=["eng", "xyz"]).load()
-
-
-def test_large_images_are_read_downscaled_with_boxes_in_original_pixels() -> None:
-    img = Image.new("RGB", (4000, 1000), "white")
-    font = ImageFont.load_default(120)
-    ImageDraw.Draw(img).text((2000, 400), "HARBOUR", fill="black", font=font)
-    (result,) = TesseractOcr(max_side=1000).analyze([img])
-    (word,) = [w for w in result["words"] if w["text"] == "HARBOUR"]
-    assert 1900 <= word["box"][0] <= 2100  # x in the 4000 px image, not the 1000 px one
 
 
 def test_imagenet_tags(photos: dict[str, bytes]) -> None:

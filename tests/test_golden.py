@@ -329,7 +329,8 @@ def app_overrides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]
 
 def golden_settings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """Every feature but caption and places: the weight-free ones, global and tags on the
-    packaged EfficientNet-Lite0, a tiny random (seeded) CLIP, Tesseract OCR."""
+    packaged EfficientNet-Lite0, a tiny random (seeded) CLIP, Tesseract OCR (the engine the
+    answers were recorded with: /analyze shows its word boxes)."""
     clip_dir = tiny_clip_dir(tmp_path_factory.mktemp("clip"))
     return {
         "features": {
@@ -339,7 +340,7 @@ def golden_settings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, objec
             "clip": {"options": {"model": f"local-dir:{clip_dir}"}},
             "local": {},
             "tags": {},
-            "ocr": {},
+            "ocr": {"options": {"engine": "tesseract"}},
         }
     }
 

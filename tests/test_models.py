@@ -142,7 +142,7 @@ def test_fetch_models_check_reports_each_model(capsys: pytest.CaptureFixture[str
     assert "clip: missing:" in out and "fetch_models.py clip" in out
     assert fetch_models.main(["--check", "global"]) == 0
     assert fetch_models.main(["--check", "phash"]) == 0  # weight-free: nothing to fetch
-    assert "tags: ok (efficientnet_lite0)" in out and "ocr: ok" in out
+    assert "tags: ok (efficientnet_lite0)" in out and "ocr: ok (rapidocr)" in out
     assert "caption: missing:" in out and "fetch_models.py caption" in out
     assert fetch_models.main(["--check", "nope"]) == 2  # not in the config
     capsys.readouterr()
