@@ -65,3 +65,29 @@ def describe(queries: list[Query]) -> str:
     """A line on the queries: how many, and a few with their counts of relevant documents."""
     shown = ", ".join(f"{q!r} ({len(r)})" for q, r in queries[:6])
     return f"{len(queries)} queries, e.g. {shown}"
+
+
+def photo_text_docs(
+    photos: dict[str, bytes], start: int
+) -> tuple[list[tuple[int, Doc]], list[Query]]:
+    """The OCR documents of words rendered onto the photos (``bench.ocr.photo_cases``: tilted,
+    warped, on and off a band, half at JPEG 40), read by the default config's OCR, with ids
+    from ``start``; and a query per rendered word, which should find every photo it is on."""
+    from bench.common import ROOT
+    from bench.ocr import photo_cases
+    from deployments.config import load_app_args
+    from extractors.ocr import Ocr
+
+    args = load_app_args(ROOT / "configs" / "serve.yaml", "imgsearch")
+    ocr = Ocr(**args.extractor_options("ocr"))
+    ocr.load()
+    cases = photo_cases(photos)
+    items = [
+        (start + j, doc)
+        for j, doc in enumerate(ocr.analyze([ocr.decode(case.data)])[0] for case in cases)
+    ]
+    on: dict[str, set[int]] = {}
+    for j, case in enumerate(cases):
+        for word in case.words:
+            on.setdefault(word, set()).add(start + j)
+    return items, sorted(on.items())
