@@ -28,18 +28,21 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# Debian packages, installed once with apt-get (sudo unless root), for the tests: Tesseract
-# (the OCR engine besides the default rapidocr, which ships its models in its Python
+# Debian packages, installed once with apt-get (sudo unless root), for the tests: DejaVu fonts,
+# Tesseract (the OCR engine besides the default rapidocr, which ships its models in its Python
 # package), a PostgreSQL server (the text index's second backend; the tests start their own
 # in a temporary folder) and Chromium (the page's browser tests drive it with Playwright,
 # whose own browser downloads are not used). `make ocr-deps` installs Tesseract alone, for
 # an app configured with the ocr option `engine: tesseract`; without it, that app runs with
 # the ocr feature reported unavailable in /health.
 OCR_PKGS := tesseract-ocr tesseract-ocr-eng
-TEST_PKGS := $(OCR_PKGS) postgresql chromium
+# DejaVu: the fonts the OCR tests and benches render text with.
+FONT_PKGS := fonts-dejavu-core fonts-dejavu-extra
+TEST_PKGS := $(OCR_PKGS) $(FONT_PKGS) postgresql chromium
 APT = SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -q && $$SUDO apt-get install -y -q
 system-deps:
-	@{ command -v tesseract && ls /usr/lib/postgresql/*/bin/initdb && command -v chromium; } \
+	@{ command -v tesseract && ls /usr/lib/postgresql/*/bin/initdb && command -v chromium \
+	  && ls /usr/share/fonts/truetype/dejavu/DejaVuSansCondensed.ttf; } \
 	  >/dev/null 2>&1 || { $(APT) $(TEST_PKGS); }
 
 ocr-deps:
