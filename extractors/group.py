@@ -47,7 +47,7 @@ def run(
     for query in dict.fromkeys(q for _, q, _ in requests):  # stored, query, fused query
         wanted: dict[str, list[int]] = defaultdict(list)
         for i, (_, q, name) in enumerate(requests):
-            if q == query and type(q) is type(query):  # True == 1, never "fused"
+            if q == query:
                 wanted[name].append(i)
         for rider, source in riders.items() if not query else ():
             if rider not in wanted or source not in wanted:

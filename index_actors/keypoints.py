@@ -17,8 +17,6 @@ Re-matching always uses the exact descriptors in LMDB.
 
 from __future__ import annotations
 
-import logging
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +28,7 @@ from index_actors.interface import Hit, UnknownImage
 from index_actors.keypoint_match import cores, inliers, mutual_matches, ranked, verifiers
 from index_actors.ranges import RangeMap
 from index_actors.store import numbered
-from index_actors.trained import Trained, train_template
-
-log = logging.getLogger(__name__)
-#: Descriptors sampled to train an index by itself (``train_at``): ~250 per IVF list.
-TRAIN_SAMPLE = 256_000
+from index_actors.trained import Trained
 
 
 class KeypointIndex(Trained):
@@ -55,11 +49,8 @@ class KeypointIndex(Trained):
         train_factory: str = "IVF1024,PQ16",
         **kwargs: Any,
     ) -> None:
-        #: Descriptors from which the index trains ``train_factory`` by itself (None: never).
         self.train_at = train_at
         self.train_factory = train_factory
-        #: The background training, once started (at most once per process).
-        self.training: threading.Thread | None = None
         self.ranges = RangeMap()
         self.path = Path(path)
         parts = self._read_parts()
@@ -143,39 +134,8 @@ class KeypointIndex(Trained):
             for image_id, start, (_, desc) in zip(ids, starts, parsed, strict=True):
                 _add_range(self.index, start, desc)
                 self.ranges.add(image_id, start, len(desc))
-            self._maybe_train()
+            self._maybe_train(self.ranges.descriptors)
         return len(ids)
-
-    def _maybe_train(self) -> None:
-        """Start training ``train_factory`` in the background once ``train_at`` descriptors
-        are stored and the index is still exact (under ``_lock``)."""
-        if (
-            self.train_at is None
-            or self.training is not None
-            or self.trained
-            or self._adopting
-            or self.ranges.descriptors < self.train_at
-        ):
-            return
-        self.training = threading.Thread(target=self._train, name="train-index", daemon=True)
-        self.training.start()
-
-    def _train(self) -> None:
-        """Train on a sample of the stored descriptors and adopt the result; a failure is
-        logged and leaves the exact index serving."""
-        try:
-            template = train_template(self.sample(TRAIN_SAMPLE), self.train_factory, "l2")
-            done = self.adopt(template)
-            log.info("%s: trained %s by itself: %s", self.path, self.train_factory, done)
-        except Exception:
-            log.exception("%s: training %s failed; exact it stays", self.path, self.train_factory)
-
-    def close(self) -> None:
-        """As ``StoredIndex.close``, once a training in progress is done (it reads the
-        store; it runs once in a store's life)."""
-        if self.training is not None:
-            self.training.join()
-        super().close()
 
     def _drop(self, start: int, packed: np.ndarray) -> None:
         _remove_range(self.index, start, keypoint_count(packed))

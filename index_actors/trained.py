@@ -5,7 +5,9 @@ part of an index that ``scripts/train_index.py`` switches. A mixin of the traina
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,10 @@ import numpy as np
 
 from index_actors.base import METRICS, StoredIndex, _fsync
 
+log = logging.getLogger(__name__)
+#: Entries sampled to train an index by itself (``train_at``): ~250 per IVF list of 1024.
+TRAIN_SAMPLE = 256_000
+
 
 class Trained(StoredIndex):
     """Reads, writes and installs the trained artefacts of an index (one ``trained.npz``).
@@ -21,6 +27,53 @@ class Trained(StoredIndex):
     ``template``: the empty trained index in use (None: the kind's exact index)."""
 
     template: Any = None
+    #: Stored entries from which the index trains ``train_factory`` by itself, once, in the
+    #: background (None: never); ``train_metric``: the metric it trains for.
+    train_at: int | None = None
+    train_factory: str = ""
+    train_metric: str = "l2"
+    #: The background training, once started (at most once per process).
+    training: threading.Thread | None = None
+    _adopting: bool = False
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        """Up to ``n`` stored entries (float32 rows): training data."""
+        raise NotImplementedError
+
+    def adopt(self, trained: bytes | None, whitening: bytes | None = None) -> dict[str, Any]:
+        """Switch to a trained index (None: back to exact), losing no write."""
+        raise NotImplementedError
+
+    def _maybe_train(self, stored: int) -> None:
+        """Start training ``train_factory`` in the background once ``stored`` entries reach
+        ``train_at`` while the index is still exact (called under ``_lock``)."""
+        if (
+            self.train_at is None
+            or self.training is not None
+            or self.trained
+            or self._adopting
+            or stored < self.train_at
+        ):
+            return
+        self.training = threading.Thread(target=self._train, name="train-index", daemon=True)
+        self.training.start()
+
+    def _train(self) -> None:
+        """Train on a sample of the stored entries and adopt the result; a failure is
+        logged and leaves the exact index serving."""
+        factory = self.train_factory
+        try:
+            template = train_template(self.sample(TRAIN_SAMPLE), factory, self.train_metric)
+            log.info("%s: trained %s by itself: %s", self.path, factory, self.adopt(template))
+        except Exception:
+            log.exception("%s: training %s failed; exact it stays", self.path, factory)
+
+    def close(self) -> None:
+        """As ``StoredIndex.close``, once a training in progress is done (it reads the
+        store; it runs once in a store's life)."""
+        if self.training is not None:
+            self.training.join()
+        super().close()
 
     @property
     def trained(self) -> bool:

@@ -281,7 +281,7 @@ class VectorIndex(Trained):
             return np.empty((0, self.dim), np.float32)
         return np.frombuffer(b"".join(values), dtype=np.float32).reshape(len(values), self.dim)
 
-    def adopt(self, trained: bytes | None, whitening: bytes | None) -> dict[str, Any]:
+    def adopt(self, trained: bytes | None, whitening: bytes | None = None) -> dict[str, Any]:
         """Switch to a trained index and/or whitening (None: Flat / none), losing no write.
 
         The new index is filled from LMDB while adds and removes go on against the old
