@@ -17,11 +17,12 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-# The preflight stops here, with the reason, a config that exposes the API without keys
-# (build_app checks it too, but there a refusal leaves `serve run` running without the app).
+# scripts/serve.py: the preflight (it stops here, with the reason, a config that exposes the
+# API without keys or misspells an option), then `serve run`; Ctrl-C or SIGTERM stops every
+# process of the app, HAProxy included, so that the next start finds the port free.
+CONFIG ?= configs/serve.yaml
 serve: $(BIN)/.installed
-	$(BIN)/python scripts/preflight.py configs/serve.yaml
-	$(BIN)/serve run configs/serve.yaml
+	$(BIN)/python scripts/serve.py $(CONFIG)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
@@ -51,7 +52,7 @@ ocr-deps:
 
 test: lint system-deps
 	$(BIN)/pytest
-	$(BIN)/pytest -m multinode
+	$(BIN)/pytest -m own_ray
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench

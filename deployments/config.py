@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from extractors import REGISTRY, WeightsUnavailable, build_extractor
 from index_actors.client import IndexSpec
@@ -28,6 +28,9 @@ SEED_NAMES = {
 class FeatureConfig(BaseModel):
     """One feature: whether it runs, its extractor and index options, its fusion weight."""
 
+    # A misspelt setting is an error, not a silently ignored line.
+    model_config = ConfigDict(extra="forbid")
+
     enabled: bool = True
     #: Compute query features in the ingress instead of calling the deployment; default:
     #: yes for light extractors (no weights, a few ms of CPU).
@@ -46,6 +49,9 @@ class FeatureConfig(BaseModel):
 class FusionConfig(BaseModel):
     """Reciprocal-rank fusion and the near-duplicate rule."""
 
+    # A misspelt setting is an error, not a silently ignored line.
+    model_config = ConfigDict(extra="forbid")
+
     rank_constant: float = 60.0
     #: phash Hamming distance (of 576 bits) at or under which an image is a near-duplicate.
     duplicate_threshold: int = 64
@@ -57,6 +63,9 @@ class FusionConfig(BaseModel):
 
 class AppArgs(BaseModel):
     """Everything the application is built from."""
+
+    # A misspelt setting is an error, not a silently ignored line.
+    model_config = ConfigDict(extra="forbid")
 
     #: Prefix of the Ray actor names, so that two apps (or tests) never share an index.
     name: str = "imgsearch"

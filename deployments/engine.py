@@ -28,6 +28,7 @@ from deployments.search import Data, Searches, read
 from extractors.textdoc import decode_doc, merge_docs
 from index_actors.client import IndexClient
 from index_actors.interface import (
+    NO_SPACE,
     BackendDown,
     Conflict,
     InvalidInput,
@@ -35,6 +36,7 @@ from index_actors.interface import (
     Unavailable,
     UnknownImage,
     reason,
+    storage_full,
 )
 from index_actors.kinds import kind_of
 
@@ -79,11 +81,16 @@ class Engine(Searches):
         (stored,) = await self.client.store([(file_name, image_id)], columns, label, replace)
         if stored.conflict is not None:
             raise Conflict(stored.conflict)
-        status.update(stored.status)
+        # The writes of the features computed now; the removal of the others a re-add does
+        # (``replace``) keeps their own status (unavailable, say), or fails the add below.
+        status.update({n: s for n, s in stored.status.items() if n in feats})
         if not stored.ok:
+            writes = stored.status
+            if any(NO_SPACE in s for s in writes.values()):
+                raise storage_full(f"image {stored.image_id} was not stored: {writes}")
             if not stored.existed:
-                raise BackendDown(f"the image was not stored, retry: {status}")
-            raise BackendDown(f"image {stored.image_id} was not stored completely, retry: {status}")
+                raise BackendDown(f"the image was not stored, retry: {writes}")
+            raise BackendDown(f"image {stored.image_id} was not stored completely, retry: {writes}")
         assert stored.image_id is not None and stored.file_name is not None
         return Added(
             image_id=stored.image_id,

@@ -17,12 +17,15 @@ from ray.exceptions import RayError
 from deployments.engine import Engine
 from extractors import InvalidImage
 from index_actors.interface import (
+    NO_SPACE,
     BackendDown,
     Conflict,
     InvalidInput,
     NotFound,
+    StorageFull,
     Unavailable,
     reason,
+    storage_full,
 )
 
 log = logging.getLogger("ray.serve")
@@ -34,6 +37,7 @@ STATUS: dict[type[Exception], int] = {
     Conflict: 409,
     Unavailable: 503,
     BackendDown: 503,
+    StorageFull: 507,  # Insufficient Storage (RFC 4918)
 }
 
 
@@ -182,6 +186,8 @@ def install(app: FastAPI) -> None:
     async def _ray_error(request: Request, exc: RayError) -> JSONResponse:
         """An index or extractor call failed for reasons not the client's: 503, the cause."""
         log.error("%s %s failed: %s", request.method, request.url.path, exc)
+        if NO_SPACE in reason(exc):
+            return JSONResponse({"detail": str(storage_full(reason(exc)))}, 507)
         return JSONResponse({"detail": f"a backend call failed, retry: {reason(exc)}"}, 503)
 
 

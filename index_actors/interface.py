@@ -50,6 +50,20 @@ class BackendDown(RuntimeError):
     """A store or actor failed for reasons not the client's; retrying is safe: a 503."""
 
 
+class StorageFull(BackendDown):
+    """The data directory's disk is full: a 507 that says so. Nothing stored is damaged
+    (LMDB's commit fails whole), and a retry works once space is freed."""
+
+
+#: How a full disk shows in an error's message (``errno.ENOSPC``'s text, LMDB's and the OS's).
+NO_SPACE = "No space left on device"
+
+
+def storage_full(what: str) -> StorageFull:
+    """The error for a write that failed on a full disk; ``what``: what failed, and why."""
+    return StorageFull(f"the data directory's disk is full; free space, then retry: {what}")
+
+
 @runtime_checkable
 class Index(Protocol):
     """One feature's stored features and what searches them; an index actor hosts one.

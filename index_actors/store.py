@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -175,6 +178,12 @@ class Catalog:
     feature and removes it after every feature, so an index never holds an unknown id.
     Ids are never reused: the next free id only grows, so a deleted image's id cannot come
     back as another image's (a client may still hold it).
+
+    One writer per image: a write (an add, a re-add, a delete) holds the image's id from its
+    registration (``claim``, ``hold``) to its last feature (``release``), and another write of
+    the same image waits for it, so that concurrent writes of one id end in one upload's
+    features, or none. A hold lapses after its ``ttl_s`` (a writer that died); holds live in
+    memory, as they outlive no writer.
     """
 
     def __init__(self, path: Path, map_size: int = 1 << 32) -> None:
@@ -183,6 +192,9 @@ class Catalog:
         self.names = self.env.open_db(b"id_to_name")
         self.ids = self.env.open_db(b"name_to_id")
         self.meta = self.env.open_db(b"meta")
+        #: id -> (the writer's token, when its hold lapses, time.monotonic()).
+        self._holds: dict[int, tuple[str, float]] = {}
+        self._lock = threading.Lock()  # the Ray actor is serial; LocalActor calls on threads
 
     def register(
         self, file_name: str | None, image_id: int | None = None, unique_name: bool = False
@@ -202,8 +214,49 @@ class Catalog:
         self, images: list[tuple[str | None, int | None]], unique_names: bool = False
     ) -> list[tuple[int, str]]:
         """``register`` for a batch, in one transaction (all or nothing)."""
-        with self.env.begin(write=True) as txn:
-            return [self._register(txn, name, i, unique_names) for name, i in images]
+        with self._lock, self.env.begin(write=True) as txn:
+            return [self._register(txn, name, i, unique_names)[:2] for name, i in images]
+
+    def claim(
+        self,
+        images: list[tuple[str | None, int | None]],
+        unique_names: bool,
+        token: str,
+        ttl_s: float,
+    ) -> list[tuple[int, str, bool] | str | None]:
+        """``register`` each image for the writer ``token`` and hold its id for it (until
+        ``release``, or ``ttl_s``), in one transaction. Per image: (id, file name, whether it
+        was known before), or why it cannot be registered (``register``'s ``ValueError``), or
+        None while another writer holds it (nothing done: ask again)."""
+        out: list[tuple[int, str, bool] | str | None] = []
+        with self._lock, self.env.begin(write=True) as txn:
+            for name, image_id in images:
+                try:
+                    out.append(self._register(txn, name, image_id, unique_names, (token, ttl_s)))
+                except ValueError as exc:
+                    out.append(str(exc))
+        return out
+
+    def hold(self, ids: list[int], token: str, ttl_s: float) -> bool:
+        """Hold every one of ``ids`` for the writer ``token`` (a delete), or none when
+        another writer holds one of them."""
+        with self._lock:
+            if not all(self._free(i, token) for i in ids):
+                return False
+            until = time.monotonic() + ttl_s
+            self._holds.update({i: (token, until) for i in ids})
+            return True
+
+    def release(self, ids: list[int], token: str) -> None:
+        """End the writer ``token``'s holds of ``ids``."""
+        with self._lock:
+            for i in ids:
+                if self._holds.get(i, ("", 0.0))[0] == token:
+                    del self._holds[i]
+
+    def _free(self, image_id: int, token: str) -> bool:
+        held = self._holds.get(image_id)
+        return held is None or held[0] == token or held[1] < time.monotonic()
 
     def _next_id(self, txn: lmdb.Transaction) -> int:
         raw = txn.get(b"next_id", db=self.meta)
@@ -213,14 +266,23 @@ class Catalog:
         return key_id(cursor.key()) + 1 if cursor.last() else 1
 
     def _register(
-        self, txn: lmdb.Transaction, file_name: str | None, image_id: int | None, unique: bool
-    ) -> tuple[int, str]:
+        self,
+        txn: lmdb.Transaction,
+        file_name: str | None,
+        image_id: int | None,
+        unique: bool,
+        hold: tuple[str, float] | None = None,
+    ) -> Any:
+        """(id, name, known before), or None when ``hold`` (token, seconds) cannot hold the
+        id; a ``ValueError`` before anything is written."""
         if file_name is not None and len(file_name.encode()) > MAX_NAME_BYTES:
             raise ValueError(f"file name is over {MAX_NAME_BYTES} bytes: {file_name[:60]!r}...")
         if image_id is None and file_name and not unique:
             raw = txn.get(file_name.encode(), db=self.ids)
             if raw is not None:
                 image_id = key_id(raw)
+        if hold is not None and image_id is not None and not self._free(image_id, hold[0]):
+            return None
         if image_id is None:
             image_id = self._next_id(txn)
             if image_id > MAX_ID:
@@ -237,7 +299,9 @@ class Catalog:
         txn.put(id_key(image_id), name.encode(), db=self.names)
         txn.put(name.encode(), id_key(image_id), db=self.ids)
         txn.put(b"next_id", str(max(self._next_id(txn), image_id + 1)).encode(), db=self.meta)
-        return image_id, name
+        if hold is not None:
+            self._holds[image_id] = (hold[0], time.monotonic() + hold[1])
+        return image_id, name, old is not None
 
     def layout(self, feature: str) -> dict[str, Any] | None:
         """The recorded shard layout of a feature (``placement.Layout.to_dict``), or None."""
@@ -289,6 +353,10 @@ class Catalog:
         with self.env.begin(db=self.ids) as txn:
             raws = [txn.get(name.encode()) for name in file_names]
         return [key_id(raw) if raw is not None else None for raw in raws]
+
+    def pid(self) -> int:
+        """Process id, for fault-injection tests."""
+        return os.getpid()
 
     def count(self) -> int:
         """Number of known images."""

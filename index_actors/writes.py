@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from index_actors import shards
-from index_actors.interface import BackendDown, reason
+from index_actors.interface import NO_SPACE, BackendDown, reason, storage_full
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +112,33 @@ class WritePath:
         only label the images (each gets a new id). ``replace``: for an image that existed,
         features not written now are removed, since they described what the id held before.
         A name conflict costs only its own image (``Stored.conflict``).
+
+        One writer per image: each image's id is held in the catalog from its registration
+        to the end of this write, and a concurrent write of the same image waits for it
+        (``Catalog.claim``), so that its features all come from one upload.
         """
-        existed = await self._existing(images, labels)
-        registered = await self._register(images, labels)
+        token = uuid.uuid4().hex
+        registered = await self._claim(images, labels, token)
+        try:
+            return await self._write(images, registered, features, replace, token)
+        finally:
+            held = [got[0] for got in registered if not isinstance(got, str)]
+            await self.catalog.release.remote(held, token)
+
+    async def _write(
+        self,
+        images: list[tuple[str | None, int | None]],
+        registered: list[tuple[int, str, bool] | str],
+        features: Mapping[str, Any],
+        replace: bool,
+        token: str,
+    ) -> list[Stored]:
+        """``store``'s writes, once its images are registered and held by ``token``."""
         out = [
-            Stored(None, name, existed=old, conflict=got)
+            Stored(None, name, conflict=got)
             if isinstance(got, str)
-            else Stored(got[0], got[1], existed=old)
-            for (name, _), got, old in zip(images, registered, existed, strict=True)
+            else Stored(got[0], got[1], existed=got[2])
+            for (name, _), got in zip(images, registered, strict=True)
         ]
         rows = [j for j, s in enumerate(out) if s.conflict is None]
         if not rows:
@@ -149,41 +169,65 @@ class WritePath:
             state = "ok" if not isinstance(result, BaseException) else f"error: {reason(result)}"
             for p in positions:
                 out[rows[p]].status[f] = state
-        await self._withdraw(
-            [out[j] for j in rows if not out[j].ok and not out[j].existed], written, adds
-        )
+        failed = [out[j] for j in rows if not out[j].ok and not out[j].existed]
+        if failed:  # its hold lasts one phase: renewed for the withdrawal
+            renew = [s.image_id for s in failed if s.image_id is not None]
+            await self.catalog.hold.remote(renew, token, self.hold_s)
+        await self._withdraw(failed, written, adds)
         return out
 
-    async def _existing(
-        self, images: list[tuple[str | None, int | None]], labels: bool
-    ) -> list[bool]:
-        ids = [i for _, i in images if i is not None]
-        named = [n for n, i in images if i is None and n and not labels]
-        known_ids = set(await self.names(ids)) if ids else set()
-        known_names = dict(zip(named, await self.ids_of(named), strict=True)) if named else {}
-        return [
-            i in known_ids if i is not None else known_names.get(n) is not None  # type: ignore[arg-type]
-            for n, i in images
-        ]
+    @property
+    def hold_s(self) -> float:
+        """How long a hold lasts unless renewed: one phase of a write (its feature writes, or
+        its withdrawal, each given up after ``write_timeout_s``), and a margin. A writer that
+        died (a killed ingest worker) frees its images once it lapses."""
+        return self.write_timeout_s + 10.0
 
-    async def _register(
-        self, images: list[tuple[str | None, int | None]], labels: bool
-    ) -> list[tuple[int, str] | str]:
-        """(id, name) per image, or why it could not be registered."""
-        try:
-            return list(await self.catalog.register_many.remote(images, labels))
-        except ValueError as exc:
-            if len(images) == 1:
-                return [reason(exc)]
-        # register_many is all or nothing: a conflict that arose meanwhile (an upload through
-        # the API during an ingest) must cost only its own image, not the batch.
-        out: list[tuple[int, str] | str] = []
-        for name, image_id in images:
+    async def _claim(
+        self, images: list[tuple[str | None, int | None]], labels: bool, token: str
+    ) -> list[tuple[int, str, bool] | str]:
+        """Register ``images`` for the writer ``token`` (``Catalog.claim``): (id, name, known
+        before) per image, or why it cannot be registered. An image another write holds is
+        asked for again until that write ends, or its hold lapses (``hold_s``); then
+        ``BackendDown`` ("retry"), with nothing held."""
+        got: list[tuple[int, str, bool] | str | None] = [None] * len(images)
+        waiting = list(range(len(images)))
+        loop = asyncio.get_running_loop()
+        deadline, pause = loop.time() + self.hold_s + 1.0, 0.01
+        while True:
             try:
-                out.append(await self.catalog.register.remote(name, image_id, labels))
-            except ValueError as exc:
-                out.append(reason(exc))
-        return out
+                answers = await self.catalog.claim.remote(
+                    [images[j] for j in waiting], labels, token, self.hold_s
+                )
+            except Exception as exc:
+                if NO_SPACE in reason(exc):  # the catalog's commit: nothing registered
+                    raise storage_full(f"the catalog: {reason(exc)}") from None
+                raise
+            for j, answer in zip(waiting, answers, strict=True):
+                got[j] = answer
+            waiting = [j for j in waiting if got[j] is None]
+            if not waiting:
+                return [g for g in got if g is not None]
+            if loop.time() > deadline:
+                held = [g[0] for g in got if isinstance(g, tuple)]
+                await self.catalog.release.remote(held, token)
+                raise BackendDown(
+                    f"another request has been writing {len(waiting)} of these images for "
+                    f"{self.hold_s + 1:g} s, retry"
+                )
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 0.2)
+
+    async def _hold(self, image_id: int, token: str) -> None:
+        """Hold one image for the writer ``token`` (a delete), waiting for another write of it
+        to end, or its hold to lapse; ``BackendDown`` ("retry") after that."""
+        loop = asyncio.get_running_loop()
+        deadline, pause = loop.time() + self.hold_s + 1.0, 0.01
+        while not await self.catalog.hold.remote([image_id], token, self.hold_s):
+            if loop.time() > deadline:
+                raise BackendDown(f"another request has been writing image {image_id}, retry")
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 0.2)
 
     async def _withdraw(
         self, failed: list[Stored], written: list[str], adds: dict[tuple[str, int], Any]
@@ -224,11 +268,19 @@ class WritePath:
         return [(s, actors[s], pos) for s, pos in shards.by_owner(ids, len(actors)).items()]
 
     async def delete(self, image_id: int, features: Sequence[str] | None = None) -> None:
-        """Remove an image's features (all by default, then the image itself)."""
-        targets = list(features) if features is not None else self.features
-        await asyncio.gather(*(self.ask_owner(f, image_id, "remove", [image_id]) for f in targets))
-        if features is None:
-            await self.catalog.unregister.remote(image_id)
+        """Remove an image's features (all by default, then the image itself), as the one
+        writer of the image meanwhile (``store``)."""
+        token = uuid.uuid4().hex
+        await self._hold(image_id, token)
+        try:
+            targets = list(features) if features is not None else self.features
+            await asyncio.gather(
+                *(self.ask_owner(f, image_id, "remove", [image_id]) for f in targets)
+            )
+            if features is None:
+                await self.catalog.unregister.remote(image_id)
+        finally:
+            await self.catalog.release.remote([image_id], token)
 
 
 def take_rows(column: Any, rows: list[int]) -> Any:

@@ -161,3 +161,25 @@ def places_dir(path: Path) -> Path:
         path / "W_sceneattribute_wideresnet18.npy", rng.normal(size=(102, 512)).astype(np.float32)
     )
     return path
+
+
+def distinct_uploads(photos: dict[str, bytes], n: int) -> list[bytes]:
+    """``n`` uploads whose features differ: the photos at a quarter scale, then mirrored (a
+    new phash, the colours of the unmirrored one), then cropped to their middle parts."""
+    base = list(photos.values())
+    out = []
+    for i in range(n):
+        data, k = base[i % len(base)], i // len(base)
+        if k >= 2:
+            img = Image.open(io.BytesIO(data)).convert("RGB")
+            w, h = img.size
+            m = 0.05 * k
+            data = encode(img.crop((int(m * w), int(m * h), int((1 - m) * w), int((1 - m) * h))))
+        out.append(reencode(data, scale=0.25, mirror=k % 2 == 1))
+    return out
+
+
+def one_upload(rows: dict[str, dict[int, bytes]], image_id: int, refs: list[int]) -> list[int]:
+    """The references (ids stored once with each upload's features) whose every feature
+    equals ``image_id``'s: empty when its features come from different uploads."""
+    return [r for r in refs if all(by_id.get(image_id) == by_id[r] for by_id in rows.values())]

@@ -35,6 +35,7 @@ PHOTOS = Path(__file__).parent / "photos"
 BRIDGE = "Bridge_by_Sander_Klootwijk.jpg"
 WINE = "Wine_by_Jakkub_Mede.jpg"
 UMANG = "umang_by_Abhishek_Mudgal.jpg"
+COPY = "umang-copy.jpg"
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 375, "height": 812}
 #: How long the page may take to show what a test waits for: uploads compute the features
@@ -82,17 +83,31 @@ def serving(data: Path, features: dict[str, Any], **settings: Any) -> Iterator[s
                 actor._obj.index.close()
 
 
+#: The page's app: phash, colour, tags and thumbnails, no API keys.
+FEATURES: dict[str, Any] = {
+    "phash": {},
+    "color": {"weight": 0.5},
+    "tags": {"options": {"model": "efficientnet_lite0", "threads": 1}},
+    "thumbnail": {},
+}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The app with phash, colour, tags and thumbnails, no API keys."""
-    features: dict[str, Any] = {
-        "phash": {},
-        "color": {"weight": 0.5},
-        "tags": {"options": {"model": "efficientnet_lite0", "threads": 1}},
-        "thumbnail": {},
-    }
-    with serving(tmp_path_factory.mktemp("browser-data"), features) as url:
+    """The app holding the test photos (added through the API: the tests run in any order;
+    adding through the page is a test of its own, on an empty app)."""
+    with serving(tmp_path_factory.mktemp("browser-data"), FEATURES) as url:
+        for photo in sorted(PHOTOS.glob("*.jpg")):
+            r = httpx.post(f"{url}/images", files={"image": (photo.name, photo.read_bytes())})
+            assert r.status_code == 200, r.text
         yield url
+
+
+@pytest.fixture
+def empty_tab(browser: Any, tmp_path: Path, shots: Path) -> Iterator[Tab]:
+    """A page of an app of its own, with nothing stored yet."""
+    with serving(tmp_path / "data", FEATURES) as url, new_tab(browser, url, shots) as opened:
+        yield opened
 
 
 @pytest.fixture(scope="module")
@@ -185,10 +200,11 @@ def add_files(tab: Tab, files: list[Any]) -> None:
         expect(rows.nth(i)).to_have_attribute("data-state", re.compile("ok|error"))
 
 
-# --- the tests, in the order a person meets the page (they share the app's collection) ----
+# --- the tests, in the order a person meets the page (they run in any order) -------------
 
 
-def test_empty_collection_says_how_to_add_images(tab: Tab) -> None:
+def test_empty_collection_says_how_to_add_images(empty_tab: Tab) -> None:
+    tab = empty_tab
     tab.go("")
     expect(tab.page.get_by_role("heading", name="Search", level=1)).to_be_visible()
     expect(tab.page.locator(".note")).to_contain_text("No images yet")
@@ -196,7 +212,8 @@ def test_empty_collection_says_how_to_add_images(tab: Tab) -> None:
     expect(tab.page.get_by_role("heading", name="Add images")).to_be_visible()
 
 
-def test_add_images_through_the_file_chooser(tab: Tab) -> None:
+def test_add_images_through_the_file_chooser(empty_tab: Tab) -> None:
+    tab = empty_tab
     photos = sorted(PHOTOS.glob("*.jpg"))
     add_files(tab, [str(p) for p in photos])
     rows = tab.page.locator(".upload")
@@ -405,12 +422,14 @@ def test_a_bad_threshold_shows_the_api_message_beside_it(tab: Tab) -> None:
 
 
 def test_delete_from_the_image_page_asks_first(tab: Tab) -> None:
-    umang = httpx.get(f"{tab.url}/images", params={"file_name": UMANG}).json()["image_id"]
+    # A copy of its own to delete: the other tests search the photos.
+    copy = {"image": (COPY, (PHOTOS / UMANG).read_bytes())}
+    umang = httpx.post(f"{tab.url}/images", files=copy).json()["image_id"]
     tab.go(f"#/image/{umang}")
-    expect(tab.page.get_by_role("heading", level=1)).to_have_text(UMANG)
+    expect(tab.page.get_by_role("heading", level=1)).to_have_text(COPY)
     tab.page.get_by_role("button", name="Delete image").click()
     dialog = tab.page.get_by_role("dialog")
-    expect(dialog).to_contain_text(UMANG)
+    expect(dialog).to_contain_text(COPY)
     dialog.get_by_role("button", name="Cancel").click()
     expect(dialog).to_be_hidden()
     assert httpx.get(f"{tab.url}/images/{umang}").status_code == 200

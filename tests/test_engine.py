@@ -18,7 +18,8 @@ from extractors import InvalidImage
 from extractors.base import FUSED
 from index_actors.client import IndexClient
 from index_actors.interface import BackendDown, Conflict, InvalidInput, Unavailable, UnknownImage
-from tests.helpers import encode, reencode
+from index_actors.store import Catalog
+from tests.helpers import distinct_uploads, encode, one_upload, reencode
 
 BRIDGE = "Bridge_by_Sander_Klootwijk.jpg"
 WINE = "Wine_by_Jakkub_Mede.jpg"
@@ -251,3 +252,68 @@ def test_each_search_starts_as_its_query_is_ready_and_answers_as_before(
         run(engine.search_image(flat, 5, "local", {}))
     with pytest.raises(InvalidImage):
         run(engine.search_image(b"not an image", 5, None, {}))
+
+
+def _stored(engine: Engine) -> dict[str, dict[int, bytes]]:
+    """Every stored row of every feature: feature -> id -> bytes."""
+
+    async def export(actor: Any) -> Any:
+        return await actor.export.remote(-1, 10**6)
+
+    out = {}
+    for f, (actor,) in engine.client.shards.items():
+        ids, rows = run(export(actor))
+        out[f] = {i: bytes(np.asarray(r)) for i, r in zip(ids, rows, strict=True)}
+    return out
+
+
+def test_concurrent_writes_of_one_image_end_in_one_upload(
+    engine: Engine, photos: dict[str, bytes]
+) -> None:
+    """20 re-adds of one id with different photos at once, then re-adds and deletes mixed:
+    the image ends with every feature from one upload, or in no index at all."""
+    uploads = distinct_uploads(photos, 20)
+    refs = [100 + j for j in range(len(uploads))]
+    for ref, data in zip(refs, uploads, strict=True):
+        run(engine.add(data, ref, None, engine.indexed))
+
+    async def at_once(calls: list[Any]) -> list[Any]:
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    got = run(at_once([engine.add(d, 7, None, engine.indexed) for d in uploads]))
+    assert not [g for g in got if isinstance(g, BaseException)]
+    assert len(one_upload(_stored(engine), 7, refs)) >= 1
+
+    mixed = [
+        engine.delete(8) if k % 2 else engine.add(uploads[k], 8, None, engine.indexed)
+        for k in range(10)
+    ]
+    got = run(at_once(mixed))
+    assert all(isinstance(g, UnknownImage) for g in got if isinstance(g, BaseException))
+    rows = _stored(engine)
+    if run(engine.client.names([8])):
+        assert len(one_upload(rows, 8, refs)) >= 1
+    else:
+        assert all(8 not in by_id for by_id in rows.values())
+
+
+def test_a_write_waits_for_another_writer_of_the_same_image(tmp_path: Path) -> None:
+    """The catalog's holds: one writer per id, others asked to wait; a dead writer's hold
+    lapses; a name resolves to its id's hold."""
+    catalog = Catalog(tmp_path / "catalog")
+    (got,) = catalog.claim([("a.jpg", None)], False, "w1", 60)
+    assert got == (1, "a.jpg", False)
+    assert catalog.claim([("a.jpg", None), ("b.jpg", None)], False, "w2", 60) == [
+        None,
+        (2, "b.jpg", False),
+    ]
+    assert not catalog.hold([1], "w2", 60) and catalog.hold([1], "w1", 60)
+    catalog.release([1], "w1")
+    assert catalog.claim([(None, 1)], False, "w2", 60) == [(1, "a.jpg", True)]
+    assert catalog.claim([("x" * 600, None)], False, "w3", 60)[0].startswith("file name is over")
+    assert catalog.claim([(None, 1)], False, "w3", 0.0) == [None]  # w2 holds it, 60 s
+    assert catalog.hold([2], "w3", 0.0) is False  # w2 holds 2 too
+    catalog.release([1, 2], "w2")
+    assert catalog.hold([1, 2], "w3", 0.0)  # a hold of 0 s lapses at once: a dead writer
+    assert catalog.claim([(None, 1)], False, "w4", 60) == [(1, "a.jpg", True)]
+    catalog.close()

@@ -330,16 +330,19 @@ def app_overrides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]
 def golden_settings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """Every feature but caption and places: the weight-free ones, global and tags on the
     packaged EfficientNet-Lite0, a tiny random (seeded) CLIP, Tesseract OCR (the engine the
-    answers were recorded with: /analyze shows its word boxes)."""
+    answers were recorded with: /analyze shows its word boxes). Over configs/serve.yaml's
+    entries, the settings the answers were recorded with: colour's fusion weight 1, and the
+    tagger with its own defaults in a deployment of its own (the shipped file weighs colour
+    0.5, and its tags ride on global's pass, which reads the whole short side)."""
     clip_dir = tiny_clip_dir(tmp_path_factory.mktemp("clip"))
     return {
         "features": {
             "phash": {},
-            "color": {},
+            "color": {"weight": 1.0},
             "global": {},
             "clip": {"options": {"model": f"local-dir:{clip_dir}"}},
             "local": {},
-            "tags": {},
+            "tags": {"options": {}, "deployment": "extract_tags"},
             "ocr": {"options": {"engine": "tesseract"}},
         }
     }

@@ -26,21 +26,20 @@ def _not_comparable(request: dict[str, Any]) -> bool:
     return bool(request["path"] == "/health")
 
 
-def test_sharded_answers_match_the_unsharded_recording(
+def test_sharded_answers_match_the_unsharded_recording_then_a_shard_goes_down(
     app: RunningApp, payloads: dict[str, bytes]
 ) -> None:
+    """One story, as its second part needs the first's images: the recorded answers, then
+    one colour shard dies for good: searches answer from the other two and name it under
+    ``partial``, /health is degraded and names it, adds it owns answer 503 "retry" and leave
+    nothing behind, every other request goes on."""
+    import ray
+
     differ = differences(replay(app, payloads), skip=_not_comparable)
     assert not differ, f"{len(differ)} answers differ:\n" + "\n".join(differ)
     indexes = httpx.get(f"{app.url}/health", timeout=60).json()["indexes"]
     assert all(len(indexes[f]["shards"]) == 3 for f in ("phash", "global", "local", "ocr"))
     assert sum(s["count"] for s in indexes["phash"]["shards"]) == indexes["phash"]["count"]
-
-
-def test_a_shard_that_is_down(app: RunningApp, payloads: dict[str, bytes]) -> None:
-    """One colour shard dies for good: searches answer from the other two and name it under
-    ``partial``, /health is degraded and names it, adds it owns answer 503 "retry" and leave
-    nothing behind, every other request goes on."""
-    import ray
 
     from index_actors import shards
 

@@ -1,8 +1,11 @@
 """Batch ingest with Ray Data (scripts/ingest.py) into a deployed app, checked over HTTP."""
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +16,8 @@ import yaml
 
 from deployments.config import AppArgs, load_app_args
 from deployments.ingest import IngestReport, id_from_name, ingest, list_images
-from tests.conftest import RunningApp, deploy, kill_actors
+from tests.conftest import RunningApp, deploy, kill_actors, serve_config
+from tests.helpers import distinct_uploads
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -67,14 +71,8 @@ def ing_app(ray_session: int, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.fixture(scope="module")
 def args(ing_app: RunningApp) -> AppArgs:
     """The args the app was deployed with (as ``deploy`` builds them)."""
-    return AppArgs.model_validate(
-        {
-            "name": ing_app.name,
-            "data_dir": str(ing_app.data_dir),
-            "snapshot_interval_s": 1.0,
-            "features": FEATURES,
-        }
-    )
+    config = serve_config(ing_app.name, ing_app.data_dir, features=FEATURES)
+    return AppArgs.model_validate(config["args"])
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +150,8 @@ def test_every_good_photo_is_stored_and_bad_files_are_reported(
     assert len(ids) == len(good)
     for name in BAD:
         assert client.get("/images", params={"file_name": name}).status_code == 404
-    health = client.get("/health").json()
-    assert health["indexes"]["phash"]["count"] == health["indexes"]["color"]["count"] == len(good)
+    health = client.get("/health").json()  # other tests of the module add images too
+    assert health["indexes"]["phash"]["count"] == health["indexes"]["color"]["count"]
 
 
 def test_a_stored_photo_is_found_by_search(
@@ -174,10 +172,11 @@ def test_a_stored_photo_is_found_by_search(
 def test_second_run_skips_everything(
     first_run: IngestReport, gallery: Path, args: AppArgs, client: httpx.Client
 ) -> None:
+    before = client.get("/health").json()["images"]
     again = ingest(gallery, args, progress=False)
     assert again.stored == 0 and again.skipped == first_run.stored
     assert {name for name, _ in again.failed} == BAD  # never stored, so reported every run
-    assert client.get("/health").json()["images"] == first_run.stored
+    assert client.get("/health").json()["images"] == before
 
 
 def test_a_missing_feature_is_redone(
@@ -395,3 +394,53 @@ def test_the_worker_pool_warning_stays_off_the_output(
     oom = "Task was killed due to the node running low on memory."
     ray_worker.print_to_stdstream({"lines": [oom], "pid": "raylet", "is_err": False}, False)
     assert oom in capsys.readouterr().out
+
+
+def test_an_ingest_killed_halfway_and_run_again_stores_each_file_once(
+    tmp_path: Path, ing_app: RunningApp, client: httpx.Client, photos: dict[str, bytes]
+) -> None:
+    """``make ingest`` SIGKILLed with part of a folder stored, then run again: the second
+    run stores the rest, and each file is there once, under one id."""
+    import ray
+
+    folder = tmp_path / "halfway"
+    folder.mkdir()
+    files = [f"halfway-{i:02d}.jpg" for i in range(24)]
+    for name, data in zip(files, distinct_uploads(photos, len(files)), strict=True):
+        (folder / name).write_bytes(data)
+    config = tmp_path / "serve.yaml"
+    app_args = {"name": ing_app.name, "data_dir": str(ing_app.data_dir)}
+    config.write_text(yaml.safe_dump({"applications": [{"name": "cli", "args": app_args}]}))
+    command = [
+        sys.executable,
+        str(ROOT / "scripts" / "ingest.py"),
+        str(folder),
+        f"--config={config}",
+        "--app=cli",
+        f"--address={ray.get_runtime_context().gcs_address}",
+        "--features=phash,color",
+        "--batch-size=2",
+    ]
+    catalog = ing_app.actor("catalog")
+    before = ray.get(catalog.count.remote())
+
+    def stored() -> int:
+        return sum(i is not None for i in ray.get(catalog.ids_of.remote(files)))
+
+    run = subprocess.Popen(command, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while stored() < 4 and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    halfway = stored()
+    assert 4 <= halfway < len(files), f"{halfway} of {len(files)} stored when killed"
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"stored {len(files) - halfway}, skipped {halfway}" in again.stdout, again.stdout
+    ids = ray.get(catalog.ids_of.remote(files))
+    assert None not in ids and len(set(ids)) == len(files)
+    assert ray.get(catalog.count.remote()) == before + len(files)
+    for image_id in ids:
+        assert sorted(client.get(f"/images/{image_id}").json()["features"]) == ["color", "phash"]

@@ -15,8 +15,12 @@ def app_overrides() -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def client(app: RunningApp) -> httpx.Client:
-    return httpx.Client(base_url=app.url, timeout=60)
+def client(app: RunningApp, photos: dict[str, bytes]) -> httpx.Client:
+    """A client of the app with the first photo stored as image 1 (phash: what it can)."""
+    c = httpx.Client(base_url=app.url, timeout=60)
+    image = {"image": ("a.jpg", next(iter(photos.values())))}
+    assert c.post("/images", files=image, data={"image_id": 1}).status_code == 200
+    return c
 
 
 def test_health_says_what_is_missing_and_how_to_fix_it(client: httpx.Client) -> None:

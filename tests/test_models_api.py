@@ -1,8 +1,10 @@
 """Global features and CLIP through the real graph: native and seed routes, training, ingest."""
 
+import uuid
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import ray
 
@@ -209,27 +211,40 @@ def test_ray_data_ingest_computes_model_features(
             "features": {"phash": {}, "global": {}, "clip": {"enabled": False}},
         }
     )
-    report = ingest(tmp_path, args, batch_size=2, progress=False)
-    assert (report.stored, report.failed) == (3, []), report.summary()
-    stored = client.get("/images", params={"file_name": f"copy_{next(iter(photos))}"}).json()
-    assert stored["features"] == ["phash", "global"]
-    hits = client.get(f"/search/similar/{stored['image_id']}", params={"feature": "global"})
-    assert hits.json()["results"][0]["file_name"] == next(iter(photos))
+    try:
+        report = ingest(tmp_path, args, batch_size=2, progress=False)
+        assert (report.stored, report.failed) == (3, []), report.summary()
+        stored = client.get("/images", params={"file_name": f"copy_{next(iter(photos))}"}).json()
+        assert stored["features"] == ["phash", "global"]
+        hits = client.get(f"/search/similar/{stored['image_id']}", params={"feature": "global"})
+        assert hits.json()["results"][0]["file_name"] == next(iter(photos))
+    finally:  # the other tests count the module's own images
+        for name in list(photos)[:3]:
+            found = client.get("/images", params={"file_name": f"copy_{name}"})
+            if found.status_code == 200:
+                client.delete(f"/images/{found.json()['image_id']}")
 
 
-def test_live_index_settings_change_without_a_new_actor(app: RunningApp) -> None:
+def test_live_index_settings_change_without_a_new_actor(ray_session: int, tmp_path: Path) -> None:
     """What a redeploy with other nprobe / aqe settings does: the same actor, new settings;
-    another fixed option (the metric) replaces the actor, which rebuilds from LMDB."""
+    another fixed option (the metric) replaces the actor, which rebuilds from LMDB. On an
+    index of its own: the app's actors stay as the other tests use them."""
     from index_actors.client import index_actor
+    from tests.conftest import kill_actors
 
-    before = app.actor("index:global")
-    pid = ray.get(before.pid.remote())
-    args = (app.name, "global", "vector", str(app.data_dir), 1280)
-    same = index_actor(*args, {"metric": "ip", "nprobe": 4, "aqe_n": 2})
-    assert ray.get(same.pid.remote()) == pid
-    described = ray.get(same.describe.remote())
-    assert (described["nprobe"], described["aqe_n"]) == (4, 2)
-    replaced = index_actor(*args, {"metric": "l2"})
-    assert ray.get(replaced.pid.remote()) != pid
-    assert ray.get(replaced.count.remote()) >= 8
-    index_actor(*args, {"metric": "ip"})  # as the app was deployed
+    name = f"live{uuid.uuid4().hex[:8]}"
+    args = (name, "global", "vector", str(tmp_path), 8)
+    try:
+        before = index_actor(*args, {"metric": "ip"})
+        vectors = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+        ray.get(before.add.remote([1, 2, 3], vectors / np.linalg.norm(vectors, axis=1)[:, None]))
+        pid = ray.get(before.pid.remote())
+        same = index_actor(*args, {"metric": "ip", "nprobe": 4, "aqe_n": 2})
+        assert ray.get(same.pid.remote()) == pid
+        described = ray.get(same.describe.remote())
+        assert (described["nprobe"], described["aqe_n"]) == (4, 2)
+        replaced = index_actor(*args, {"metric": "l2"})
+        assert ray.get(replaced.pid.remote()) != pid
+        assert ray.get(replaced.count.remote()) == 3
+    finally:
+        kill_actors(name)

@@ -3,7 +3,7 @@ a head without data and two data nodes, ``imgsearch-data=alpha`` and ``=beta``. 
 nodes have no CPUs, so that only index actors (which reserve none) run there and a node that
 goes down takes shards with it, not replicas.
 
-Run alone (``pytest -m multinode``): the cluster is this process's Ray session."""
+Run apart (``pytest -m own_ray``): the cluster is this process's Ray session."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from tests.conftest import RunningApp, _free_port, deploy, kill_actors
 from tests.test_golden import differences, golden_settings, payloads, replay
 from tests.test_golden_sharded import _not_comparable
 
-pytestmark = pytest.mark.multinode
+pytestmark = pytest.mark.own_ray
 __all__ = ["payloads"]  # the fixture, used by name
 
 DATA_NODES = ("alpha", "beta")

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 from bench.common import DEJAVU
 from deployments.config import AppArgs
 from deployments.ingest import ingest
-from tests.conftest import RunningApp
+from tests.conftest import RunningApp, serve_config
 from tests.helpers import encode, places_dir, tiny_blip_dir
 
 pytestmark = pytest.mark.timeout(300)
@@ -42,7 +42,7 @@ def app_overrides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]
             "tags": {"options": {"cutoff": 0.05}},
             "ocr": {},
             "caption": {"options": {"model": str(blip), "num_beams": 2, "max_new_tokens": 5}},
-            "places": {"options": {"folder": str(places), "attributes": 3}},
+            "places": {"enabled": True, "options": {"folder": str(places), "attributes": 3}},
         }
     }
 
@@ -190,11 +190,13 @@ def test_batch_ingest_computes_text_features(
 ) -> None:
     (tmp_path / "100.jpg").write_bytes(text_image("Lighthouse tours at noon"))
     (tmp_path / "101.png").write_bytes(encode(Image.new("RGB", (300, 200), "white"), "PNG"))
-    args = AppArgs.model_validate(
-        {"name": app.name, "data_dir": str(app.data_dir), **app_overrides}
-    )
-    report = ingest(tmp_path, args, ids_from_filenames=True, progress=False)
-    assert report.stored == 2 and not report.failed, report.summary()
-    assert "lighthouse" in client.get("/images/100").json()["text"].lower()
-    r = client.get("/search/text", params={"q": "lighthose tours", "features": "ocr"})
-    assert r.json()["results"][0]["image_id"] == 100
+    args = AppArgs.model_validate(serve_config(app.name, app.data_dir, **app_overrides)["args"])
+    try:
+        report = ingest(tmp_path, args, ids_from_filenames=True, progress=False)
+        assert report.stored == 2 and not report.failed, report.summary()
+        assert "lighthouse" in client.get("/images/100").json()["text"].lower()
+        r = client.get("/search/text", params={"q": "lighthose tours", "features": "ocr"})
+        assert r.json()["results"][0]["image_id"] == 100
+    finally:  # the other tests count the module's own images
+        for image_id in (100, 101):
+            client.delete(f"/images/{image_id}")

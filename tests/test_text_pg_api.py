@@ -56,7 +56,12 @@ def _search_text(client: httpx.Client, q: str) -> httpx.Response:
     return client.get("/search/text", params={"q": q})
 
 
-def test_down_at_start(client: httpx.Client) -> None:
+def test_down_at_start_then_up_then_down_mid_run_then_up(
+    client: httpx.Client, pg: tuple[Path, str], app: RunningApp
+) -> None:
+    """One story (its steps need the server's state of the step before): down when the app
+    starts, then up, down while it runs, and up again."""
+    folder, dsn = pg
     health = client.get("/health").json()
     assert health["status"] == "degraded" and "PostgreSQL" in health["indexes"]["ocr"]["error"]
     r = _search_text(client, "parcel")
@@ -74,11 +79,6 @@ def test_down_at_start(client: httpx.Client) -> None:
     r = client.post("/images", files={"image": ("x.jpg", photo)})  # an id of its own: same
     assert r.status_code == 503 and client.get("/health").json()["images"] == 1
 
-
-def test_up_then_down_mid_run_then_up(
-    client: httpx.Client, pg: tuple[Path, str], app: RunningApp
-) -> None:
-    folder, dsn = pg
     start(folder)
     r = _upload(client, text_image(PARCEL), 2)  # the retry of the refused upload
     assert r.status_code == 200 and r.json()["features"] == {"phash": "ok", "ocr": "ok"}
