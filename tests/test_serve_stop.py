@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -49,10 +50,14 @@ def _port_free(port: int) -> bool:
 
 
 def _start(config: Path, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """``make serve`` as from a terminal: a session and process group of its own."""
+    """``make serve`` as from a terminal: a session and process group of its own. In the
+    virtual environment these tests run in, taken as installed (``-o``: make does not
+    reinstall it into a checkout that has none, as a clean clone's test run)."""
+    installed = Path(sys.prefix) / "bin" / ".installed"
+    venv = [f"VENV={sys.prefix}", "-o", str(installed)]
     with log.open("ab") as out:
         return subprocess.Popen(
-            ["make", "--no-print-directory", "serve", f"CONFIG={config}"],
+            ["make", "--no-print-directory", "serve", f"CONFIG={config}", *venv],
             cwd=ROOT,
             env=env,
             stdout=out,
