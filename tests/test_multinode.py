@@ -12,13 +12,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import ray
-import yaml
 
 from index_actors import shards
 from index_actors.placement import LABEL, Layout
@@ -26,7 +24,7 @@ from tests.conftest import RunningApp, _free_port, deploy, kill_actors
 from tests.test_golden import differences, golden_settings, payloads, replay
 from tests.test_golden_sharded import _not_comparable
 
-pytestmark = pytest.mark.own_ray
+pytestmark = [pytest.mark.own_ray, pytest.mark.timeout(900)]
 __all__ = ["payloads"]  # the fixture, used by name
 
 DATA_NODES = ("alpha", "beta")
@@ -96,7 +94,18 @@ def _shard_actors(app: RunningApp, feature: str, count: int) -> list[Any]:
     return [app.actor(shards.role(feature, i, count)) for i in range(count)]
 
 
-def test_shards_land_on_the_data_nodes_and_the_catalog_on_the_head(
+def test_the_golden_app_on_the_cluster(
+    cluster: Cluster, golden: RunningApp, payloads: dict[str, bytes], photos: dict[str, bytes]
+) -> None:
+    """One story, each part on the state the one before left (the tests run in any order,
+    and the recording needs a fresh app): where the shards are, the recorded answers, then
+    a data node removed during an ingest and back."""
+    _shards_land_on_the_data_nodes_and_the_catalog_on_the_head(cluster, golden)
+    _merged_answers_equal_the_unsharded_recording(golden, payloads)
+    _a_data_node_removed_during_an_ingest_then_back(cluster, golden, photos)
+
+
+def _shards_land_on_the_data_nodes_and_the_catalog_on_the_head(
     cluster: Cluster, golden: RunningApp
 ) -> None:
     nodes = cluster.node_ids()
@@ -108,7 +117,7 @@ def test_shards_land_on_the_data_nodes_and_the_catalog_on_the_head(
         assert where == [nodes["alpha"], nodes["beta"]], feature
 
 
-def test_merged_answers_equal_the_unsharded_recording(
+def _merged_answers_equal_the_unsharded_recording(
     golden: RunningApp, payloads: dict[str, bytes]
 ) -> None:
     differ = differences(replay(golden, payloads), skip=_not_comparable)
@@ -150,7 +159,7 @@ class _Stream:
         self.thread.join(300)
 
 
-def test_a_data_node_removed_during_an_ingest_then_back(
+def _a_data_node_removed_during_an_ingest_then_back(
     cluster: Cluster, golden: RunningApp, photos: dict[str, bytes]
 ) -> None:
     """beta goes down while images stream in: searches answer from alpha and name beta's
@@ -211,54 +220,3 @@ def test_a_data_node_removed_during_an_ingest_then_back(
         r = client.post("/search/image", files=query, data={"k": 1000, "features": "phash"})
         found = {h["image_id"] for h in r.json()["results"]}
         assert acked <= found and "partial" not in r.json()
-
-
-def _features(app: RunningApp, feature: str, count: int) -> dict[int, bytes]:
-    """Every stored feature of one feature's shards: id -> bytes."""
-    out: dict[int, bytes] = {}
-    for i, actor in enumerate(_shard_actors(app, feature, count)):
-        ids, rows = ray.get(actor.export.remote(-1, 10**6))
-        assert all(shards.owner(image_id, count) == i for image_id in ids)
-        out.update({image_id: bytes(row) for image_id, row in zip(ids, rows, strict=True)})
-    return out
-
-
-def test_resharding_1_3_2_on_the_cluster(
-    cluster: Cluster, tmp_path: Path, photos: dict[str, bytes]
-) -> None:
-    """An app stopped, resharded by the command over the cluster's nodes, started again:
-    every image with identical features, the new shards on the data nodes."""
-    from ray import serve
-
-    from scripts.reshard import main
-
-    name = f"r{uuid.uuid4().hex[:8]}"
-    features = {"phash": {}, "color": {}, "local": {}, "ocr": {}}
-    settings: dict[str, Any] = {"features": features}
-    app = deploy(name, tmp_path, cluster.port, **settings, shards=1)
-    with httpx.Client(base_url=app.url, timeout=120) as client:
-        for file_name, body in photos.items():
-            r = client.post("/images", files={"image": (file_name, body)})
-            assert r.status_code == 200, r.text
-    assert _layout(app, "phash").nodes == ["alpha"]
-    before = {f: _features(app, f, 1) for f in features}
-    assert all(len(rows) == len(photos) for rows in before.values())
-    config = tmp_path / "serve.yaml"
-    for count in (3, 2):
-        serve.delete("test")
-        args = {"name": name, "data_dir": str(tmp_path), **settings, "shards": count}
-        apps = [{"name": name, "args": args}]
-        config.write_text(yaml.safe_dump({"applications": apps}))
-        assert main([f"--config={config}", f"--app={name}"]) == 0
-        app = deploy(name, tmp_path, cluster.port, **settings, shards=count)
-        nodes = cluster.node_ids()
-        for feature in features:
-            layout = _layout(app, feature)
-            assert layout.nodes == ["alpha", "beta", "alpha"][:count]
-            where = _nodes_of(_shard_actors(app, feature, count))
-            assert where == [nodes[n] for n in layout.nodes]
-            assert _features(app, feature, count) == before[feature], (count, feature)
-        health = httpx.get(f"{app.url}/health", timeout=60).json()
-        assert health["status"] == "ok" and health["images"] == len(photos)
-    serve.delete("test")
-    kill_actors(name)
