@@ -25,9 +25,27 @@ from types import FrameType
 
 from scripts import preflight
 
-#: How long ``serve run`` gets to shut Serve down, then what is left of it to end.
-SHUTDOWN_S = 30.0
+#: How long ``serve run`` gets to shut Serve down (the ingress drains its connections for
+#: 30 s first), then what is left of it to end. A second Ctrl-C skips the wait.
+SHUTDOWN_S = 60.0
 GRACE_S = 5.0
+
+
+def processes(names: tuple[str, ...]) -> dict[int, str]:
+    """pid -> command line of every live process (zombies left out) whose command line
+    contains one of ``names``."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:  # gone meanwhile
+            continue
+        if state != "Z" and any(name in cmd for name in names):
+            found[int(entry)] = cmd.strip()
+    return found
 
 
 def session_processes(sid: int) -> list[int]:
@@ -76,11 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     while child.poll() is None and not stopped:
         time.sleep(0.2)
     if stopped:
-        print("serve: stopping the app", file=sys.stderr, flush=True)
+        print("serve: stopping the app (Ctrl-C again: at once)", file=sys.stderr, flush=True)
         with contextlib.suppress(ProcessLookupError):
             child.send_signal(signal.SIGINT)  # serve run's own stop: serve.shutdown()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.wait(SHUTDOWN_S)
+        deadline = time.monotonic() + SHUTDOWN_S
+        while child.poll() is None and len(stopped) == 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
     left = end_session(child.pid)
     if left:
         print(f"serve: ended {len(left)} process(es) the app left", file=sys.stderr)

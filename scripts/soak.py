@@ -29,6 +29,8 @@ from typing import Any
 
 import httpx
 
+from scripts.serve import processes
+
 #: What an app process's command line contains (Ray's workers, its daemons, HAProxy).
 APP_PROCESSES = ("ray::", "raylet", "gcs_server", "haproxy", "dashboard")
 #: Each worker's share of the id space: worker w owns ids ``BASE + w * SPAN + 1...``.
@@ -50,6 +52,8 @@ class Soak:
     #: ids whose last write got no clear answer (no answer, a 5xx): left out of the check.
     unsure: set[int] = field(default_factory=set)
     features: list[str] = field(default_factory=list)
+    #: Workers that failed (a bug of the soak, or an answer it could not read).
+    crashes: list[str] = field(default_factory=list)
     overloaded: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -73,13 +77,21 @@ class Soak:
         return status
 
     def worker(self, w: int, stop: threading.Event) -> None:
+        """``_work``, with a crash of its own recorded (it fails the run), not printed."""
+        try:
+            self._work(w, stop)
+        except Exception as exc:
+            with self.lock:
+                self.crashes.append(f"worker {w}: {type(exc).__name__}: {exc}")
+
+    def _work(self, w: int, stop: threading.Event) -> None:
         """Mixed requests until ``stop``; its own ids, so that it knows what must exist."""
         rng = random.Random(w)
         mine: list[int] = []
         next_id = BASE + w * SPAN + 1
         with httpx.Client(base_url=self.url, timeout=120) as c:
             while not stop.is_set():
-                op = rng.random()
+                op = rng.random() if mine else 0.0  # nothing of its own yet: an add
                 photo = rng.randrange(len(self.photos))
                 image = {"image": (f"{photo}.jpg", self.photos[photo])}
                 if op < 0.5:  # an add: a new image, or a stored one with another photo
@@ -160,17 +172,13 @@ def _same(hit: dict[str, Any]) -> bool:
 def app_rss() -> dict[str, int]:
     """RSS in bytes of each app process on this machine, by ``pid command``."""
     out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid, cmd in processes(APP_PROCESSES).items():
         try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            status = Path(f"/proc/{entry}/status").read_text()
-        except OSError:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:  # gone meanwhile
             continue
-        if any(name in cmd for name in APP_PROCESSES):
-            rss = [line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")]
-            out[f"{entry} {cmd.split()[0][:60]}"] = int(rss[0]) * 1024 if rss else 0
+        rss = [line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")]
+        out[f"{pid} {cmd.split()[0][:60]}"] = int(rss[0]) * 1024 if rss else 0
     return out
 
 
@@ -219,6 +227,12 @@ def report(soak: Soak, rss: dict[str, dict[str, int]], problems: list[str]) -> s
     for proc in sorted(set(start) & set(end), key=lambda p: -end[p]):
         growth = (end[proc] - start[proc]) / max(start[proc], 1)
         lines.append(f"  {proc:70} {start[proc] >> 20} -> {end[proc] >> 20} MiB ({growth:+.1%})")
+    # Replicas autoscaling started or stopped meanwhile have no growth to show.
+    lines += [f"  {p:70} gone by the end" for p in sorted(set(start) - set(end))]
+    lines += [
+        f"  {p:70} started after minute 2: {end[p] >> 20} MiB"
+        for p in sorted(set(end) - set(start))
+    ]
     lines.append(
         f"images it says exist: {len(soak.stored)}, deleted: {len(soak.deleted)}, "
         f"left out (a write without a clear answer): {len(soak.unsure)}"
@@ -246,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     headers = {"Authorization": f"Bearer {ns.api_key}"} if ns.api_key else {}
     soak = Soak(ns.url.rstrip("/"), photos, headers)
     rss = run(soak, 60 * ns.minutes, ns.step_s, ns.max_workers)
-    problems = soak.check()
+    problems = soak.crashes + soak.check()
     print(report(soak, rss, problems))
     errors = sum(n for (_, status), n in soak.statuses.items() if status >= 500 and status != 503)
     return 1 if errors or problems else 0

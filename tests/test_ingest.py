@@ -270,30 +270,37 @@ def test_a_name_conflict_costs_only_its_own_file(ing_app: RunningApp) -> None:
         assert ray.get(catalog.unregister.remote(image_id))
 
 
+def _command(tmp_path: Path, ing_app: RunningApp, folder: Path, *options: str) -> list[str]:
+    """``scripts/ingest.py`` of ``folder`` into the module's app (a config file naming it as
+    app ``cli``, written under ``tmp_path``), connected to this test's Ray cluster."""
+    import ray
+
+    config = tmp_path / "serve.yaml"
+    app_args = {"name": ing_app.name, "data_dir": str(ing_app.data_dir)}
+    config.write_text(yaml.safe_dump({"applications": [{"name": "cli", "args": app_args}]}))
+    return [
+        sys.executable,
+        str(ROOT / "scripts" / "ingest.py"),
+        str(folder),
+        f"--config={config}",
+        "--app=cli",
+        f"--address={ray.get_runtime_context().gcs_address}",
+        *options,
+    ]
+
+
 def test_command_line(
     tmp_path: Path, ing_app: RunningApp, client: httpx.Client, photo_paths: list[Path]
 ) -> None:
     """The script itself, in its own process, connected to this test's Ray cluster."""
-    import ray
 
     gallery = tmp_path / "photos"
     gallery.mkdir()
     shutil.copy(photo_paths[5], gallery / "2001.jpg")
     shutil.copy(photo_paths[6], gallery / "2002.webp.jpg")  # stem "2002.webp": not an id
+    command = _command(tmp_path, ing_app, gallery, "--ids-from-filenames", "--features=phash")
+    command.append("--batch-size=8")
     config = tmp_path / "serve.yaml"
-    app_args = {"name": ing_app.name, "data_dir": str(ing_app.data_dir)}
-    config.write_text(yaml.safe_dump({"applications": [{"name": "cli", "args": app_args}]}))
-    command = [
-        sys.executable,
-        str(ROOT / "scripts" / "ingest.py"),
-        str(gallery),
-        f"--config={config}",
-        "--app=cli",
-        f"--address={ray.get_runtime_context().gcs_address}",
-        "--ids-from-filenames",
-        "--features=phash",
-        "--batch-size=8",
-    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "stored 1, skipped 0" in done.stdout, done.stdout
@@ -406,19 +413,7 @@ def test_an_ingest_killed_halfway_and_run_again_stores_each_file_once(
     files = [f"halfway-{i:02d}.jpg" for i in range(24)]
     for name, data in zip(files, distinct_uploads(photos, len(files)), strict=True):
         (folder / name).write_bytes(data)
-    config = tmp_path / "serve.yaml"
-    app_args = {"name": ing_app.name, "data_dir": str(ing_app.data_dir)}
-    config.write_text(yaml.safe_dump({"applications": [{"name": "cli", "args": app_args}]}))
-    command = [
-        sys.executable,
-        str(ROOT / "scripts" / "ingest.py"),
-        str(folder),
-        f"--config={config}",
-        "--app=cli",
-        f"--address={ray.get_runtime_context().gcs_address}",
-        "--features=phash,color",
-        "--batch-size=2",
-    ]
+    command = _command(tmp_path, ing_app, folder, "--features=phash,color", "--batch-size=2")
     catalog = ing_app.actor("catalog")
     before = ray.get(catalog.count.remote())
 

@@ -16,6 +16,7 @@ import httpx
 import pytest
 import yaml
 
+from scripts.serve import processes
 from tests.conftest import SERVE_YAML, _free_port, serve_config
 
 pytestmark = [pytest.mark.own_ray, pytest.mark.timeout(900)]
@@ -26,18 +27,7 @@ APP_PROCESSES = ("ray", "raylet", "gcs_server", "haproxy", "serve", "dashboard")
 
 def _app_processes() -> dict[int, str]:
     """pid -> command line of every live process that looks like part of a Ray app."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and any(name in cmd for name in APP_PROCESSES):
-            found[int(entry)] = cmd.strip()
-    return found
+    return processes(APP_PROCESSES)
 
 
 def _port_free(port: int) -> bool:

@@ -15,7 +15,7 @@ def test_a_minute_of_mixed_load_leaves_the_app_consistent(
 ) -> None:
     soak = Soak(app.url, list(photos.values()), {})
     rss = run(soak, seconds=60, step_s=10, max_workers=8)
-    problems = soak.check()
+    problems = soak.crashes + soak.check()
     print(report(soak, rss, problems))
     assert problems == []
     by_status = {status for _, status in soak.statuses}
