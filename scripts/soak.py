@@ -33,6 +33,8 @@ from scripts.serve import processes
 
 #: What an app process's command line contains (Ray's workers, its daemons, HAProxy).
 APP_PROCESSES = ("ray::", "raylet", "gcs_server", "haproxy", "dashboard")
+#: The longest result list the app gives (``fusion.max_k``).
+MAX_K = 1000
 #: Each worker's share of the id space: worker w owns ids ``BASE + w * SPAN + 1...``.
 BASE, SPAN = 9_000_000, 100_000
 
@@ -142,24 +144,36 @@ class Soak:
                 self.unsure.add(image_id)
 
     def check(self) -> list[str]:
-        """Every stored image has every feature of its last upload and is found by it; no
-        deleted one is found."""
+        """Every stored image has every feature of the first add, and the photo it holds now
+        finds it (one search per photo, phash alone, its whole list); no deleted image is
+        read or found."""
         problems = []
-        with httpx.Client(base_url=self.url, timeout=120, headers=self.headers) as c:
-            for image_id, photo in sorted(self.stored.items()):
-                if image_id in self.unsure:
-                    continue
+        sure = {i: p for i, p in self.stored.items() if i not in self.unsure}
+        by_photo: dict[int, set[int]] = defaultdict(set)
+        for image_id, photo in sure.items():
+            by_photo[photo].add(image_id)
+        only = {"features": "phash"} if "phash" in self.features else {}
+        found: set[int] = set()
+        with httpx.Client(base_url=self.url, timeout=300, headers=self.headers) as c:
+            for image_id in sorted(sure):
                 got = c.get(f"/images/{image_id}")
                 if got.status_code != 200 or sorted(got.json()["features"]) != self.features:
                     problems.append(f"image {image_id}: {got.status_code} {got.text[:200]}")
-                    continue
+            for photo, ids in sorted(by_photo.items()):
                 query = {"image": ("q.jpg", self.photos[photo])}
-                hits = c.post("/search/image", files=query, data={"k": 100}).json()["results"]
-                if not any(h["image_id"] == image_id and _same(h) for h in hits):
-                    problems.append(f"image {image_id}: its last photo does not find it")
+                data = {"k": MAX_K, **only}
+                hits = c.post("/search/image", files=query, data=data).json()["results"]
+                found |= {h["image_id"] for h in hits}
+                if len(hits) < MAX_K:  # the whole list: every copy of the photo is in it
+                    exact = {h["image_id"] for h in hits if _same(h)}
+                    problems += [
+                        f"image {i}: its last photo does not find it" for i in sorted(ids - exact)
+                    ]
             for image_id in sorted(self.deleted - set(self.stored) - self.unsure):
                 if c.get(f"/images/{image_id}").status_code != 404:
                     problems.append(f"deleted image {image_id} is still there")
+                if image_id in found:
+                    problems.append(f"deleted image {image_id} is found by search")
         return problems
 
 
