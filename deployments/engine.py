@@ -24,7 +24,8 @@ from deployments.schemas import (
     Health,
     ImageInfo,
 )
-from deployments.search import Data, Searches, read
+from deployments.search import Data, read
+from deployments.text_search import TextSearches
 from extractors.textdoc import decode_doc, merge_docs
 from index_actors.client import IndexClient
 from index_actors.interface import (
@@ -45,7 +46,7 @@ log = logging.getLogger("ray.serve")
 THUMBNAIL = "thumbnail"
 
 
-class Engine(Searches):
+class Engine(TextSearches):
     """Adds, deletes, describes, analyzes and searches; see the module docstring."""
 
     def __init__(

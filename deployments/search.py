@@ -1,6 +1,7 @@
-"""The read side of the engine: the enabled features, query extraction, searches by image,
-by a stored image and by text, and their fused answers. Ray-free; ``Engine`` adds the writes
-and the rest (``deployments/engine.py``).
+"""The read side of the engine: the enabled features, query extraction, searches by image
+and by a stored image, and their fused answers. Ray-free; text search is
+``deployments/text_search.py``'s, and ``Engine`` adds the writes and the rest
+(``deployments/engine.py``).
 """
 
 from __future__ import annotations
@@ -22,14 +23,11 @@ from deployments.schemas import (
     Match,
     SearchResult,
     Similar,
-    TextSearchResult,
 )
 from extractors import REGISTRY, InvalidImage, WeightsUnavailable
 from extractors.base import FUSED, Query
-from extractors.textdoc import MAX_QUERY_WORDS, words
 from index_actors.client import IndexClient
 from index_actors.interface import (
-    BackendDown,
     Hit,
     Hits,
     InvalidInput,
@@ -40,8 +38,6 @@ from index_actors.interface import (
 from index_actors.kinds import kind_of
 
 log = logging.getLogger("ray.serve")
-#: Longest text query: CLIP reads 77 tokens; a page of text is a mistake, not a query.
-MAX_QUERY_CHARS = 1000
 Options = BaseModel | Mapping[str, Any]
 #: An upload: its bytes, or a coroutine function that reads them. The engine reads it where
 #: the checks of the request's other fields are done, so that their errors come first.
@@ -297,72 +293,6 @@ class Searches:
         missing = hits.missing if isinstance(hits, Hits) else []
         return Similar(results=await self.listing(hits), partial=missing or None)
 
-    async def text_hits(
-        self, text: Any, k: int | None, threshold: float | None, values: Options
-    ) -> list[Hit]:
-        """The text embedder's (CLIP's) nearest stored images to a text query."""
-        text = checked_query(text)
-        if self.embedder is None:
-            raise Unavailable("text search needs the clip feature, which is disabled")
-        name = self.features(self.embedder)[0]
-        try:
-            query = await self.extractors[name].embed_text(text)
-        except WeightsUnavailable as exc:
-            raise Unavailable(f"{name} is unavailable: {reason(exc)}") from None
-        hits = await self.search(
-            {name: query}, k, {name: threshold}, {name: self.options(name, values)}
-        )
-        return hits[name]
-
-    async def search_text(
-        self, q: Any, k: int | None, features: str | None, values: Options
-    ) -> TextSearchResult:
-        """Stored images matching a text: the embedder's (CLIP's) image-text space fused with
-        the words of their OCR text, captions and tags. By default every text source, CLIP
-        left out (named under ``unavailable``) while its weights are missing; a text backend
-        that is down (PostgreSQL) is an error, never silently dropped."""
-        kk = self.k(k)
-        text = checked_query(q)
-        sources = [n for n in self.indexed if n == self.embedder] + self.textual
-        names = self.features(features, sources)
-        if other := [n for n in names if n not in sources]:
-            raise InvalidInput(f"{other} cannot search by text; text sources: {sources}")
-        if not names:
-            raise Unavailable(
-                "text search needs clip or a text feature (ocr, caption, tags): none is on"
-            )
-        if any(kind_of(n).reads_text for n in names):  # CLIP reads any text
-            n_words = len(words(text))
-            if not n_words:
-                raise InvalidInput("the query has no words to search for")
-            if n_words > MAX_QUERY_WORDS:
-                raise InvalidInput(f"the query has {n_words} words; the limit is {MAX_QUERY_WORDS}")
-        k_each = max(kk, self.args.fusion.candidates)
-        results = await asyncio.gather(
-            *(
-                self.text_hits(text, k_each, None, values)
-                if n == self.embedder
-                else self.client.search(n, text, k_each)
-                for n in names
-            ),
-            return_exceptions=True,
-        )
-        lists: dict[str, list[Hit]] = {}
-        unavailable: dict[str, str] = {}
-        for name, result in zip(names, results, strict=True):
-            if isinstance(result, Unavailable) and not features:
-                unavailable[name] = str(result)  # clip without weights: a known state
-            elif isinstance(result, BackendDown):
-                raise BackendDown(f"text search ({name}) is unavailable: {reason(result)}")
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                lists[name] = result
-        if not lists:
-            raise Unavailable(f"no text source could answer: {unavailable}")
-        fused = await self.fused(lists, kk)
-        return TextSearchResult(**dict(fused), unavailable=unavailable)
-
     # --- answers --------------------------------------------------------------------------
     async def listing(self, hits: list[Hit], names: dict[int, str] | None = None) -> list[Listed]:
         """Hits with their file names (ids deleted meanwhile left out)."""
@@ -395,14 +325,3 @@ class Searches:
             ],
             by_feature={n: await self.listing(h[:k], names) for n, h in lists.items()},
         )
-
-
-def checked_query(text: Any) -> str:
-    """A text query, or an ``InvalidInput`` saying what is wrong with it."""
-    if not isinstance(text, str) or not text.strip():
-        raise InvalidInput("the text query is empty")
-    if len(text) > MAX_QUERY_CHARS:
-        raise InvalidInput(
-            f"the text query is {len(text)} characters; the limit is {MAX_QUERY_CHARS}"
-        )
-    return text
