@@ -284,10 +284,10 @@ def ingest(
     ``ids_from_filenames`` the integer file stem is the image id. ``pool_size`` actors (by
     default one per two CPUs of the cluster: the app's replicas share them), each reserving
     ``cpus_per_actor`` CPUs, compute batches of ``batch_size`` files; ``model_pool_size``
-    actors compute the model features (global, clip, tags), their torch threads sharing the
-    cluster's CPUs; ``local_pool_size`` actors (default: as ``pool_size``) the local features,
-    ``ocr_pool_size`` OCR and ``caption_pool_size`` captions, the slow ones. A feature whose
-    model is unavailable is left out (reported) unless it was asked for by name.
+    actors compute the model features (global, clip, tags); ``local_pool_size`` actors
+    (default: as ``pool_size``) the local features, ``ocr_pool_size`` OCR and
+    ``caption_pool_size`` captions, the slow ones. A feature whose model is unavailable is
+    left out (reported) unless it was asked for by name.
     ``client``: the app's actors (default: found by the app's name).
     """
     if not ray.is_initialized():
@@ -339,18 +339,18 @@ def ingest(
         )
         # The light features share one pool: each is a few ms per image, and one pass per
         # batch reads each file once. Models get a pool of their own, sized apart: a network
-        # per actor costs memory, and torch spreads one actor over several cores. Local
-        # features (SIFT, far slower than phash), OCR and captions (slower still) get one each,
-        # so that they do not hold the others up.
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        # per actor costs memory. Local features (SIFT, far slower than phash), OCR and
+        # captions (slower still) get one each, so that they do not hold the others up. Each
+        # batch runs cv2 and torch on one thread (``extractors.group.LibraryThreads``): the
+        # pools side by side fill the cores.
         pools = [
-            (group, min(size, blocks), threads)
-            for pool, size, threads in (
-                ("light", pool_size, None),
-                ("local", local_pool_size or pool_size, None),
-                ("models", model_pool_size, max(1, cpus // model_pool_size)),
-                ("ocr", ocr_pool_size, None),
-                ("caption", caption_pool_size, max(1, cpus // caption_pool_size)),
+            (group, min(size, blocks))
+            for pool, size in (
+                ("light", pool_size),
+                ("local", local_pool_size or pool_size),
+                ("models", model_pool_size),
+                ("ocr", ocr_pool_size),
+                ("caption", caption_pool_size),
             )
             if (group := [f for f in features if REGISTRY[f].pool == pool])
         ]
@@ -358,11 +358,10 @@ def ingest(
         # the pools would wait for CPUs forever (reservations are bookkeeping; the actors
         # share the cores either way).
         free = ray.available_resources().get("CPU", 0.0)
-        actors = sum(size for _, size, _ in pools)
+        actors = sum(size for _, size in pools)
         cpus_per_actor = max(0.01, min(cpus_per_actor, 0.9 * free / actors))
-        for group, size, threads in pools:
-            extra = {"threads": threads} if threads else {}
-            options = {f: {**extra, **args.extractor_options(f)} for f in group}
+        for group, size in pools:
+            options = {f: args.extractor_options(f) for f in group}
             together = [n for n in args.deployments.values() if set(n) & set(group)]
             together = [[f for f in n if f in group] for n in together]
             ds = ds.map_batches(

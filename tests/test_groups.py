@@ -86,3 +86,57 @@ def test_a_batch_of_mixed_modes_answers_each_in_its_own(photos: dict[str, bytes]
     for mode, got in zip(modes, out, strict=True):
         assert np.array_equal(got, local.extract_bytes([data], mode)[0]), mode
     assert not np.array_equal(out[0], out[2])
+
+
+def test_library_threads_one_for_stored_images_all_for_a_lone_query(
+    photos: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cv2's and torch's pools are per process: a batch of stored images runs them on one
+    thread (an ingest fills the cores with batches side by side), a query batch alone on
+    their configured threads, one beside another batch on one."""
+    import threading
+
+    import cv2
+    import torch
+
+    from extractors import group as extractor_group
+    from extractors.phash import PHash
+
+    seen: list[tuple[int, int]] = []
+    started, release = threading.Event(), threading.Event()
+
+    class Recording(PHash):
+        def extract_bytes(self, blobs: list[bytes], query: Query = False) -> list:
+            seen.append((cv2.getNumThreads(), torch.get_num_threads()))
+            if blobs[0] == b"wait":
+                started.set()
+                release.wait(30)
+                return [InvalidImage("waited")]
+            return super().extract_bytes(blobs, query)
+
+    before = (cv2.getNumThreads(), torch.get_num_threads())
+    monkeypatch.setattr(extractor_group, "library_threads", extractor_group.LibraryThreads())
+    cv2.setNumThreads(2)
+    torch.set_num_threads(2)  # as configured: what the first batch finds
+    try:
+        extractors, blob = {"phash": Recording()}, next(iter(photos.values()))
+        run(extractors, {}, [(blob, False, "phash")])
+        run(extractors, {}, [(blob, True, "phash"), (blob, FUSED, "phash")])
+        run(extractors, {}, [(blob, True, "phash"), (blob, False, "phash")])
+        assert seen == [(1, 1), (2, 2), (2, 2), (1, 1), (1, 1)]
+
+        # A query batch beside a running batch (of queries as well): one thread.
+        seen.clear()
+        first = threading.Thread(target=run, args=(extractors, {}, [(b"wait", True, "phash")]))
+        first.start()
+        assert started.wait(30)
+        run(extractors, {}, [(blob, True, "phash")])
+        release.set()
+        first.join(30)
+        assert seen == [(2, 2), (1, 1)]
+        run(extractors, {}, [(blob, True, "phash")])  # alone again: every thread
+        assert seen[-1] == (2, 2)
+    finally:
+        release.set()
+        cv2.setNumThreads(before[0])
+        torch.set_num_threads(before[1])
