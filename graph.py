@@ -50,4 +50,4 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         args.placement,
         args.write_timeout_s,
     )
-    return Ingress.bind(args, extractors, indexes)  # type: ignore[attr-defined]
+    return Ingress.bind(args, extractors, indexes, missing)  # type: ignore[attr-defined]

@@ -21,7 +21,8 @@ from deployments.config import AppArgs
 from deployments.engine import Engine
 from deployments.http import install, offline_docs
 from deployments.page import serve_page
-from extractors import Extractor, InvalidImage, build_extractor
+from deployments.ports import extractor_info
+from extractors import Extractor, InvalidImage, WeightsUnavailable, build_extractor
 from extractors.base import Query
 from index_actors.client import IndexClient
 
@@ -84,15 +85,28 @@ class ServeExtractor:
     (no weights, a few ms of CPU): a hop to their deployment costs more than the work
     (measured in the bench's http section). Ingest still goes through the deployment,
     which batches and autoscales.
+
+    ``unavailable``: why the model cannot run, when the app's build found its weights
+    missing: this port answers for it, so that no upload travels to a replica that cannot
+    use it, and that replica, idle, can be scaled to none.
     """
 
-    def __init__(self, handle: DeploymentHandle, name: str, local: Extractor | None = None) -> None:
+    def __init__(
+        self,
+        handle: DeploymentHandle,
+        name: str,
+        local: Extractor | None = None,
+        unavailable: str | None = None,
+    ) -> None:
         self.handle = handle
         self.name = name
         self.local = local
+        self.unavailable = unavailable
 
     async def extract(self, data: bytes, query: Query) -> np.ndarray | InvalidImage:
         """See ``ExtractorPort.extract``."""
+        if self.unavailable is not None:
+            raise WeightsUnavailable(self.unavailable)
         if query and self.local is not None:
             local = self.local
             return (await asyncio.to_thread(local.extract_bytes, [data], query))[0]
@@ -101,11 +115,15 @@ class ServeExtractor:
 
     async def embed_text(self, text: str) -> np.ndarray:
         """See ``ExtractorPort.embed_text``."""
+        if self.unavailable is not None:
+            raise WeightsUnavailable(self.unavailable)
         result: np.ndarray = await self.handle.embed_text.remote(text, self.name)
         return result
 
     async def info(self) -> dict[str, Any]:
         """See ``ExtractorPort.info``."""
+        if self.unavailable is not None:
+            return extractor_info(self.name, None, self.unavailable)
         result: dict[str, Any] = await self.handle.info.remote(self.name)
         return result
 
@@ -122,9 +140,15 @@ class Ingress:
     """Serves the HTTP API over an ``Engine``."""
 
     def __init__(
-        self, args: AppArgs, extractors: dict[str, DeploymentHandle], indexes: IndexClient
+        self,
+        args: AppArgs,
+        extractors: dict[str, DeploymentHandle],
+        indexes: IndexClient,
+        unavailable: dict[str, str] | None = None,
     ) -> None:
         # ``extractors``: a handle per deployment; a deployment may compute several features.
+        # ``unavailable``: the features whose weights the build found missing, and why.
+        unavailable = unavailable or {}
         ports = {
             name: ServeExtractor(
                 extractors[args.deployment_of(name)],
@@ -132,10 +156,21 @@ class Ingress:
                 build_extractor(name, args.extractor_options(name))
                 if args.query_in_ingress(name)
                 else None,
+                unavailable.get(name),
             )
             for name in args.enabled
         }
         self.engine = Engine(args, ports, indexes)
+        # Start a replica of each deployment with a feature that can run: serve.yaml lets
+        # the network deployments scale to none (``min_replicas: 0``), which those whose
+        # weights are missing stay at, since nothing is sent to them; the others start now
+        # rather than on a user's first request (a model load). Kept: a dropped response
+        # may cancel its request.
+        self.woken = [
+            extractors[deployment].info.remote(next(n for n in names if n not in unavailable))
+            for deployment, names in args.deployments.items()
+            if any(n not in unavailable for n in names)
+        ]
         self.max_upload_bytes = int(args.max_upload_mb * 1024 * 1024)
 
     def __serve_build_asgi_app__(self) -> FastAPI:

@@ -184,6 +184,21 @@ def deploy(
     raise TimeoutError(f"configs/serve.yaml not running after 300 s: {serve.status()}")
 
 
+def running_replicas(deployment: str, at_least: int = 0, within_s: float = 0.0) -> int:
+    """Running replicas of a deployment of the test app; waits up to ``within_s`` for
+    ``at_least``."""
+    from ray import serve
+    from ray.serve._private.common import ReplicaState
+
+    deadline = time.monotonic() + within_s
+    while True:
+        status = serve.status().applications["test"].deployments[deployment]
+        running = int(status.replica_states.get(ReplicaState.RUNNING, 0))
+        if running >= at_least or time.monotonic() >= deadline:
+            return running
+        time.sleep(0.5)
+
+
 def kill_actors(name: str) -> None:
     """Kill every actor of an app for good (the detached actors outlive the Serve app),
     every shard of every index included."""

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import SERVE_YAML, RunningApp, deploy, kill_actors
+from tests.conftest import SERVE_YAML, RunningApp, deploy, kill_actors, running_replicas
 from tests.helpers import reencode
 
 #: The shipped features a fresh machine runs: no weights needed, or weights in a package.
@@ -34,14 +34,6 @@ def shipped(ray_session: int, tmp_path_factory: pytest.TempPathFactory) -> Itera
     kill_actors(name)
 
 
-def _replicas(deployment: str) -> int:
-    from ray import serve
-    from ray.serve._private.common import ReplicaState
-
-    status = serve.status().applications["test"].deployments[deployment]
-    return int(status.replica_states.get(ReplicaState.RUNNING, 0))
-
-
 def test_every_deployment_the_config_names_runs_with_its_options(shipped: RunningApp) -> None:
     from ray import serve
     from ray.serve._private.api import serve_start
@@ -54,6 +46,11 @@ def test_every_deployment_the_config_names_runs_with_its_options(shipped: Runnin
     ext = health["extractors"]
     assert {f for f, e in ext.items() if e["available"]} == READY, ext
     assert {f for f, e in ext.items() if not e["available"]} == NO_WEIGHTS, ext
+    assert all("fetch_models.py" in ext[f]["reason"] for f in NO_WEIGHTS), ext
+    # No replica for a model without weights (min_replicas 0; the ingress answers for it,
+    # /health included), one for each of the others.
+    assert running_replicas("extract_clip") == running_replicas("extract_caption") == 0
+    assert running_replicas("extract_global") >= 1 and running_replicas("extract_cpu") >= 1
     # Each deployment runs with the options the file gives it (what the dashboard shows),
     # not the code's defaults.
     details = serve_start().get_serve_details()["applications"]["test"]["deployments"]
@@ -71,7 +68,7 @@ def test_extract_cpu_scales_up_under_an_ingest(
 ) -> None:
     """Adds faster than one replica takes them: the config's autoscaling adds a second
     ``extract_cpu`` replica (phash, colour, local, OCR, thumbnails), and every add lands."""
-    assert _replicas("extract_cpu") == 1
+    assert running_replicas("extract_cpu") == 1
     base = list(photos.values())
     stop = threading.Event()
     added: list[int] = []
@@ -93,9 +90,9 @@ def test_extract_cpu_scales_up_under_an_ingest(
         for w in range(12):
             pool.submit(add, w)
         deadline = time.monotonic() + 240
-        while _replicas("extract_cpu") < 2 and time.monotonic() < deadline:
+        while running_replicas("extract_cpu") < 2 and time.monotonic() < deadline:
             time.sleep(1)
-        scaled = _replicas("extract_cpu")
+        scaled = running_replicas("extract_cpu")
         stop.set()
     assert scaled == 2, f"extract_cpu stayed at {scaled} replica(s) under {len(added)} adds"
     assert errors == [] and added

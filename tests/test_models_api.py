@@ -12,7 +12,7 @@ from deployments.config import AppArgs
 from deployments.ingest import ingest
 from index_actors.client import IndexClient
 from scripts.train_index import run as train_and_adopt
-from tests.conftest import RunningApp
+from tests.conftest import RunningApp, running_replicas
 from tests.helpers import photo_id, reencode, store_photos, tiny_clip_dir, transformed
 
 pytestmark = pytest.mark.timeout(300)
@@ -36,6 +36,9 @@ def app_overrides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]
 @pytest.fixture(scope="module")
 def client(app: RunningApp, photos: dict[str, bytes]) -> httpx.Client:
     """A client of an app that holds every test photo, with ids 1..n in name order."""
+    # serve.yaml lets extract_clip scale to no replica (min_replicas 0); with its weights
+    # there, the ingress starts one as it starts: running before any request.
+    assert running_replicas("extract_clip", at_least=1, within_s=120) == 1
     c = httpx.Client(base_url=app.url, timeout=60)
     store_photos(c, photos, {"phash": "ok", "global": "ok", "clip": "ok"})
     return c
