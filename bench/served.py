@@ -1,6 +1,7 @@
 """The default app as a user runs it: ``serve run`` of ``configs/serve.yaml`` itself (every
 feature, every deployment option, the dashboard on), only the data directory and the ports
-changed, in a Ray session of its own; stopped with everything it started."""
+changed, in a Ray session of its own with ``make serve``'s Ray settings
+(``scripts/serve.py``); stopped with everything it started."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import ray  # noqa: F401 - puts the psutil it ships on the path (serve_default)
 import yaml
 
 from bench.common import ROOT, free_port, isolate_ports
+from scripts.serve import app_env
 
 #: How long the default app may take to answer /health from a cold start.
 START_S = 600.0
@@ -55,7 +57,7 @@ def serve_default(tmp: Path) -> Iterator[Served]:
     port = free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     config = default_config(tmp, port)
-    env = {**os.environ, "RAY_DASHBOARD_PORT": str(free_port())}
+    env = {**app_env(), "RAY_DASHBOARD_PORT": str(free_port())}
     # Its own Ray session (ray.init in `serve run`), dashboard on, as `make serve`.
     cmd = [sys.executable, "-m", "ray.serve.scripts", "run", str(config)]
     serve_bin = Path(sys.executable).with_name("serve")

@@ -29,6 +29,16 @@ from scripts import preflight
 #: 30 s first), then what is left of it to end. A second Ctrl-C skips the wait.
 SHUTDOWN_S = 60.0
 GRACE_S = 5.0
+#: Ray settings for the app's session, each overridable from the environment. Serve's
+#: controller steps its loop every 0.1 s by default: the idle app's largest CPU user
+#: (0.041 of a core on 2 cores; 0.015 at 0.5 s, GCS 0.015 -> 0.008). Deploys and scaling
+#: react within half a second instead.
+APP_ENV = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5"}
+
+
+def app_env() -> dict[str, str]:
+    """The environment ``serve run`` gets: this one, with ``APP_ENV`` where it is unset."""
+    return {**APP_ENV, **os.environ}
 
 
 def processes(names: tuple[str, ...]) -> dict[int, str]:
@@ -83,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if preflight.main([config]) != 0:
         return 2
     serve = Path(sys.executable).with_name("serve")
-    child = subprocess.Popen([str(serve), "run", config], start_new_session=True)
+    child = subprocess.Popen([str(serve), "run", config], start_new_session=True, env=app_env())
     stopped: list[int] = []
 
     def stop(signum: int, _frame: FrameType | None) -> None:

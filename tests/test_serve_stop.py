@@ -101,6 +101,12 @@ def test_a_stopped_app_leaves_nothing_and_starts_again_at_once(tmp_path: Path) -
     for how, stop in stops.items():
         proc = _start(config, log, env)  # at once after the last stop, on the same port
         _wait_up(proc, url, log)
+        # The app's Ray settings (scripts/serve.py APP_ENV) reach Serve's controller.
+        controller = next(
+            p for p, c in _app_processes().items() if "ServeController" in c and p not in before
+        )
+        environ = Path(f"/proc/{controller}/environ").read_bytes().split(b"\0")
+        assert b"RAY_SERVE_CONTROL_LOOP_INTERVAL_S=0.5" in environ
         stop(proc)
         proc.wait(120)
         deadline = time.monotonic() + 10  # a process may still be exiting
