@@ -1,15 +1,17 @@
 """Batch ingest of a directory of images into a running app, with Ray Data.
 
-The file paths go through Ray Data (``from_items`` + ``map_batches``); the features are
-computed by the *same* extractor classes the Serve deployments use, in Ray Data actor pools
-whose actors read the files themselves; the driver then writes each batch through the index
-client's write path, as the ingress does (register, write every feature, take new images out
-again when a write fails). A file that is already in the catalog and in every requested index
-is skipped before anything is read, so an interrupted run picks up where it stopped. A file
-that is not a readable image is reported at the end with the reason, and the run goes on.
+The file paths go through Ray Data (``from_items`` + ``map_batches``); a pool of Ray Data
+actors reads the files and has the running app compute each file's features as an add does
+(the ingress's ``extract_features``: its extractor replicas, models loaded once, batched with
+other uploads, autoscaled), so that an ingest starts in seconds and holds no second copy of a
+model. The driver then writes each batch through the index client's write path, as the
+ingress does (register, write every feature, take new images out again when a write fails).
+A file that is already in the catalog and in every requested index is skipped before
+anything is read, so an interrupted run picks up where it stopped. A file that is not a
+readable image is reported at the end with the reason, and the run goes on.
 
-``scripts/ingest.py`` is its command line. The app must be running: this only looks up its
-named actors.
+``scripts/ingest.py`` is its command line. The app must be running: this looks up its
+ingress and its named actors.
 """
 
 from __future__ import annotations
@@ -27,9 +29,7 @@ import ray
 from tqdm import tqdm
 
 from deployments.config import AppArgs
-from deployments.ports import build_group
-from extractors import REGISTRY, Extractor, InvalidImage, WeightsUnavailable, build_extractor
-from extractors import group as extractor_group
+from extractors import InvalidImage, build_extractor
 from index_actors.client import IndexClient, take_rows
 from index_actors.interface import reason
 from index_actors.kinds import kind_of
@@ -117,29 +117,25 @@ def id_from_name(file_name: str) -> int:
 
 
 class FeatureBatch:
-    """Ray Data callable class: reads a batch of files and computes features of each.
+    """Ray Data callable class: reads a batch of files and has the app compute the
+    features of each (``Ingress.extract_features``, every file of the batch at once).
 
     Adds the columns ``<feature>_feature`` (one row per file, zeros for a file that failed;
     for local features one variable-length array per file) and ``<feature>_error`` (``""``
-    when the feature was computed, else why not) for each of its features. The actor reads
-    the files itself: shipping the bytes from read tasks through the object store cost more
-    than the features (docs/architecture.md).
+    when the feature was computed, else why not) for each feature. The actor reads the files
+    itself: shipping the bytes from read tasks through the object store cost more than the
+    features (docs/architecture.md).
     """
 
     def __init__(
-        self,
-        features: list[str],
-        options: dict[str, dict[str, Any]],
-        together: list[list[str]] | None = None,
+        self, app_name: str, features: list[str], layouts: dict[str, tuple[str, int]]
     ) -> None:
-        # Features the app computes in one deployment share here too (tags ride on the
-        # global network, so both paths in give the same tags from the same pass).
-        self.extractors: dict[str, Extractor] = {}
-        self.riders: dict[str, str] = {}
-        for names in together or [[f] for f in features]:
-            ports, riders = build_group(names, options, {})
-            self.extractors.update({n: p.ready() for n, p in ports.items()})
-            self.riders.update(riders)
+        from ray import serve
+
+        self.app = serve.get_app_handle(app_name)
+        self.features = features
+        #: feature -> (dtype, values per row) of its column.
+        self.layouts = layouts
 
     @staticmethod
     def _read(path: str) -> bytes | InvalidImage:
@@ -150,29 +146,29 @@ class FeatureBatch:
             return InvalidImage(f"unreadable file: {exc.strerror or exc}")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Compute every feature of this pool for every file of the batch."""
+        """Every feature of every file of the batch."""
         blobs = [self._read(str(p)) for p in batch["path"]]
-        readable = [j for j, b in enumerate(blobs) if isinstance(b, bytes)]
-        data = [b for b in blobs if isinstance(b, bytes)]
+        calls = [
+            self.app.extract_features.remote(b, self.features) if isinstance(b, bytes) else b
+            for b in blobs
+        ]
+        results = [c if isinstance(c, InvalidImage) else c.result() for c in calls]
         out = dict(batch)
-        names = list(self.extractors)
-        requests = [(blob, False, name) for name in names for blob in data]
-        computed = extractor_group.run(self.extractors, self.riders, requests)
-        for k, extractor in enumerate(self.extractors.values()):
+        for name in self.features:
+            dtype, width = self.layouts[name]
             # A failed file keeps its empty row, never written (ragged kinds: one
             # variable-length array per file, which Ray Data carries as ragged tensors).
-            dtype = np.dtype(extractor.dtype)
-            width = extractor.nbytes // dtype.itemsize
-            rows = kind_of(extractor.name).ingest_column(len(blobs), width, dtype)
-            errors = np.array([str(b) if not isinstance(b, bytes) else "" for b in blobs], object)
-            results = computed[k * len(data) : (k + 1) * len(data)]
-            for j, result in zip(readable, results, strict=True):
+            rows = kind_of(name).ingest_column(len(blobs), width, np.dtype(dtype))
+            errors = np.full(len(blobs), "", object)
+            for j, result in enumerate(results):
                 if isinstance(result, InvalidImage):
                     errors[j] = str(result)
+                elif name in result[0]:
+                    rows[j] = result[0][name]
                 else:
-                    rows[j] = result
-            out[f"{extractor.name}_feature"] = rows
-            out[f"{extractor.name}_error"] = errors
+                    errors[j] = result[1].get(name, "not computed")
+            out[f"{name}_feature"] = rows
+            out[f"{name}_error"] = errors
         return out
 
 
@@ -268,28 +264,26 @@ def ingest(
     features: list[str] | None = None,
     batch_size: int = 4,
     pool_size: int | None = None,
-    cpus_per_actor: float = 0.25,
+    cpus_per_actor: float = 0.1,
     progress: bool = True,
-    model_pool_size: int = 1,
-    local_pool_size: int | None = None,
-    ocr_pool_size: int = 1,
-    caption_pool_size: int = 1,
     client: IndexClient | None = None,
+    app_name: str | None = None,
 ) -> IngestReport:
     """Ingest every image under ``directory`` into the running app described by ``args``.
 
     Needs a connected Ray session (``ray.init(address=..., namespace="serve")``) on which the
-    app runs. ``features`` (default: every enabled one) must be enabled in ``args``; a file is
-    skipped when its name is in the catalog and its id in each of their indexes. With
-    ``ids_from_filenames`` the integer file stem is the image id. ``pool_size`` actors (by
-    default one per two CPUs of the cluster: the app's replicas share them), each reserving
-    ``cpus_per_actor`` CPUs, compute batches of ``batch_size`` files; ``model_pool_size``
-    actors compute the model features (global, clip, tags); ``local_pool_size`` actors
-    (default: as ``pool_size``) the local features, ``ocr_pool_size`` OCR and
-    ``caption_pool_size`` captions, the slow ones. A feature whose model is unavailable is
-    left out (reported) unless it was asked for by name.
+    app runs: the Serve application ``app_name`` (default: ``args.name``, as
+    ``configs/serve.yaml`` names both) computes the features. ``features`` (default: every
+    enabled one) must be enabled in ``args`` and in the app; a file is skipped when its name
+    is in the catalog and its id in each of their indexes. With ``ids_from_filenames`` the
+    integer file stem is the image id. ``pool_size`` actors (by default 2, or one per two
+    CPUs of the cluster), each reserving ``cpus_per_actor`` CPUs, read batches of
+    ``batch_size`` files and send every file of a batch to the app at once. A feature whose
+    model is unavailable in the app is left out (reported) unless it was asked for by name.
     ``client``: the app's actors (default: found by the app's name).
     """
+    from ray import serve
+
     if not ray.is_initialized():
         raise IngestError("connect to the app's Ray cluster first (ray.init(address=...))")
     started = time.perf_counter()
@@ -302,14 +296,23 @@ def ingest(
         )
     root = Path(directory).expanduser().resolve()
     report = IngestReport()
+    app_name = app_name or args.name
+    try:
+        infos = serve.get_app_handle(app_name).extractor_infos.remote().result()
+    except Exception as exc:  # no such app (Serve raises several kinds): say what to do
+        raise IngestError(
+            f"no running app {app_name!r} to compute the features ({exc}); start it first "
+            "(make serve)"
+        ) from None
     for name in list(features):
-        try:
-            build_extractor(name, args.extractor_options(name)).load()
-        except WeightsUnavailable as exc:
+        info = infos.get(name)
+        if info is None:
+            raise IngestError(f"{name} is not enabled in the running app {app_name!r}")
+        if not info["available"]:
             # Asked for by name: an error. By default: the other features still go in.
             if requested:
-                raise IngestError(f"{name} is unavailable: {exc}") from None
-            report.unavailable[name] = str(exc)
+                raise IngestError(f"{name} is unavailable: {info['reason']}")
+            report.unavailable[name] = str(info["reason"])
             features.remove(name)
     if not features:
         raise IngestError(f"no feature can be computed: {report.unavailable}")
@@ -318,12 +321,15 @@ def ingest(
         client = client.subset(features)
     except ValueError as exc:
         raise IngestError(str(exc)) from None
-    # One actor per two CPUs and small batches (docs/architecture.md, "Measured numbers"):
-    # on 2 cores, beside the app's own replicas, 40 photos with every default feature went
-    # in at 0.45 images/s with one actor per CPU and 32 files a batch, 0.78 with one actor
-    # and 4 (HTTP: 0.84-0.88). Small batches keep every stage busy from the first files
-    # on, rather than waiting for a whole batch of SIFT to pass each stage.
-    pool_size = pool_size or max(1, int(ray.cluster_resources().get("CPU", 1)) // 2)
+    # Each column's layout from the extractor's configuration (no model loaded).
+    built = {f: build_extractor(f, args.extractor_options(f)) for f in features}
+    layouts = {
+        f: (np.dtype(e.dtype).str, e.nbytes // np.dtype(e.dtype).itemsize) for f, e in built.items()
+    }
+    # Files in flight: pool_size x batch_size, 8 by default, which keeps the app's
+    # extractors busy with batches side by side on 2 cores (measured in
+    # docs/architecture.md); more nodes, more actors.
+    pool_size = pool_size or max(2, int(ray.cluster_resources().get("CPU", 1)) // 2)
     writer = _Writer(client, ids_from_filenames, report)
     try:
         pending = writer.plan(list_images(root))
@@ -337,43 +343,18 @@ def ingest(
         ds: ray.data.Dataset = ray.data.from_items(
             [{"path": p} for p in by_path], override_num_blocks=blocks
         )
-        # The light features share one pool: each is a few ms per image, and one pass per
-        # batch reads each file once. Models get a pool of their own, sized apart: a network
-        # per actor costs memory. Local features (SIFT, far slower than phash), OCR and
-        # captions (slower still) get one each, so that they do not hold the others up. Each
-        # batch runs cv2 and torch on one thread (``extractors.group.LibraryThreads``): the
-        # pools side by side fill the cores.
-        pools = [
-            (group, min(size, blocks))
-            for pool, size in (
-                ("light", pool_size),
-                ("local", local_pool_size or pool_size),
-                ("models", model_pool_size),
-                ("ocr", ocr_pool_size),
-                ("caption", caption_pool_size),
-            )
-            if (group := [f for f in features if REGISTRY[f].pool == pool])
-        ]
-        # The app's replicas hold most of a laptop's CPUs: ask for no more than is free, or
-        # the pools would wait for CPUs forever (reservations are bookkeeping; the actors
-        # share the cores either way).
+        # The app's replicas hold most of a laptop's CPUs, and the actors only read files
+        # and wait: ask for no more than is free, or they would wait for CPUs forever.
         free = ray.available_resources().get("CPU", 0.0)
-        actors = sum(size for _, size in pools)
-        cpus_per_actor = max(0.01, min(cpus_per_actor, 0.9 * free / actors))
-        for group, size in pools:
-            options = {f: args.extractor_options(f) for f in group}
-            together = [n for n in args.deployments.values() if set(n) & set(group)]
-            together = [[f for f in n if f in group] for n in together]
-            ds = ds.map_batches(
-                FeatureBatch,
-                fn_constructor_kwargs={"features": group, "options": options, "together": together},
-                batch_size=batch_size,
-                batch_format="numpy",
-                # A fixed pool: extractors load once per actor. A fraction of a CPU each,
-                # so that beside the app's own replicas the pools fit a 2-core laptop.
-                compute=ray.data.ActorPoolStrategy(size=size),
-                num_cpus=cpus_per_actor,
-            )
+        cpus_per_actor = max(0.01, min(cpus_per_actor, 0.9 * free / pool_size))
+        ds = ds.map_batches(
+            FeatureBatch,
+            fn_constructor_kwargs={"app_name": app_name, "features": features, "layouts": layouts},
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=min(pool_size, blocks)),
+            num_cpus=cpus_per_actor,
+        )
         # One progress bar, of images written; Ray Data's per-operator bars (or, off a
         # terminal, its progress log lines every few seconds) would interleave with it.
         ds.context.enable_progress_bars = False

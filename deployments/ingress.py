@@ -173,6 +173,24 @@ class Ingress:
         ]
         self.max_upload_bytes = int(args.max_upload_mb * 1024 * 1024)
 
+    async def extract_features(
+        self, data: bytes, names: list[str]
+    ) -> tuple[dict[str, np.ndarray], dict[str, str]] | InvalidImage:
+        """An upload's features as an add computes them, and why any could not be, without
+        storing them: batch ingest (``deployments/ingest.py``) writes them itself, a batch
+        at a time. A bad image is answered as a value, to be reported with its file."""
+        try:
+            return await self.engine.extract(data, names, query=False)
+        except InvalidImage as exc:
+            return exc
+
+    async def extractor_infos(self) -> dict[str, dict[str, Any]]:
+        """What ``/health`` lists of each enabled extractor: whether it can run, and why
+        not."""
+        ports = self.engine.extractors
+        infos = await asyncio.gather(*(port.info() for port in ports.values()))
+        return dict(zip(ports, infos, strict=True))
+
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve calls this after the constructor: the app this replica serves."""
         return create_app(self.engine, self.max_upload_bytes)

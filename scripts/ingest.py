@@ -1,5 +1,5 @@
-"""Batch ingest of a directory of images into the running app (Ray Data; the pipeline is
-``deployments/ingest.py``).
+"""Batch ingest of a directory of images into the running app (Ray Data reads the files,
+the app's extractors compute the features; the pipeline is ``deployments/ingest.py``).
 
     python scripts/ingest.py ~/Pictures [--ids-from-filenames] [--features phash,color]
 
@@ -45,39 +45,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--batch-size", type=int, default=4, help="files per batch (default 4)")
     p.add_argument(
-        "--pool-size", type=int, default=None, help="extractor actors (default: one per two CPUs)"
-    )
-    p.add_argument(
-        "--model-pool-size", type=int, default=1, help="actors for model features (default 1)"
-    )
-    p.add_argument(
-        "--local-pool-size",
+        "--pool-size",
         type=int,
         default=None,
-        help="actors for local features (default: as --pool-size)",
-    )
-    p.add_argument("--ocr-pool-size", type=int, default=1, help="actors for OCR (default 1)")
-    p.add_argument(
-        "--caption-pool-size", type=int, default=1, help="actors for captions (default 1)"
+        help="actors reading files (default: 2, or one per two CPUs); files in flight: "
+        "pool size x batch size",
     )
     p.add_argument(
         "--cpus-per-actor",
         type=float,
-        default=0.25,
-        help="CPUs each actor (and read task) reserves (default 0.25)",
+        default=0.1,
+        help="CPUs each actor reserves (default 0.1: it reads files, the app computes)",
     )
     ns = p.parse_args(argv)
     if not Path(ns.directory).expanduser().is_dir():
         p.error(f"{ns.directory} is not a directory")
-    if (
-        ns.batch_size < 1
-        or (ns.pool_size is not None and ns.pool_size < 1)
-        or ns.model_pool_size < 1
-        or (ns.local_pool_size is not None and ns.local_pool_size < 1)
-        or min(ns.ocr_pool_size, ns.caption_pool_size) < 1
-        or ns.cpus_per_actor <= 0
-    ):
-        p.error("--batch-size and the pool sizes must be >= 1, --cpus-per-actor > 0")
+    if ns.batch_size < 1 or (ns.pool_size is not None and ns.pool_size < 1):
+        p.error("--batch-size and --pool-size must be >= 1")
+    if ns.cpus_per_actor <= 0:
+        p.error("--cpus-per-actor must be > 0")
     return ns
 
 
@@ -146,10 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=ns.batch_size,
             pool_size=ns.pool_size,
             cpus_per_actor=ns.cpus_per_actor,
-            model_pool_size=ns.model_pool_size,
-            local_pool_size=ns.local_pool_size,
-            ocr_pool_size=ns.ocr_pool_size,
-            caption_pool_size=ns.caption_pool_size,
+            app_name=ns.app,
         )
     except (IngestError, NotADirectoryError) as exc:
         # A wrong directory or feature, or an app that is not running: one line, no traceback.

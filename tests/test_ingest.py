@@ -1,6 +1,7 @@
 """Batch ingest with Ray Data (scripts/ingest.py) into a deployed app, checked over HTTP."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -93,7 +94,7 @@ def gallery(tmp_path_factory: pytest.TempPathFactory, photo_paths: list[Path]) -
 @pytest.fixture(scope="module")
 def first_run(gallery: Path, args: AppArgs) -> IngestReport:
     """The first ingest of the gallery (small batches, so that there are several)."""
-    return ingest(gallery, args, batch_size=3, progress=False)
+    return ingest(gallery, args, batch_size=3, progress=False, app_name="test")
 
 
 # --- no Ray -------------------------------------------------------------------------------
@@ -171,7 +172,7 @@ def test_second_run_skips_everything(
     first_run: IngestReport, gallery: Path, args: AppArgs, client: httpx.Client
 ) -> None:
     before = client.get("/health").json()["images"]
-    again = ingest(gallery, args, progress=False)
+    again = ingest(gallery, args, progress=False, app_name="test")
     assert again.stored == 0 and again.skipped == first_run.stored
     assert {name for name, _ in again.failed} == BAD  # never stored, so reported every run
     assert client.get("/health").json()["images"] == before
@@ -187,10 +188,10 @@ def test_a_missing_feature_is_redone(
     assert ray.get(ing_app.actor("index:color").remove.remote([image_id])) == [image_id]
 
     # Asked for phash only, the image counts as stored.
-    only_phash = ingest(gallery, args, features=["phash"], progress=False)
+    only_phash = ingest(gallery, args, features=["phash"], progress=False, app_name="test")
     assert only_phash.stored == 0 and only_phash.skipped == first_run.stored
 
-    redo = ingest(gallery, args, progress=False)
+    redo = ingest(gallery, args, progress=False, app_name="test")
     assert redo.stored == 1 and redo.skipped == first_run.stored - 1
     assert ray.get(ing_app.actor("catalog").id_of.remote(name)) == image_id  # same id again
     assert ray.get(ing_app.actor("index:color").has.remote([image_id])) == [image_id]
@@ -206,13 +207,13 @@ def test_thumbnails_are_stored_and_backfilled(
     names = [f"older-{p.name}" for p in photo_paths[:3]]
     for name, src in zip(names, photo_paths, strict=False):
         shutil.copy(src, folder / name)
-    before = ingest(folder, args, features=["phash", "color"], progress=False)
+    before = ingest(folder, args, features=["phash", "color"], progress=False, app_name="test")
     assert before.stored == 3
     ids = [client.get("/images", params={"file_name": n}).json()["image_id"] for n in names]
     missing = client.get(f"/images/{ids[0]}/thumbnail")
     assert missing.status_code == 404 and "--features thumbnail" in missing.json()["detail"]
 
-    backfill = ingest(folder, args, features=["thumbnail"], progress=False)
+    backfill = ingest(folder, args, features=["thumbnail"], progress=False, app_name="test")
     assert backfill.stored == 3 and not backfill.failed
     for image_id, name in zip(ids, names, strict=True):
         got = client.get(f"/images/{image_id}/thumbnail")
@@ -220,7 +221,7 @@ def test_thumbnails_are_stored_and_backfilled(
         info = client.get(f"/images/{image_id}").json()
         assert info["file_name"] == name
         assert info["features"] == ["phash", "color", "thumbnail"]
-    assert ingest(folder, args, progress=False).skipped == 3
+    assert ingest(folder, args, progress=False, app_name="test").skipped == 3
 
 
 def test_ids_from_filenames(
@@ -232,7 +233,7 @@ def test_ids_from_filenames(
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(src, tmp_path / name)
 
-    report = ingest(tmp_path, args, ids_from_filenames=True, progress=False)
+    report = ingest(tmp_path, args, ids_from_filenames=True, progress=False, app_name="test")
     assert report.stored == len(names)
     reasons = dict(report.failed)
     assert set(reasons) == set(extra)
@@ -242,7 +243,7 @@ def test_ids_from_filenames(
         body = client.get(f"/images/{image_id}").json()
         assert body["file_name"] == name and sorted(body["features"]) == ALL
 
-    again = ingest(tmp_path, args, ids_from_filenames=True, progress=False)
+    again = ingest(tmp_path, args, ids_from_filenames=True, progress=False, app_name="test")
     assert again.stored == 0 and again.skipped == len(names)
 
 
@@ -277,13 +278,13 @@ def _command(tmp_path: Path, ing_app: RunningApp, folder: Path, *options: str) -
 
     config = tmp_path / "serve.yaml"
     app_args = {"name": ing_app.name, "data_dir": str(ing_app.data_dir)}
-    config.write_text(yaml.safe_dump({"applications": [{"name": "cli", "args": app_args}]}))
+    config.write_text(yaml.safe_dump({"applications": [{"name": "test", "args": app_args}]}))
     return [
         sys.executable,
         str(ROOT / "scripts" / "ingest.py"),
         str(folder),
         f"--config={config}",
-        "--app=cli",
+        "--app=test",
         f"--address={ray.get_runtime_context().gcs_address}",
         *options,
     ]
@@ -311,7 +312,7 @@ def test_command_line(
     assert client.get("/images/2001").json()["features"] == ["phash"]
 
     bad = subprocess.run(
-        [*command[:3], f"--config={config}", "--app=cli", command[5], "--features=clip"],
+        [*command[:3], f"--config={config}", "--app=test", command[5], "--features=clip"],
         capture_output=True,
         text=True,
         timeout=240,
@@ -321,11 +322,12 @@ def test_command_line(
 
 
 def test_a_failed_index_write_leaves_nothing_half_visible(
-    ray_session: int, tmp_path: Path, photo_paths: list[Path]
+    ing_app: RunningApp, tmp_path: Path, photo_paths: list[Path]
 ) -> None:
     """The ingest's write path is the ingress's: when one index cannot take a batch (its
     actor is gone for good), the new images are taken out of the other index and of the
-    catalog again, reported, and a later run redoes them."""
+    catalog again, reported, and a later run redoes them. (Actors of its own; the module's
+    app computes the features.)"""
     import ray
 
     from index_actors.client import IndexClient
@@ -336,21 +338,21 @@ def test_a_failed_index_write_leaves_nothing_half_visible(
     gallery = _copies(tmp_path / "photos", photo_paths[:3])
     try:
         ray.kill(client.shards["color"][0], no_restart=True)
-        report = ingest(gallery, args, progress=False, client=client)
+        report = ingest(gallery, args, progress=False, client=client, app_name="test")
         assert report.stored == 0 and len(report.failed) == 3, report.summary()
         assert all("index write failed" in why for _, why in report.failed)
         assert ray.get(client.catalog.count.remote()) == 0
         assert ray.get(client.shards["phash"][0].count.remote()) == 0
 
         fresh = IndexClient.open(name, str(args.data_path()), args.index_specs())
-        again = ingest(gallery, args, progress=False, client=fresh)
+        again = ingest(gallery, args, progress=False, client=fresh, app_name="test")
         assert (again.stored, again.failed) == (3, []), again.summary()
     finally:
         kill_actors(name)
 
 
 def test_ingest_writes_each_image_to_its_shard(
-    ray_session: int, tmp_path: Path, photo_paths: list[Path]
+    ing_app: RunningApp, tmp_path: Path, photo_paths: list[Path]
 ) -> None:
     """With 2 shards, each batch is split by owner: every image is in its owner's index
     actor and in no other, and a second run finds everything stored."""
@@ -364,7 +366,7 @@ def test_ingest_writes_each_image_to_its_shard(
     client = IndexClient.open(name, str(args.data_path()), args.index_specs())
     gallery = _copies(tmp_path / "photos", photo_paths[:6])
     try:
-        report = ingest(gallery, args, progress=False, batch_size=4)
+        report = ingest(gallery, args, progress=False, batch_size=4, app_name="test")
         assert (report.stored, report.failed) == (6, []), report.summary()
         ids = ray.get(client.catalog.ids_of.remote(sorted(p.name for p in photo_paths[:6])))
         assert {owner(i, 2) for i in ids} == {0, 1}
@@ -372,7 +374,7 @@ def test_ingest_writes_each_image_to_its_shard(
             for shard, actor in enumerate(client.shards[feature]):
                 mine = sorted(i for i in ids if owner(i, 2) == shard)
                 assert ray.get(actor.has.remote(ids)) == mine
-        again = ingest(gallery, args, progress=False)
+        again = ingest(gallery, args, progress=False, app_name="test")
         assert (again.stored, again.skipped) == (0, 6)
     finally:
         kill_actors(name)
@@ -431,7 +433,12 @@ def test_an_ingest_killed_halfway_and_run_again_stores_each_file_once(
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"stored {len(files) - halfway}, skipped {halfway}" in again.stdout, again.stdout
+    # The driver writes one batch (2 files) at a time: the kill may have caught one between
+    # the catalog and the indexes, so it is redone (a re-add of its name, same id).
+    done = re.search(r"stored (\d+), skipped (\d+)", again.stdout)
+    assert done is not None, again.stdout
+    stored_now, skipped = int(done[1]), int(done[2])
+    assert stored_now + skipped == len(files) and halfway - 2 <= skipped <= halfway, again.stdout
     ids = ray.get(catalog.ids_of.remote(files))
     assert None not in ids and len(set(ids)) == len(files)
     assert ray.get(catalog.count.remote()) == before + len(files)

@@ -97,7 +97,7 @@ def test_ray_data_ingest_computes_local_features(
     args = AppArgs.model_validate(
         {"name": app.name, "data_dir": str(app.data_dir), "features": {"phash": {}, "local": {}}}
     )
-    report = ingest(tmp_path, args, batch_size=2, progress=False)
+    report = ingest(tmp_path, args, batch_size=2, progress=False, app_name="test")
     assert (report.stored, report.failed) == (3, []), report.summary()
     stored = client.get("/images", params={"file_name": f"big_{names[0]}"}).json()
     assert stored["features"] == ["phash", "local"]

@@ -215,7 +215,7 @@ def test_ray_data_ingest_computes_model_features(
         }
     )
     try:
-        report = ingest(tmp_path, args, batch_size=2, progress=False)
+        report = ingest(tmp_path, args, batch_size=2, progress=False, app_name="test")
         assert (report.stored, report.failed) == (3, []), report.summary()
         stored = client.get("/images", params={"file_name": f"copy_{next(iter(photos))}"}).json()
         assert stored["features"] == ["phash", "global"]

@@ -192,7 +192,7 @@ def test_batch_ingest_computes_text_features(
     (tmp_path / "101.png").write_bytes(encode(Image.new("RGB", (300, 200), "white"), "PNG"))
     args = AppArgs.model_validate(serve_config(app.name, app.data_dir, **app_overrides)["args"])
     try:
-        report = ingest(tmp_path, args, ids_from_filenames=True, progress=False)
+        report = ingest(tmp_path, args, ids_from_filenames=True, progress=False, app_name="test")
         assert report.stored == 2 and not report.failed, report.summary()
         assert "lighthouse" in client.get("/images/100").json()["text"].lower()
         r = client.get("/search/text", params={"q": "lighthose tours", "features": "ocr"})
