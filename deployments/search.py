@@ -26,6 +26,7 @@ from deployments.schemas import (
 )
 from extractors import REGISTRY, InvalidImage, WeightsUnavailable
 from extractors.base import FUSED, Query
+from extractors.images import header
 from index_actors.client import IndexClient
 from index_actors.interface import (
     Hit,
@@ -108,14 +109,22 @@ class Searches:
         return kind_of(name).search_options(values, REGISTRY[name].metric, seed)
 
     # --- extraction -----------------------------------------------------------------------
+    def check_upload(self, data: bytes) -> None:
+        """Refuse a bad upload from its header (empty, not an image, an unsupported format,
+        more than ``max_pixels``), as an extractor would, before it waits in their queues:
+        under load that wait was seconds (the soak: a 415 took 7.9 s at the median)."""
+        header(data, self.args.max_pixels)
+
     async def extract(
         self, data: bytes, names: list[str], query: Query
     ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Features of one upload per extractor, and why any extractor could not run.
 
         An unreadable image is the client's fault whichever extractor noticed: its
-        ``InvalidImage`` is raised.
+        ``InvalidImage`` is raised, from the header (``check_upload``) before any extractor
+        is asked where it shows there.
         """
+        self.check_upload(data)
         results = await asyncio.gather(
             *(self.extractors[n].extract(data, query) for n in names), return_exceptions=True
         )
@@ -243,6 +252,7 @@ class Searches:
         of the two steps in turn: a bad image, then no feature computed, then nothing to
         match, then a failed search (the first in ``names`` order). ``mode``: the query
         mode (``query_mode``)."""
+        self.check_upload(data)
 
         async def one(name: str) -> tuple[Any, Any]:
             try:

@@ -34,20 +34,10 @@ class InvalidImage(ValueError):
         return (InvalidImage, (str(self), self.status))
 
 
-def decode(
-    data: bytes,
-    mode: str = "RGB",
-    size: int | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> Image.Image:
-    """Decode ``data`` into a ``mode`` image, EXIF orientation applied.
-
-    With ``size``, a JPEG is decoded in draft mode (DCT scaling by 1/2, 1/4 or 1/8) and other
-    formats are box-reduced, as far as both sides stay >= ``size``: extractors that work on a
-    small image then never pay for a full-resolution decode. GIFs give their first frame.
-    Raises ``InvalidImage`` for anything that is not a readable image of a supported format,
-    or that has more than ``max_pixels`` pixels (a decompression bomb).
-    """
+def header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """``data`` opened from its header alone (nothing decoded yet): ``InvalidImage`` for an
+    empty upload, anything that is not an image of a supported format, or more than
+    ``max_pixels`` pixels (a decompression bomb)."""
     if not data:
         raise InvalidImage("empty upload: no image data was sent")
     img: Image.Image
@@ -83,6 +73,25 @@ def decode(
             f"over the limit of {max_pixels / 1e6:.0f} megapixels",
             413,
         )
+    return img
+
+
+def decode(
+    data: bytes,
+    mode: str = "RGB",
+    size: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Image.Image:
+    """Decode ``data`` into a ``mode`` image, EXIF orientation applied.
+
+    With ``size``, a JPEG is decoded in draft mode (DCT scaling by 1/2, 1/4 or 1/8) and other
+    formats are box-reduced, as far as both sides stay >= ``size``: extractors that work on a
+    small image then never pay for a full-resolution decode. GIFs give their first frame.
+    Raises ``InvalidImage`` for anything that is not a readable image of a supported format,
+    or that has more than ``max_pixels`` pixels (a decompression bomb; ``header``).
+    """
+    img = header(data, max_pixels)
+    fmt = img.format
     try:
         if size and fmt in ("JPEG", "MPO"):
             img.draft(mode if mode in ("L", "RGB") else "RGB", (size, size))

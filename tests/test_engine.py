@@ -3,6 +3,7 @@ index client's in-process actors; domain errors, never HTTP ones."""
 
 import asyncio
 import contextlib
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,37 @@ def test_a_failed_write_leaves_no_new_image_half_visible(
     with pytest.raises(BackendDown, match="image 1 was not stored completely"):
         run(engine.add(photos[BRIDGE], 1, WINE, engine.indexed))
     assert run(engine.client.names([1])) == {1: WINE}
+
+
+def test_a_bad_upload_is_refused_from_its_header_before_any_extractor(
+    engine: Engine, photos: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adds and searches by image: a file that is not an image, an empty one, one over the
+    pixel limit get their 415 / 400 / 413 without an extractor being asked (under load that
+    wait was seconds); a good one still reaches them."""
+    asked: list[str] = []
+    extract = LocalExtractor.extract
+
+    async def counted(self: LocalExtractor, data: bytes, query: Any) -> Any:
+        asked.append(self.name)
+        return await extract(self, data, query)
+
+    monkeypatch.setattr(LocalExtractor, "extract", counted)
+    big = Image.new("RGB", (3000, 2000))
+    buf = io.BytesIO()
+    big.save(buf, "PNG")
+    limited = engine.args.model_copy(update={"max_pixels": 5_000_000})
+    monkeypatch.setattr(engine, "args", limited)
+    for data, status in ((b"GIF89 but not", 415), (b"", 400), (buf.getvalue(), 413)):
+        with pytest.raises(InvalidImage) as bad:
+            run(engine.add(data, None, None, engine.indexed))
+        assert bad.value.status == status
+        with pytest.raises(InvalidImage) as bad:
+            run(engine.search_image(data, 5, None, {}))
+        assert bad.value.status == status
+    assert asked == []
+    run(engine.search_image(photos[WINE], 5, None, {}))
+    assert sorted(asked) == ["color", "phash"]
 
 
 def test_searchable_drops_queries_with_nothing_to_match() -> None:

@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from tests.conftest import RunningApp
+from tests.conftest import RunningApp, running_replicas
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -88,21 +88,33 @@ def test_other_searches_still_work(client: httpx.Client, photos: dict[str, bytes
     assert set(r.json()["by_feature"]) == {"phash"}
 
 
-def test_a_model_without_weights_keeps_no_torch_in_its_replica(app: RunningApp) -> None:
-    """CLIP's weights are missing: its replica answers "unavailable" (above) without ever
-    importing torch, which would hold ~0.5 GiB in that process for nothing."""
+def test_a_model_without_weights_costs_no_torch_and_no_process(
+    client: httpx.Client, photos: dict[str, bytes]
+) -> None:
+    """CLIP's weights are missing: after adds, searches and /health its deployment runs no
+    replica (serve.yaml's min_replicas 0; the ingress answers for it). Global's model does
+    not exist: its deployment keeps the replica serve.yaml asks for, which never imports
+    torch (~0.5 GiB in that process for nothing)."""
     import ray
     from ray.util import list_named_actors
+
+    data = next(iter(photos.values()))
+    again = client.post("/images", files={"image": ("a.jpg", data)}, data={"image_id": 1})
+    assert again.status_code == 200  # a re-add: the other tests count the images
+    assert client.post("/search/image", files={"image": data}).status_code == 200
+    assert client.get("/search/text", params={"q": "a bridge"}).status_code == 503
+    assert not client.get("/health").json()["extractors"]["clip"]["available"]
+    assert running_replicas("extract_clip") == 0
 
     def loaded(_: object) -> list[str]:
         import sys
 
-        return [m for m in ("torch", "open_clip") if m in sys.modules]
+        return [m for m in ("torch", "timm", "open_clip") if m in sys.modules]
 
     replicas = [
         a["name"]
         for a in list_named_actors(all_namespaces=True)
-        if "extract_clip" in a["name"] and a["name"].startswith("SERVE_REPLICA")
+        if "extract_global" in a["name"] and a["name"].startswith("SERVE_REPLICA")
     ]
     assert replicas, list_named_actors(all_namespaces=True)
     for name in replicas:
