@@ -575,7 +575,10 @@ def test_the_page_asks_for_a_key_once_and_sends_it_everywhere(
         expect(page.get_by_role("heading", level=1)).to_have_text(WINE)
         image = page.locator(".thumb.large img")
         expect(image).to_have_attribute("src", re.compile(r"^blob:"))
-        assert page.evaluate("document.querySelector('.thumb.large img').naturalWidth") > 0
+        # The blob's bytes load after its URL is set: wait for the decoded picture.
+        page.wait_for_function(
+            "img => img.complete && img.naturalWidth > 0", arg=image.element_handle()
+        )
         expect(dialog).to_be_hidden()
         shell = (keyed_server, f"{keyed_server}/")  # the page itself and its files need none
         api = [
