@@ -137,6 +137,19 @@ class ExtractorDeployment:
         self.ports[name].ready()
         return await self._batcher((data, query, name))
 
+    async def extract_many(
+        self, data: bytes, query: Query, features: list[str]
+    ) -> list[Result | BaseException]:
+        """Several features of one upload in one request (an add's, ``ingress.Uploads``),
+        each batched as ``extract`` batches it; a feature that fails answers its exception
+        as a value, the others their features."""
+
+        async def one(name: str) -> Result:
+            self.ports[name].ready()
+            return await self._batcher((data, query, name))
+
+        return list(await asyncio.gather(*(one(n) for n in features), return_exceptions=True))
+
     async def embed_text(self, text: str, feature: str | None = None) -> np.ndarray:
         """Embedding of a text query (extractors that map text and images to one space)."""
         return await self.ports[feature or self.names[0]].embed_text(text)

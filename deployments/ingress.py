@@ -78,6 +78,47 @@ def serve_http_host() -> str | None:
     return client.http_config.host if client is not None else HTTPOptions().host
 
 
+class Uploads:
+    """The features of one upload that an add asks of one extractor deployment at once,
+    sent as one request (``ExtractorDeployment.extract_many``): the upload travels to the
+    deployment once, not once per feature (``extract_cpu`` computes five). The engine asks
+    for every feature in one ``asyncio.gather``: the first ask waits one turn of the event
+    loop for the others."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self.handle = handle
+        self.waiting: dict[int, tuple[bytes, dict[str, asyncio.Future[Any]]]] = {}
+        self.sending: set[asyncio.Task[None]] = set()
+
+    async def extract(self, data: bytes, name: str) -> Any:
+        """``name``'s feature of the stored image ``data`` (``extract``'s answer)."""
+        loop = asyncio.get_running_loop()
+        if id(data) not in self.waiting:
+            self.waiting[id(data)] = (data, {})
+            loop.call_soon(self._send, id(data))
+        future = loop.create_future()
+        self.waiting[id(data)][1][name] = future
+        return await future
+
+    def _send(self, key: int) -> None:
+        data, futures = self.waiting.pop(key)
+        task = asyncio.ensure_future(self._deliver(data, futures))
+        self.sending.add(task)  # a task nothing refers to may be collected before it ends
+        task.add_done_callback(self.sending.discard)
+
+    async def _deliver(self, data: bytes, futures: dict[str, asyncio.Future[Any]]) -> None:
+        try:
+            results = await self.handle.extract_many.remote(data, False, list(futures))
+        except Exception as exc:  # the request itself failed: every feature it carried
+            results = [exc] * len(futures)
+        for future, result in zip(futures.values(), results, strict=True):
+            if not future.done():
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+
 class ServeExtractor:
     """An extractor deployment as the engine's ``ExtractorPort``.
 
@@ -97,11 +138,13 @@ class ServeExtractor:
         name: str,
         local: Extractor | None = None,
         unavailable: str | None = None,
+        uploads: Uploads | None = None,
     ) -> None:
         self.handle = handle
         self.name = name
         self.local = local
         self.unavailable = unavailable
+        self.uploads = uploads or Uploads(handle)
 
     async def extract(self, data: bytes, query: Query) -> np.ndarray | InvalidImage:
         """See ``ExtractorPort.extract``."""
@@ -110,6 +153,10 @@ class ServeExtractor:
         if query and self.local is not None:
             local = self.local
             return (await asyncio.to_thread(local.extract_bytes, [data], query))[0]
+        if not query:  # an add: with the upload's other features of this deployment
+            stored: np.ndarray | InvalidImage = await self.uploads.extract(data, self.name)
+            return stored
+        # A query alone: each source's search starts as soon as its own feature is ready.
         result: np.ndarray | InvalidImage = await self.handle.extract.remote(data, query, self.name)
         return result
 
@@ -149,6 +196,7 @@ class Ingress:
         # ``extractors``: a handle per deployment; a deployment may compute several features.
         # ``unavailable``: the features whose weights the build found missing, and why.
         unavailable = unavailable or {}
+        uploads = {deployment: Uploads(handle) for deployment, handle in extractors.items()}
         ports = {
             name: ServeExtractor(
                 extractors[args.deployment_of(name)],
@@ -157,6 +205,7 @@ class Ingress:
                 if args.query_in_ingress(name)
                 else None,
                 unavailable.get(name),
+                uploads[args.deployment_of(name)],
             )
             for name in args.enabled
         }
