@@ -144,11 +144,8 @@ class ExtractorDeployment:
         each batched as ``extract`` batches it; a feature that fails answers its exception
         as a value, the others their features."""
 
-        async def one(name: str) -> Result:
-            self.ports[name].ready()
-            return await self._batcher((data, query, name))
-
-        return list(await asyncio.gather(*(one(n) for n in features), return_exceptions=True))
+        found = (self.extract(data, query, n) for n in features)
+        return list(await asyncio.gather(*found, return_exceptions=True))
 
     async def embed_text(self, text: str, feature: str | None = None) -> np.ndarray:
         """Embedding of a text query (extractors that map text and images to one space)."""

@@ -51,9 +51,6 @@ class Extractor(ABC):
     exact: ClassVar[bool] = True
     #: Runs torch: the deployment picks its device and thread count.
     uses_torch: ClassVar[bool] = False
-    #: The batch-ingest actor pool that computes it (scripts/ingest.py): features of one
-    #: pool read each file once; slow ones get a pool of their own, sized apart.
-    pool: ClassVar[str] = "light"
     #: HTTP status for an image the extractor itself failed on: 422 where that can only be
     #: the image (weight-free code), 503 for networks, whose failures are the server's
     #: (out of memory, a device error) and worth a retry.

@@ -18,7 +18,6 @@ class Captioner(TextExtractor):
     ``decode_size``: images are decoded at least this large (captioners read 224-384 px)."""
 
     name: ClassVar[str] = "caption"
-    pool: ClassVar[str] = "caption"
     exact: ClassVar[bool] = False
     uses_torch: ClassVar[bool] = True
     failure_status: ClassVar[int] = 503

@@ -10,7 +10,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, ClassVar
 
 from extractors.base import Extractor, Query
 from extractors.images import InvalidImage
@@ -36,22 +36,26 @@ class LibraryThreads:
         self._running = 0
         self._configured: dict[str, int] | None = None
 
-    @staticmethod
-    def _libraries() -> dict[str, Any]:
-        return {n: sys.modules[n] for n in ("cv2", "torch") if n in sys.modules}
+    #: Each library's getter and setter of its thread count. torch's setting is the calling
+    #: thread's (OpenMP): ``batch`` runs in the thread that runs the batch.
+    CALLS: ClassVar[dict[str, tuple[str, str]]] = {
+        "cv2": ("getNumThreads", "setNumThreads"),
+        "torch": ("get_num_threads", "set_num_threads"),
+    }
+
+    @classmethod
+    def _libraries(cls) -> dict[str, Any]:
+        return {n: sys.modules[n] for n in cls.CALLS if n in sys.modules}
 
     @classmethod
     def _get(cls) -> dict[str, int]:
-        got = {"cv2": lambda m: m.getNumThreads(), "torch": lambda m: m.get_num_threads()}
-        return {n: got[n](m) for n, m in cls._libraries().items()}
+        return {n: getattr(m, cls.CALLS[n][0])() for n, m in cls._libraries().items()}
 
     @classmethod
     def _set(cls, counts: dict[str, int]) -> None:
         for name, module in cls._libraries().items():
             if name in counts:
-                # torch's setting is the calling thread's (OpenMP): this runs in the thread
-                # that runs the batch.
-                (module.setNumThreads if name == "cv2" else module.set_num_threads)(counts[name])
+                getattr(module, cls.CALLS[name][1])(counts[name])
 
     @contextlib.contextmanager
     def batch(self, queries_only: bool) -> Iterator[None]:

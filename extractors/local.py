@@ -97,7 +97,6 @@ class LocalFeatures(Extractor):
     dtype: ClassVar[type] = np.uint8
     metric: ClassVar[str] = "l2"
     decode_mode = "L"
-    pool: ClassVar[str] = "local"  # SIFT: the slowest weight-free feature, a pool of its own
 
     def __init__(
         self,

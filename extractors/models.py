@@ -48,7 +48,6 @@ class ModelExtractor(Extractor):
     metric: ClassVar[str] = "ip"
     exact: ClassVar[bool] = False
     uses_torch: ClassVar[bool] = True
-    pool: ClassVar[str] = "models"
     failure_status: ClassVar[int] = 503
 
     def __init__(

@@ -107,7 +107,6 @@ class Ocr(TextExtractor):
     """
 
     name: ClassVar[str] = "ocr"
-    pool: ClassVar[str] = "ocr"
 
     def __init__(
         self,

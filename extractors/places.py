@@ -57,7 +57,6 @@ class Places365Tagger(TextExtractor):
     name: ClassVar[str] = "places"
     exact: ClassVar[bool] = False
     uses_torch: ClassVar[bool] = True
-    pool: ClassVar[str] = "models"
     failure_status: ClassVar[int] = 503
     #: The seed's transform resizes to 224x224; draft decoding may stop there.
     decode_size = 224
