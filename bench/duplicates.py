@@ -29,7 +29,8 @@ from bench.common import Row, row
 from extractors import PHash
 
 # The private kernel and thread helper: the peer is the loop ``method="brute"`` runs.
-from index_actors.duplicates import _brute, _parallel, _threads, binary_pairs, groups
+from index_actors.duplicates import _parallel, _threads, binary_pairs, groups
+from index_actors.hash_join import brute_pairs
 
 SIZES = (10_000, 100_000, 1_000_000)
 THRESHOLDS = (16, 32, 64)
@@ -102,7 +103,7 @@ def numba_brute(hashes: np.ndarray, mirrors: np.ndarray, threshold: int, rows: n
     has_m = np.ones(len(hashes), bool)
     shares = [np.ascontiguousarray(rows[w :: _threads()]) for w in range(_threads())]
     start = time.perf_counter()
-    _parallel(lambda q: _brute(q, hw, mw, has_m, threshold), shares)
+    _parallel(lambda q: brute_pairs(q, hw, mw, has_m, threshold), shares)
     return time.perf_counter() - start
 
 

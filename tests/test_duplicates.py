@@ -1,4 +1,5 @@
-"""The all-pairs near-duplicate finder (index_actors/duplicates.py), against brute force."""
+"""The all-pairs near-duplicate finder (index_actors/duplicates.py, hash_join.py), against
+brute force."""
 
 from pathlib import Path
 
@@ -142,8 +143,8 @@ def test_skewed_bits_fall_back_to_brute_force(monkeypatch: pytest.MonkeyPatch) -
     assert len(want[0]) >= n // 2
     assert plan_for(n, 64, mirrored=False) is not None  # random bits would take the index
     brute_calls = []
-    brute = duplicates._brute
-    monkeypatch.setattr(duplicates, "_brute", lambda *a: brute_calls.append(1) or brute(*a))
+    brute = duplicates.brute_pairs
+    monkeypatch.setattr(duplicates, "brute_pairs", lambda *a: brute_calls.append(1) or brute(*a))
     assert_same(binary_pairs(ids, hashes, 64), want)
     assert brute_calls
     brute_calls.clear()
