@@ -22,18 +22,22 @@ Request = tuple[bytes, Query, str]
 class LibraryThreads:
     """The threads cv2 (SIFT, OCR's image steps) and torch may use, pools that are one per
     process: their configured count (cv2: every core; torch: the feature's ``threads``) for
-    a batch of queries that runs alone, one each for anything else.
+    a batch of queries while no batch of stored images runs in the process, one each for
+    anything else.
 
     An ingest keeps every core busy with batches and processes side by side, where a
     library's extra threads only contend with them: measured on 2 cores, HTTP ingest of the
     default features went from 0.99 to 1.39 images/s with SIFT and torch on one thread
     (``extract_cpu``'s CPU per image from 1.48 to 1.10 s). A search wants the cores: a lone
     fused query's SIFT takes 118 ms on 2 threads, 176 ms on one.
+    The queries of one fused search reach a process together (phash, colour and local
+    features in ``extract_cpu``): phash's few milliseconds must not leave local features'
+    SIFT on one thread, so other queries do not count against a query.
     A library this process has not imported is left alone (no import for it)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._running = 0
+        self._stored = 0  # batches with stored images running
         self._configured: dict[str, int] | None = None
 
     #: Each library's getter and setter of its thread count. torch's setting is the calling
@@ -64,14 +68,14 @@ class LibraryThreads:
             if self._configured is None or self._configured.keys() != self._libraries().keys():
                 # First seen after the extractors loaded (their ``threads`` applied).
                 self._configured = {**self._get(), **(self._configured or {})}
-            self._running += 1
-            alone = queries_only and self._running == 1
+            self._stored += not queries_only
+            alone = queries_only and self._stored == 0
             self._set(self._configured if alone else dict.fromkeys(self._configured, 1))
         try:
             yield
         finally:
             with self._lock:
-                self._running -= 1
+                self._stored -= not queries_only
 
 
 #: This process's (cv2 and torch are per process).

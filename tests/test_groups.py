@@ -92,8 +92,9 @@ def test_library_threads_one_for_stored_images_all_for_a_lone_query(
     photos: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """cv2's and torch's pools are per process: a batch of stored images runs them on one
-    thread (an ingest fills the cores with batches side by side), a query batch alone on
-    their configured threads, one beside another batch on one."""
+    thread (an ingest fills the cores with batches side by side), a query batch on their
+    configured threads, beside other queries too (a fused search's reach one process
+    together), and on one beside a batch of stored images."""
     import threading
 
     import cv2
@@ -125,15 +126,24 @@ def test_library_threads_one_for_stored_images_all_for_a_lone_query(
         run(extractors, {}, [(blob, True, "phash"), (blob, False, "phash")])
         assert seen == [(1, 1), (2, 2), (2, 2), (1, 1), (1, 1)]
 
-        # A query batch beside a running batch (of queries as well): one thread.
-        seen.clear()
-        first = threading.Thread(target=run, args=(extractors, {}, [(b"wait", True, "phash")]))
-        first.start()
-        assert started.wait(30)
-        run(extractors, {}, [(blob, True, "phash")])
-        release.set()
-        first.join(30)
-        assert seen == [(2, 2), (1, 1)]
+        def beside(running: bool) -> None:
+            """A query batch while a batch (``running``: of queries; else stored) runs."""
+            seen.clear()
+            started.clear()
+            release.clear()
+            first = threading.Thread(
+                target=run, args=(extractors, {}, [(b"wait", running, "phash")])
+            )
+            first.start()
+            assert started.wait(30)
+            run(extractors, {}, [(blob, True, "phash")])
+            release.set()
+            first.join(30)
+
+        beside(running=True)  # queries beside queries: every thread
+        assert seen == [(2, 2), (2, 2)]
+        beside(running=False)  # a query beside stored images: one
+        assert seen == [(1, 1), (1, 1)]
         run(extractors, {}, [(blob, True, "phash")])  # alone again: every thread
         assert seen[-1] == (2, 2)
     finally:
