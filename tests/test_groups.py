@@ -150,3 +150,23 @@ def test_library_threads_one_for_stored_images_all_for_a_lone_query(
         release.set()
         cv2.setNumThreads(before[0])
         torch.set_num_threads(before[1])
+
+
+def test_heap_trim_waits_until_no_batch_runs() -> None:
+    """The replica's heap trim (``IdleTrim``) never runs inside or beside a batch: two
+    overlapping batches get one trim, after the second ends."""
+    import threading
+    import time
+
+    from deployments.extractor import IdleTrim
+
+    calls: list[float] = []
+    trimmed = threading.Event()
+    trim = IdleTrim(lambda: (calls.append(time.monotonic()), trimmed.set()))
+    with trim.batch():
+        with trim.batch():
+            pass
+        assert not trimmed.wait(0.3)  # the first batch ended; the second still runs
+        ended = time.monotonic()
+    assert trimmed.wait(10)
+    assert len(calls) == 1 and calls[0] >= ended
