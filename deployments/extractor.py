@@ -162,9 +162,7 @@ class ExtractorDeployment:
 
     def _run(self, items: list[Request]) -> list[Result]:
         ready = {n: p.extractor for n, p in self.ports.items() if p.extractor is not None}
-        if self.trim is None:
-            return extractor_group.run(ready, self.riders, items, self.threads)
-        with self.trim.batch():
+        with self.trim.batch() if self.trim else contextlib.nullcontext():
             return extractor_group.run(ready, self.riders, items, self.threads)
 
     async def extract(
