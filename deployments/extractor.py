@@ -165,6 +165,11 @@ class ExtractorDeployment:
         with self.trim.batch() if self.trim else contextlib.nullcontext():
             return extractor_group.run(ready, self.riders, items, self.threads)
 
+    async def column(self, feature: str | None = None) -> tuple[str, int]:
+        """A feature's batch-ingest column (``Extractor.column``); ``WeightsUnavailable``
+        when it cannot run."""
+        return self.ports[feature or self.names[0]].ready().column
+
     async def extract(
         self, data: bytes, query: Query = False, feature: str | None = None
     ) -> Result:

@@ -29,7 +29,7 @@ import ray
 from tqdm import tqdm
 
 from deployments.config import AppArgs
-from extractors import InvalidImage, build_extractor
+from extractors import InvalidImage
 from index_actors.client import IndexClient, take_rows
 from index_actors.interface import reason
 from index_actors.kinds import kind_of
@@ -321,11 +321,8 @@ def ingest(
         client = client.subset(features)
     except ValueError as exc:
         raise IngestError(str(exc)) from None
-    # Each column's layout from the extractor's configuration (no model loaded).
-    built = {f: build_extractor(f, args.extractor_options(f)) for f in features}
-    layouts = {
-        f: (np.dtype(e.dtype).str, e.nbytes // np.dtype(e.dtype).itemsize) for f, e in built.items()
-    }
+    # Each column's layout, as the app's extractors have it.
+    layouts = {f: tuple(infos[f]["column"]) for f in features}
     # Files in flight: pool_size x batch_size, 8 by default, which keeps the app's
     # extractors busy with batches side by side on 2 cores (measured in
     # docs/architecture.md); more nodes, more actors.

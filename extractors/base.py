@@ -68,6 +68,13 @@ class Extractor(ABC):
         override it."""
         return self.dim * np.dtype(self.dtype).itemsize
 
+    @property
+    def column(self) -> tuple[str, int]:
+        """A stored feature as a batch-ingest column: its dtype (``numpy.dtype.str``) and
+        values per row (per descriptor for keypoints)."""
+        dtype = np.dtype(self.dtype)
+        return dtype.str, self.nbytes // dtype.itemsize
+
     def decode(self, data: bytes) -> Image.Image:
         """Decode upload bytes at the size and mode this extractor needs."""
         return decode(
