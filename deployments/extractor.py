@@ -144,9 +144,10 @@ class ExtractorDeployment:
         batch.set_max_batch_size(int(config.get("max_batch_size", 16)))
         batch.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.0)))
 
-    async def info(self, feature: str | None = None) -> dict[str, Any]:
-        """What an extractor of this group is and whether it can run."""
-        return await self.ports[feature or self.names[0]].info()
+    async def info(self, feature: str | None = None, column: bool = False) -> dict[str, Any]:
+        """What an extractor of this group is and whether it can run (``ExtractorPort.info``,
+        with its batch-ingest column when ``column``)."""
+        return await self.ports[feature or self.names[0]].info(column)
 
     # No wait by default: a lone request runs at once, and under load the requests that queue
     # while a batch runs form the next batch anyway.
@@ -164,11 +165,6 @@ class ExtractorDeployment:
         ready = {n: p.extractor for n, p in self.ports.items() if p.extractor is not None}
         with self.trim.batch() if self.trim else contextlib.nullcontext():
             return extractor_group.run(ready, self.riders, items, self.threads)
-
-    async def column(self, feature: str | None = None) -> tuple[str, int]:
-        """A feature's batch-ingest column (``Extractor.column``); ``WeightsUnavailable``
-        when it cannot run."""
-        return self.ports[feature or self.names[0]].ready().column
 
     async def extract(
         self, data: bytes, query: Query = False, feature: str | None = None

@@ -323,9 +323,9 @@ def ingest(
         raise IngestError(str(exc)) from None
     # Each column's layout, as the app's extractors have it.
     layouts = {f: tuple(infos[f]["column"]) for f in features}
-    # Files in flight: pool_size x batch_size, 8 by default, which keeps the app's
-    # extractors busy with batches side by side on 2 cores (measured in
-    # docs/architecture.md); more nodes, more actors.
+    # Files in flight: pool_size x batch_size, by default one actor per 2 of the cluster's
+    # CPUs (2 at least) x 4: 8 on a laptop, which keeps the app's extractors busy with
+    # batches side by side on 2 cores (measured in docs/architecture.md).
     pool_size = pool_size or max(2, int(ray.cluster_resources().get("CPU", 1)) // 2)
     writer = _Writer(client, ids_from_filenames, report)
     try:

@@ -167,20 +167,11 @@ class ServeExtractor:
         result: np.ndarray = await self.handle.embed_text.remote(text, self.name)
         return result
 
-    async def info(self) -> dict[str, Any]:
+    async def info(self, column: bool = False) -> dict[str, Any]:
         """See ``ExtractorPort.info``."""
         if self.unavailable is not None:
             return extractor_info(self.name, None, self.unavailable)
-        result: dict[str, Any] = await self.handle.info.remote(self.name)
-        return result
-
-    async def column(self) -> tuple[str, int]:
-        """The feature's batch-ingest column (``Extractor.column``), from its replica."""
-        if self.unavailable is not None:
-            raise WeightsUnavailable(self.unavailable)
-        if self.local is not None:
-            return self.local.column
-        result: tuple[str, int] = await self.handle.column.remote(self.name)
+        result: dict[str, Any] = await self.handle.info.remote(self.name, column)
         return result
 
 
@@ -218,7 +209,6 @@ class Ingress:
             )
             for name in args.enabled
         }
-        self.ports = ports
         self.engine = Engine(args, ports, indexes)
         # Start a replica of each deployment with a feature that can run: serve.yaml lets
         # the network deployments scale to none (``min_replicas: 0``), which those whose
@@ -249,12 +239,9 @@ class Ingress:
         row), so that batch ingest need not build the extractors: the global network's
         configuration alone imports torch and timm, seconds of a 40-file ingest."""
 
-        async def one(port: ServeExtractor) -> dict[str, Any]:
-            info = await port.info()
-            return {**info, "column": await port.column()} if info["available"] else info
-
-        infos = await asyncio.gather(*(one(port) for port in self.ports.values()))
-        return dict(zip(self.ports, infos, strict=True))
+        ports = self.engine.extractors
+        infos = await asyncio.gather(*(port.info(column=True) for port in ports.values()))
+        return dict(zip(ports, infos, strict=True))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve calls this after the constructor: the app this replica serves."""

@@ -24,8 +24,10 @@ class ExtractorPort(Protocol):
     async def embed_text(self, text: str) -> np.ndarray:
         """A text's embedding (extractors that map text and images to one space)."""
 
-    async def info(self) -> dict[str, Any]:
-        """What the extractor is and whether it can run (``extractor_info``)."""
+    async def info(self, column: bool = False) -> dict[str, Any]:
+        """What the extractor is and whether it can run (``extractor_info``); with
+        ``column``, also its batch-ingest column when it can run (``column``:
+        ``Extractor.column``, dtype and values per row)."""
 
 
 def extractor_info(name: str, extractor: Extractor | None, unavailable: str | None) -> dict:
@@ -80,9 +82,12 @@ class LocalExtractor:
             raise ValueError(f"{self.name} does not embed text")
         return (await asyncio.to_thread(embed, [text]))[0]
 
-    async def info(self) -> dict[str, Any]:
+    async def info(self, column: bool = False) -> dict[str, Any]:
         """See ``ExtractorPort.info``."""
-        return extractor_info(self.name, self.extractor, self.unavailable)
+        info = extractor_info(self.name, self.extractor, self.unavailable)
+        if column and self.extractor is not None and self.unavailable is None:
+            info["column"] = self.extractor.column
+        return info
 
 
 def build_group(

@@ -369,6 +369,7 @@ def test_the_index_trains_itself_once_it_holds_train_at_descriptors(
     photos: dict[str, bytes],
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Under ``train_at`` descriptors the index stays exact; the add that crosses it starts
     a background training of ``train_factory``, whose index is adopted (kept on disk) with
@@ -380,10 +381,16 @@ def test_the_index_trains_itself_once_it_holds_train_at_descriptors(
     idx = KeypointIndex(tmp_path / "auto", train_at=at, train_factory="IVF8,Flat")
     idx.add(list(range(half)), feats[:half])
     assert idx.training is None and not idx.trained
+    assert not idx.describe()["training"]
+    # Held at its sample until the description has been read: "training" while it trains.
+    gate, sample = threading.Event(), idx.sample
+    monkeypatch.setattr(idx, "sample", lambda n, seed=0: (gate.wait(60), sample(n, seed))[1])
     idx.add(list(range(half, len(names))), feats[half:])
     assert idx.training is not None
+    assert idx.describe()["training"] and not idx.describe()["trained"]
+    gate.set()
     idx.training.join(120)
-    assert idx.trained and idx.describe()["trained"]
+    assert idx.trained and idx.describe()["trained"] and not idx.describe()["training"]
     for name in names:
         assert _top(idx, local, _crop(photos[name], 0.5), names) == name, name
     idx.close()
