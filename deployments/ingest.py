@@ -116,9 +116,15 @@ def id_from_name(file_name: str) -> int:
     return image_id
 
 
+#: Batches one ingest actor has in flight at once: it only reads files and awaits the app,
+#: so one process keeps several batches going (each actor process costs ~2 CPU-s to start).
+BATCHES_PER_ACTOR = 2
+
+
 class FeatureBatch:
     """Ray Data callable class: reads a batch of files and has the app compute the
     features of each (``Ingress.extract_features``, every file of the batch at once).
+    Asynchronous: an actor awaits ``BATCHES_PER_ACTOR`` batches side by side.
 
     Adds the columns ``<feature>_feature`` (one row per file, zeros for a file that failed;
     for local features one variable-length array per file) and ``<feature>_error`` (``""``
@@ -145,14 +151,14 @@ class FeatureBatch:
         except OSError as exc:
             return InvalidImage(f"unreadable file: {exc.strerror or exc}")
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every feature of every file of the batch."""
         blobs = [self._read(str(p)) for p in batch["path"]]
         calls = [
             self.app.extract_features.remote(b, self.features) if isinstance(b, bytes) else b
             for b in blobs
         ]
-        results = [c if isinstance(c, InvalidImage) else c.result() for c in calls]
+        results = [c if isinstance(c, InvalidImage) else await c for c in calls]
         out = dict(batch)
         for name in self.features:
             dtype, width = self.layouts[name]
@@ -276,9 +282,10 @@ def ingest(
     ``configs/serve.yaml`` names both) computes the features. ``features`` (default: every
     enabled one) must be enabled in ``args`` and in the app; a file is skipped when its name
     is in the catalog and its id in each of their indexes. With ``ids_from_filenames`` the
-    integer file stem is the image id. ``pool_size`` actors (by default 2, or one per two
+    integer file stem is the image id. ``pool_size`` actors (by default 1, or one per four
     CPUs of the cluster), each reserving ``cpus_per_actor`` CPUs, read batches of
-    ``batch_size`` files and send every file of a batch to the app at once. A feature whose
+    ``batch_size`` files, ``BATCHES_PER_ACTOR`` batches at a time, and send every file of
+    a batch to the app at once. A feature whose
     model is unavailable in the app is left out (reported) unless it was asked for by name.
     ``client``: the app's actors (default: found by the app's name).
     """
@@ -323,10 +330,10 @@ def ingest(
         raise IngestError(str(exc)) from None
     # Each column's layout, as the app's extractors have it.
     layouts = {f: tuple(infos[f]["column"]) for f in features}
-    # Files in flight: pool_size x batch_size, by default one actor per 2 of the cluster's
-    # CPUs (2 at least) x 4: 8 on a laptop, which keeps the app's extractors busy with
-    # batches side by side on 2 cores (measured in docs/architecture.md).
-    pool_size = pool_size or max(2, int(ray.cluster_resources().get("CPU", 1)) // 2)
+    # Files in flight: pool_size x BATCHES_PER_ACTOR x batch_size, by default one actor per
+    # 4 of the cluster's CPUs (1 at least): 8 on a laptop, which keeps the app's extractors
+    # busy with batches side by side on 2 cores (measured in docs/architecture.md).
+    pool_size = pool_size or max(1, int(ray.cluster_resources().get("CPU", 1)) // 4)
     writer = _Writer(client, ids_from_filenames, report)
     try:
         pending = writer.plan(list_images(root))
@@ -349,7 +356,9 @@ def ingest(
             fn_constructor_kwargs={"app_name": app_name, "features": features, "layouts": layouts},
             batch_size=batch_size,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=min(pool_size, blocks)),
+            compute=ray.data.ActorPoolStrategy(
+                size=min(pool_size, blocks), max_concurrent_calls_per_actor=BATCHES_PER_ACTOR
+            ),
             num_cpus=cpus_per_actor,
         )
         # One progress bar, of images written; Ray Data's per-operator bars (or, off a

@@ -48,8 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--pool-size",
         type=int,
         default=None,
-        help="actors reading files (default: 2, or one per two CPUs); files in flight: "
-        "pool size x batch size",
+        help="actors reading files (default: 1, or one per four CPUs); files in flight: "
+        "pool size x 2 x batch size",
     )
     p.add_argument(
         "--cpus-per-actor",
@@ -94,6 +94,32 @@ def quiet_pool_warnings() -> None:
     ray_worker.print_to_stdstream = filtered
 
 
+def keep_ray_logs_in_files() -> Path | None:
+    """Send what Ray writes to this process's stderr to a file in the session's log folder
+    (returned), and keep ``sys.stderr`` (the progress bar, this command's errors) on the
+    terminal. Ray's core worker writes its own log lines ("core_worker.cc: ... actor ...
+    constructor arguments in the object store") straight to file descriptor 2, and Ray
+    Data and Serve log their progress ("Dataset ... execution finished") through handlers
+    made on the stderr of the time; none of it is for the person running this."""
+    import ray._private.worker as ray_worker
+
+    node = ray_worker.global_worker.node
+    if node is None:
+        return None
+    # Imported first: their loggers' handlers hold the stderr that is about to move.
+    import ray.data
+    import ray.serve  # noqa: F401
+
+    path = Path(node.get_logs_dir_path()) / f"ingest-{os.getpid()}.err"
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    sys.stderr = os.fdopen(terminal, "w", buffering=1)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run an ingest from the command line; prints the summary and the failed files."""
     ns = parse_args(argv)
@@ -118,11 +144,12 @@ def main(argv: list[str] | None = None) -> int:
             logging_level=logging.ERROR,
             log_to_driver=False,
         )
-        for noisy in ("ray", "ray.data"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
     except ConnectionError as exc:  # no cluster at that address: the app is not running
         print(f"ingest: {exc} (start the app first: make serve)", file=sys.stderr)
         return 2
+    ray_logs = keep_ray_logs_in_files()
+    for noisy in ("ray", "ray.data", "ray.serve"):  # their real errors still show
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         report = ingest(
             ns.directory,
@@ -138,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         # A wrong directory or feature, or an app that is not running: one line, no traceback.
         print(f"ingest: {exc}", file=sys.stderr)
         return 2
+    except BaseException:
+        if ray_logs is not None:
+            print(f"ingest: Ray's own messages of this run are in {ray_logs}", file=sys.stderr)
+        raise
     finally:
         ray.shutdown()
     print(report.summary())
