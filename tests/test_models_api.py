@@ -53,6 +53,7 @@ def test_health_shows_models_and_their_indexes(client: httpx.Client) -> None:
     assert body["indexes"]["global"] == {
         "count": 8,
         "trained": False,
+        "training": False,
         "whitened": False,
         "nprobe": 32,
         "rerank": 400,
