@@ -176,7 +176,7 @@ def bench_latency(photos: dict[str, bytes], n: int, searches: int, tmp: Path) ->
     # searches a user meets once it is done, not the training's CPU.
     start = time.perf_counter()
     if any([asyncio.run(settled(client, "local")) for client in (served, engine.client)]):
-        print(f"latency: local's descriptor index trained in {time.perf_counter() - start:.0f} s")
+        print(f"latency: waited {time.perf_counter() - start:.0f} s for local's index to train")
     ids = dict(names)
     queries = list(photos.items())
     rows: list[Row] = []

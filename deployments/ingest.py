@@ -153,7 +153,10 @@ class FeatureBatch:
 
     async def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every feature of every file of the batch."""
-        blobs = [self._read(str(p)) for p in batch["path"]]
+        # Off the event loop: the actor's other batch awaits the app meanwhile.
+        blobs = await asyncio.gather(
+            *(asyncio.to_thread(self._read, str(p)) for p in batch["path"])
+        )
         calls = [
             self.app.extract_features.remote(b, self.features) if isinstance(b, bytes) else b
             for b in blobs
@@ -331,8 +334,9 @@ def ingest(
     # Each column's layout, as the app's extractors have it.
     layouts = {f: tuple(infos[f]["column"]) for f in features}
     # Files in flight: pool_size x BATCHES_PER_ACTOR x batch_size, by default one actor per
-    # 4 of the cluster's CPUs (1 at least): 8 on a laptop, which keeps the app's extractors
-    # busy with batches side by side on 2 cores (measured in docs/architecture.md).
+    # 4 of the cluster's CPUs (1 at least): 8 below 8 CPUs, which keeps the app's extractors
+    # busy with batches side by side on 2 cores (measured in docs/architecture.md), and
+    # 8 more per 4 CPUs, where extract_cpu (8 in flight a replica) gets replicas to fill.
     pool_size = pool_size or max(1, int(ray.cluster_resources().get("CPU", 1)) // 4)
     writer = _Writer(client, ids_from_filenames, report)
     try:

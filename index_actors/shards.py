@@ -119,6 +119,8 @@ def combined(described: list[Any]) -> dict[str, Any]:
     parts = [d if not isinstance(d, BaseException) else {"error": reason(d)} for d in described]
     good = [d for d in parts if "error" not in d]
     out: dict[str, Any] = dict(good[0]) if good else {}
+    if any(d.get("training") for d in good):  # each shard trains itself on its own
+        out["training"] = True
     if len(good) == len(parts):
         out["count"] = sum(d.get("count", 0) for d in parts)
     else:

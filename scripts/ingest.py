@@ -12,6 +12,7 @@ is not a readable image is reported at the end with the reason. The app must be 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import sys
@@ -22,7 +23,7 @@ import yaml
 
 from deployments import auth
 from deployments.config import load_app_args
-from deployments.ingest import IngestError, ingest
+from deployments.ingest import BATCHES_PER_ACTOR, IngestError, ingest
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         help="actors reading files (default: 1, or one per four CPUs); files in flight: "
-        "pool size x 2 x batch size",
+        f"pool size x {BATCHES_PER_ACTOR} x batch size",
     )
     p.add_argument(
         "--cpus-per-actor",
@@ -111,12 +112,26 @@ def keep_ray_logs_in_files() -> Path | None:
     import ray.serve  # noqa: F401
 
     path = Path(node.get_logs_dir_path()) / f"ingest-{os.getpid()}.err"
+    try:
+        log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError:  # no writable log folder: Ray's lines stay on the terminal
+        return None
     sys.stderr.flush()
     terminal = os.dup(2)
-    log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log_fd, 2)
     os.close(log_fd)
-    sys.stderr = os.fdopen(terminal, "w", buffering=1)
+    encoding = sys.stderr.encoding
+    sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding=encoding, errors="backslashreplace")
+    # A crash below Python (a fatal error, a segfault) still says where, on the terminal.
+    faulthandler.enable(sys.stderr)
+    # Ray's loggers do not propagate and their handlers now write to the file: their
+    # errors (logged, not raised, e.g. Ray Data's "Exception occurred in user code") also
+    # go to the terminal.
+    for name in ("ray", "ray.data", "ray.serve"):
+        logger = logging.getLogger(name)
+        terminal_errors = logging.StreamHandler(sys.stderr)
+        terminal_errors.setLevel(logging.ERROR)
+        logger.addHandler(terminal_errors)
     return path
 
 
@@ -147,10 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConnectionError as exc:  # no cluster at that address: the app is not running
         print(f"ingest: {exc} (start the app first: make serve)", file=sys.stderr)
         return 2
-    ray_logs = keep_ray_logs_in_files()
-    for noisy in ("ray", "ray.data", "ray.serve"):  # their real errors still show
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    ray_logs = None
     try:
+        ray_logs = keep_ray_logs_in_files()
+        for noisy in ("ray", "ray.data", "ray.serve"):  # their progress and warnings: no
+            logging.getLogger(noisy).setLevel(logging.ERROR)
         report = ingest(
             ns.directory,
             args,

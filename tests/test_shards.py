@@ -72,6 +72,18 @@ def _same_answers(
         assert run(many.search_by_id(feature, image_id, 5, None)) == want
 
 
+def test_a_sharded_description_sums_counts_and_trains_while_any_shard_does() -> None:
+    """Shards train themselves each on its own (``train_at``): the index is training while
+    any of them is; a shard that failed leaves no count but its error."""
+    one = {"count": 3, "nprobe": 16, "trained": False, "training": False}
+    two = {"count": 4, "nprobe": 16, "trained": False, "training": True}
+    both = shards.combined([one, two])
+    assert both["count"] == 7 and both["training"] and both["shards"] == [one, two]
+    assert not shards.combined([one, {**two, "training": False}])["training"]
+    broken = shards.combined([one, RuntimeError("down")])
+    assert "count" not in broken and "shard 1/2" in broken["error"]
+
+
 def test_binary_and_vector_shards_merge_exactly(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     hashes = list(rng.integers(0, 256, (60, 72), dtype=np.uint8))
