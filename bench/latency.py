@@ -175,7 +175,8 @@ def bench_latency(photos: dict[str, bytes], n: int, searches: int, tmp: Path) ->
     # The descriptor index trains itself in the background past train_at: time the
     # searches a user meets once it is done, not the training's CPU.
     start = time.perf_counter()
-    if any([asyncio.run(settled(client, "local")) for client in (served, engine.client)]):
+    waited = [asyncio.run(settled(client, "local")) for client in (served, engine.client)]
+    if any(waited):
         print(f"latency: waited {time.perf_counter() - start:.0f} s for local's index to train")
     ids = dict(names)
     queries = list(photos.items())

@@ -288,8 +288,8 @@ def ingest(
     integer file stem is the image id. ``pool_size`` actors (by default 1, or one per four
     CPUs of the cluster), each reserving ``cpus_per_actor`` CPUs, read batches of
     ``batch_size`` files, ``BATCHES_PER_ACTOR`` batches at a time, and send every file of
-    a batch to the app at once. A feature whose
-    model is unavailable in the app is left out (reported) unless it was asked for by name.
+    a batch to the app at once. A feature whose model is unavailable in the app is left
+    out (reported) unless it was asked for by name.
     ``client``: the app's actors (default: found by the app's name).
     """
     from ray import serve

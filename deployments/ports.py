@@ -85,8 +85,8 @@ class LocalExtractor:
     async def info(self, column: bool = False) -> dict[str, Any]:
         """See ``ExtractorPort.info``."""
         info = extractor_info(self.name, self.extractor, self.unavailable)
-        if column and self.extractor is not None and self.unavailable is None:
-            info["column"] = self.extractor.column
+        if column and info["available"]:
+            info["column"] = self.ready().column
         return info
 
 

@@ -80,16 +80,11 @@ class Trained(StoredIndex):
         """Whether a trained (approximate) index is in use."""
         return self.template is not None
 
-    @property
-    def training_now(self) -> bool:
-        """Whether the index is training itself in the background (``train_at``): searches
-        are exact, and slower, until it has adopted the result."""
-        return self.training is not None and self.training.is_alive()
-
     def describe(self) -> dict[str, Any]:
         """Count, live settings, whether a trained index is in use, and whether it is
-        training itself now (``training``)."""
-        return {**super().describe(), "trained": self.trained, "training": self.training_now}
+        training itself now (``training``: searches stay exact, and slower, until then)."""
+        training = self.training is not None and self.training.is_alive()
+        return {**super().describe(), "trained": self.trained, "training": training}
 
     @property
     def _artefact_file(self) -> Path:

@@ -68,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ns
 
 
+#: Ray's loggers whose progress and warnings stay out of this command's output.
+RAY_LOGGERS = ("ray", "ray.data", "ray.serve")
 #: The cluster's own warnings that Ray's driver prints on stdout: about Ray's worker pool
 #: (Ray Data's actors start many workers at once), not about the ingest.
 POOL_NOISE = ("worker processes have been started",)
@@ -127,7 +129,7 @@ def keep_ray_logs_in_files() -> Path | None:
     # Ray's loggers do not propagate and their handlers now write to the file: their
     # errors (logged, not raised, e.g. Ray Data's "Exception occurred in user code") also
     # go to the terminal.
-    for name in ("ray", "ray.data", "ray.serve"):
+    for name in RAY_LOGGERS:
         logger = logging.getLogger(name)
         terminal_errors = logging.StreamHandler(sys.stderr)
         terminal_errors.setLevel(logging.ERROR)
@@ -165,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     ray_logs = None
     try:
         ray_logs = keep_ray_logs_in_files()
-        for noisy in ("ray", "ray.data", "ray.serve"):  # their progress and warnings: no
-            logging.getLogger(noisy).setLevel(logging.ERROR)
+        for name in RAY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
         report = ingest(
             ns.directory,
             args,
