@@ -20,10 +20,11 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     """The extractor deployments, the index actors and the ingress over them.
 
     ``serve run`` hands over the YAML ``args`` as a dict; tests pass an ``AppArgs``. Each
-    feature's width comes from its extractor's configuration (no weights loaded), so an
-    index opens for a model whose weights are still missing; such a feature's replica
-    answers "unavailable" without loading its model code. An exposed HTTP host without
-    API keys stops it here (``auth.AuthConfigError``, naming the reason).
+    feature's width comes from its extractor's configuration (no weights loaded). A model
+    whose weights are missing is answered "unavailable" by the ingress without loading its
+    model code, and its index starts no actor unless it holds images from before (a
+    redeploy once the weights are there opens it). An exposed HTTP host without API keys
+    stops it here (``auth.AuthConfigError``, naming the reason).
     """
     args = AppArgs.model_validate(args)
     # Refuse before any actor starts: an exposed host needs keys (``deployments/auth.py``).
@@ -49,5 +50,6 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         args.shard_timeout_s,
         args.placement,
         args.write_timeout_s,
+        dormant=missing,
     )
     return Ingress.bind(args, extractors, indexes, missing)  # type: ignore[attr-defined]

@@ -68,14 +68,20 @@ class Engine(TextSearches):
         """Extract, then store through the index client's write path.
 
         Nothing is stored for a bad image. A failed write is ``BackendDown``: the client
-        retries, which is safe since re-adding replaces. ``label``: the name came from the
+        retries, which is safe since re-adding replaces. ``names``: the features to store;
+        one without an index is answered "unavailable". ``label``: the name came from the
         upload, not the client, so it does not identify an image. ``replace``: for an image
         that exists, features this add does not compute are removed.
         """
         data = await read(data)
         if file_name is not None:
             _check_file_name(file_name)
-        feats, status = await self.extract(data, names, query=False)
+        # A feature without an open index (its model's weights missing, say) is reported,
+        # not computed: there is nowhere to store it.
+        missing = self.client.missing
+        absent = {n: f"unavailable: {missing[n]}" for n in names if n in missing}
+        feats, status = await self.extract(data, [n for n in names if n not in absent], False)
+        status.update(absent)
         if not feats:
             raise Unavailable(f"no feature could be computed: {status}")
         columns = {n: f[None, :] for n, f in feats.items()}

@@ -48,7 +48,7 @@ async def add_image(
 ) -> Added:
     """Store an image's features; re-adding an id replaces it. Without ``file_name``, the
     upload's own name labels the image."""
-    names = eng.features(features)
+    names = eng.features(features, list(eng.extractors))  # by default, each says its status
     data = upload(request, image)
     label = None if file_name is not None or image is None else image.filename
     name = file_name or label

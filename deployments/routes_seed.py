@@ -150,7 +150,9 @@ async def calculate_all(
 ) -> list[dict[str, Any]]:
     """Gateway: store every feature; one settled-promise-like entry per service."""
     image_id = required(image_id)
-    added = await eng.add(upload(request, image), image_id, None, eng.indexed)
+    # Every enabled feature, stored or not, so that the answer's length does not change
+    # with which models have their weights.
+    added = await eng.add(upload(request, image), image_id, None, list(eng.extractors))
     return [
         {"status": "fulfilled", "value": ""} if s == "ok" else {"status": "rejected", "reason": s}
         for s in added.features.values()
@@ -161,7 +163,7 @@ async def calculate_all(
 async def delete_all(eng: Eng, body: Annotated[ImageRef, Body()]) -> list[dict[str, str]]:
     """Gateway: delete an image everywhere (404 if unknown, unlike the original)."""
     await eng.delete(required(body.image_id))
-    return [{"status": "fulfilled"} for _ in eng.indexed]
+    return [{"status": "fulfilled"} for _ in eng.extractors]
 
 
 @router.post("/reverse_search", openapi_extra=needs(READ))

@@ -47,7 +47,9 @@ class TextSearches(Searches):
         that is down (PostgreSQL) is an error, never silently dropped."""
         kk = self.k(k)
         text = checked_query(q)
-        sources = [n for n in self.indexed if n == self.embedder] + self.textual
+        # Every enabled source: one without an index (its model's weights missing) is named
+        # under ``unavailable`` by default, a 503 when asked for.
+        sources = [n for n in self.extractors if n == self.embedder or kind_of(n).reads_text]
         names = self.features(features, sources)
         if other := [n for n in names if n not in sources]:
             raise InvalidInput(f"{other} cannot search by text; text sources: {sources}")
@@ -62,15 +64,15 @@ class TextSearches(Searches):
             if n_words > MAX_QUERY_WORDS:
                 raise InvalidInput(f"the query has {n_words} words; the limit is {MAX_QUERY_WORDS}")
         k_each = max(kk, self.args.fusion.candidates)
-        results = await asyncio.gather(
-            *(
-                self.text_hits(text, k_each, None, values)
-                if n == self.embedder
-                else self.client.search(n, text, k_each)
-                for n in names
-            ),
-            return_exceptions=True,
-        )
+
+        async def hits(name: str) -> list[Hit]:
+            if name == self.embedder:
+                return await self.text_hits(text, k_each, None, values)
+            self.features(name)  # Unavailable while its index is not open
+            found: list[Hit] = await self.client.search(name, text, k_each)
+            return found
+
+        results = await asyncio.gather(*(hits(n) for n in names), return_exceptions=True)
         lists: dict[str, list[Hit]] = {}
         unavailable: dict[str, str] = {}
         for name, result in zip(names, results, strict=True):

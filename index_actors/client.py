@@ -73,14 +73,22 @@ class IndexClient(ReadPath):
         timeout_s: float = 10.0,
         placement: Placement | None = None,
         write_timeout_s: float = 30.0,
+        dormant: Mapping[str, str] | None = None,
     ) -> IndexClient:
         """Get or create the app's actors with these settings (what ``graph.py`` does): the
         catalog on the head, each feature's shards on the nodes its recorded layout names
-        (a new layout spread over the data nodes up now: ``index_actors/placement.py``)."""
+        (a new layout spread over the data nodes up now: ``index_actors/placement.py``).
+
+        ``dormant``: features whose model cannot run (weights missing), and why. Such a
+        feature gets no actor (~75 MiB each) while its index holds nothing: it is missing,
+        with that reason, until a redeploy finds its weights. One that holds images keeps
+        its actors, so that deletes still reach them.
+        """
         import ray
         from ray.exceptions import RayError
 
         placement = placement or Placement()
+        dormant = dormant or {}
         nodes = data_nodes(placement.label)
         catalog = catalog_actor(app_name, data_dir)
         images = ray.get(catalog.count.remote())
@@ -93,6 +101,9 @@ class IndexClient(ReadPath):
             raw = ray.get(catalog.layout.remote(name))
             recorded = Layout.from_dict(raw) if raw else None
             here = ray.get(catalog.layouts_here.remote(name)) if recorded is None else {}
+            if name in dormant and recorded is None and not here:  # never held an image
+                missing[name] = dormant[name]
+                continue
             fresh = spread(spec.shards, nodes, placement.shared)
             layout = choose(spec.shards, recorded, here, images, fresh)
             if isinstance(layout, str):
@@ -115,6 +126,14 @@ class IndexClient(ReadPath):
             except RayError as exc:  # a store of another model's features, say
                 log.error("index of %s unavailable: %s", name, exc)
                 missing[name] = f"index unavailable: {reason(exc)}"
+                continue
+            if name in dormant and _empty(indexes[name], timeout_s):
+                # Opened before, while its model could run, and nothing kept: forgetting
+                # its layout lets the next start skip it without starting an actor.
+                for actor in indexes.pop(name):
+                    ray.kill(actor, no_restart=True)
+                ray.get(catalog.forget_layout.remote(name))
+                missing[name] = dormant[name]
         return cls(catalog, indexes, missing, timeout_s, write_timeout_s, _expansions(specs))
 
     @classmethod
@@ -284,6 +303,15 @@ class IndexClient(ReadPath):
             *(a.adopt.remote(trained, whitening) for a in self.shards[feature])
         )
         return done[0] if len(done) == 1 else shards.combined(list(done))
+
+
+def _empty(actors: list[Any], timeout_s: float) -> bool:
+    """Whether every shard answers that it holds nothing (one that does not answer may)."""
+    import ray
+
+    refs = [a.count.remote() for a in actors]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    return len(ready) == len(refs) and not any(ray.get(ready))
 
 
 def _expansions(specs: Mapping[str, IndexSpec]) -> dict[str, int]:

@@ -321,6 +321,11 @@ class Catalog:
         with self.env.begin(write=True, db=self.meta) as txn:
             txn.put(f"layout:{feature}".encode(), json.dumps(layout).encode())
 
+    def forget_layout(self, feature: str) -> None:
+        """Drop a feature's recorded layout: its index holds nothing and is not opened."""
+        with self.env.begin(write=True, db=self.meta) as txn:
+            txn.delete(f"layout:{feature}".encode())
+
     def config(self) -> dict[str, str]:
         """Where this catalog lives (its actor may predate a config change)."""
         return {"path": str(self.path)}

@@ -1,9 +1,15 @@
 """Models that cannot run: the app starts, says why, and keeps every other feature working."""
 
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
 import httpx
+import numpy as np
 import pytest
 
-from tests.conftest import RunningApp, running_replicas
+from tests.conftest import RunningApp, kill_actors, running_replicas
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -23,7 +29,9 @@ def client(app: RunningApp, photos: dict[str, bytes]) -> httpx.Client:
     return c
 
 
-def test_health_says_what_is_missing_and_how_to_fix_it(client: httpx.Client) -> None:
+def test_health_says_what_is_missing_and_how_to_fix_it(
+    app: RunningApp, client: httpx.Client
+) -> None:
     body = client.get("/health").json()
     assert body["status"] == "ok"  # a known state of this install, not a fault
     ext = body["extractors"]
@@ -32,7 +40,11 @@ def test_health_says_what_is_missing_and_how_to_fix_it(client: httpx.Client) -> 
     assert not ext["clip"]["available"]
     assert "scripts/fetch_models.py clip" in ext["clip"]["reason"]
     assert "no index" in body["indexes"]["global"]["error"]
-    assert body["indexes"]["clip"]["count"] == 0
+    # No actor for CLIP's index while it holds nothing (~75 MiB): it opens with the weights.
+    assert "fetch_models.py clip" in body["indexes"]["clip"]["error"]
+    with pytest.raises(ValueError):
+        app.actor("index:clip")
+    assert app.actor("index:phash") is not None
 
 
 def test_uploads_store_what_can_be_computed(client: httpx.Client, photos: dict[str, bytes]) -> None:
@@ -41,7 +53,7 @@ def test_uploads_store_what_can_be_computed(client: httpx.Client, photos: dict[s
     assert r.status_code == 200, r.text
     status = r.json()["features"]
     assert status["phash"] == "ok" and status["clip"].startswith("unavailable: clip (ViT-B-16)")
-    assert "global" not in status
+    assert status["global"].startswith("unavailable: ")  # no index: the model is unknown
     assert client.get("/images/1").json()["features"] == ["phash"]
     r = client.post("/calculate_all_image_features", files={"image": data}, data={"image_id": 2})
     assert r.status_code == 200 and r.json()[0] == {"status": "fulfilled", "value": ""}
@@ -120,3 +132,56 @@ def test_a_model_without_weights_costs_no_torch_and_no_process(
     for name in replicas:
         handle = ray.get_actor(name, namespace="serve")
         assert ray.get(handle.__ray_call__.remote(loaded)) == []
+
+
+def test_the_index_of_a_model_without_weights_starts_only_holding_images(
+    ray_session: int, tmp_path: Path
+) -> None:
+    """A model whose weights are missing (``dormant``) gets no index actor while its index
+    holds nothing: a fresh one is never started, an empty one opened before is stopped and
+    its layout forgotten. One that holds images stays open, and a delete reaches it."""
+    import ray
+    from ray.util import list_named_actors
+
+    from deployments.config import AppArgs
+    from index_actors.client import IndexClient, actor_name
+
+    name = f"dorm{uuid.uuid4().hex[:8]}"
+    args = AppArgs(name=name, data_dir=str(tmp_path / "data"), features={"phash": {}, "clip": {}})
+    data, specs = str(args.data_path()), args.index_specs()
+    why = {"clip": "clip's weights are missing: python scripts/fetch_models.py clip"}
+    role = actor_name(name, "index:clip")
+
+    def running() -> bool:
+        return any(a["name"] == role for a in list_named_actors(all_namespaces=True))
+
+    def wait_gone() -> None:
+        deadline = time.monotonic() + 30
+        while running() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not running()
+
+    try:
+        fresh = IndexClient.open(name, data, specs, dormant=why)
+        assert fresh.features == ["phash"] and fresh.missing == why
+        assert not running()
+        assert ray.get(fresh.catalog.layout.remote("clip")) is None
+
+        opened = IndexClient.open(name, data, specs)  # the weights came, nothing was stored
+        assert opened.features == ["phash", "clip"] and running()
+        again = IndexClient.open(name, data, specs, dormant=why)  # and went again
+        assert again.missing == why
+        wait_gone()
+        assert ray.get(again.catalog.layout.remote("clip")) is None
+
+        opened = IndexClient.open(name, data, specs)
+        vectors = {"phash": np.zeros((1, 72), np.uint8), "clip": np.ones((1, 512), np.float32)}
+        (stored,) = asyncio.run(opened.store([("a.jpg", None)], vectors))
+        assert stored.ok
+        holding = IndexClient.open(name, data, specs, dormant=why)
+        assert holding.features == ["phash", "clip"] and holding.missing == {}
+        assert stored.image_id is not None
+        asyncio.run(holding.delete(stored.image_id))
+        assert ray.get(holding.shards["clip"][0].count.remote()) == 0
+    finally:
+        kill_actors(name)
