@@ -7,6 +7,8 @@ on the same files and cores: two worker processes, models loaded, nothing stored
 
 The files are the 1600-px photos and variants of them (bench/latency.py's ``item``), the
 same contents under new names for each way in, so that each is a new image to the app.
+When the timed runs would take the descriptor index past ``train_at``, it is trained first
+(``trained_first``), so that its one-time training weighs on neither way in.
 Targets (issue 15): HTTP at least 0.85x the in-process rate; Ray Data at least the HTTP rate
 from 40 files up.
 """
@@ -111,6 +113,39 @@ def ray_data(config: Path, folder: Path) -> tuple[float, str]:
     return files / seconds, done.stdout.strip().splitlines()[0]
 
 
+def trained_first(app: Any, args: Any, sizes: list[int], tmp: Path, photos: dict) -> None:
+    """When the timed runs would take the descriptor index past ``train_at``, store enough
+    images first (``make ingest``, untimed) and wait for its training: it takes ~20 CPU-s
+    once, and in a timed run it would weigh on whichever way in crossed it. A collection
+    that outgrew a few hundred photos is trained, so the rates stay the ones a user sees."""
+    spec = args.index_specs().get("local")
+    train_at = spec.options.get("train_at") if spec is not None else None
+    per_image = int(args.extractor_options("local").get("max_keypoints", 200))
+    if not train_at or 2 * sum(sizes) * per_image < train_at:
+        return
+    folder = tmp / "trained-first"
+    folder.mkdir()
+    count = -(-int(train_at) // per_image) + 20  # some images have fewer keypoints
+    for i in range(count):
+        name, data = item(photos, i)
+        (folder / f"first_{name}").write_bytes(data)
+    start = time.perf_counter()
+    ray_data(app.config, folder)
+    deadline = time.monotonic() + 600
+    while True:
+        local = httpx.get(f"{app.url}/health", timeout=60).json()["indexes"]["local"]
+        if local.get("trained") and not local.get("training"):
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the descriptor index did not train: {local}")
+        time.sleep(2)
+    print(
+        f"ingest: {count} images stored first (make ingest, untimed) and the descriptor "
+        f"index trained in {time.perf_counter() - start:.0f} s, so that no timed run "
+        f"crosses train_at ({train_at})"
+    )
+
+
 def bench_ingest(photos: dict[str, bytes], sizes: list[int], tmp: Path) -> list[Row]:
     """HTTP and Ray Data ingest into the default app against the in-process extractors."""
     from deployments.config import load_app_args
@@ -134,6 +169,8 @@ def bench_ingest(photos: dict[str, bytes], sizes: list[int], tmp: Path) -> list[
             f"ingest: in process, 2 workers, {len(files)} files: {peer:.2f} images/s; per "
             f"image in one of them: {costs}"
         )
+        if "local" in features:
+            trained_first(app, args, sizes, tmp, photos)
         for size in sizes:
             named = [(f"http{size}_{name}", data) for name, data in files[:size]]
             http_rate = over_http(app.url, named)
