@@ -463,10 +463,14 @@ def test_status_shows_why_an_extractor_is_unavailable_and_the_fix(tab: Tab) -> N
         "available": False,
         "reason": f"clip weights are not cached: {fix}",
     }
-    real["indexes"]["clip"] = {"count": 0}
+    real["indexes"]["clip"] = {"error": f"no index: clip weights are not cached: {fix}"}
     tab.page.route("**/health", lambda r: r.fulfill(json=real))
     tab.go("#/status")
     expect(tab.page.locator(".unavailable")).to_contain_text(fix)
+    # Its index waits for the model: no error of its own.
+    row = tab.page.get_by_role("row").filter(has=tab.page.get_by_role("rowheader", name="clip"))
+    expect(row.first).to_contain_text("opens with its model")
+    expect(tab.page.locator("td .error")).to_have_count(0)
     tab.shot("status-unavailable")
     # The search page lists CLIP unticked and says why.
     tab.go("")

@@ -1130,6 +1130,9 @@ function pager(page, pages, query) {
 
 async function viewStatus(view) {
   await loadHealth();
+  // An index waiting for its model (weights missing: the extractors below say how to get
+  // them) is a state of this install, not an error.
+  const waiting = (name) => (health.extractors[name] || {}).available === false;
   const rows = Object.entries(health.indexes).map(([name, index]) =>
     h(
       "tr",
@@ -1140,7 +1143,9 @@ async function viewStatus(view) {
         {},
         "count" in index
           ? String(index.count)
-          : h("span", { class: "error" }, index.error || "unknown"),
+          : waiting(name)
+            ? h("span", { class: "muted" }, "none: opens with its model (below)")
+            : h("span", { class: "error" }, index.error || "unknown"),
       ),
     ),
   );
