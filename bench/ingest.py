@@ -123,21 +123,28 @@ def trained_first(app: Any, args: Any, sizes: list[int], tmp: Path, photos: dict
     per_image = int(args.extractor_options("local").get("max_keypoints", 200))
     if not train_at or 2 * sum(sizes) * per_image < train_at:
         return
-    folder = tmp / "trained-first"
-    folder.mkdir()
-    count = -(-int(train_at) // per_image) + 20  # some images have fewer keypoints
-    for i in range(count):
-        name, data = item(photos, i)
-        (folder / f"first_{name}").write_bytes(data)
-    start = time.perf_counter()
-    ray_data(app.config, folder)
+
+    def local() -> dict[str, Any]:
+        index: dict[str, Any] = httpx.get(f"{app.url}/health", timeout=60).json()["indexes"]
+        return index["local"]
+
+    start, count = time.perf_counter(), 0
+    # Batches until it trains: some images have fewer keypoints than the most.
+    wanted = -(-int(train_at) // per_image)
+    while not (local().get("trained") or local().get("training")):
+        if count > 3 * wanted:
+            raise RuntimeError(f"the descriptor index did not train after {count} images")
+        folder = tmp / f"trained-first-{count}"
+        folder.mkdir()
+        for i in range(count, count + (wanted if count == 0 else 20)):
+            name, data = item(photos, i)
+            (folder / f"first_{name}").write_bytes(data)
+        count += len(list(folder.iterdir()))
+        ray_data(app.config, folder)
     deadline = time.monotonic() + 600
-    while True:
-        local = httpx.get(f"{app.url}/health", timeout=60).json()["indexes"]["local"]
-        if local.get("trained") and not local.get("training"):
-            break
+    while local().get("training"):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"the descriptor index did not train: {local}")
+            raise TimeoutError(f"the descriptor index still trains: {local()}")
         time.sleep(2)
     print(
         f"ingest: {count} images stored first (make ingest, untimed) and the descriptor "

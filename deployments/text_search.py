@@ -57,7 +57,8 @@ class TextSearches(Searches):
             raise Unavailable(
                 "text search needs clip or a text feature (ocr, caption, tags): none is on"
             )
-        if any(kind_of(n).reads_text for n in names):  # CLIP reads any text
+        # CLIP reads any text; the word sources that will be asked need words.
+        if any(kind_of(n).reads_text and n not in self.client.missing for n in names):
             n_words = len(words(text))
             if not n_words:
                 raise InvalidInput("the query has no words to search for")

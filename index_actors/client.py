@@ -82,7 +82,10 @@ class IndexClient(ReadPath):
         ``dormant``: features whose model cannot run (weights missing), and why. Such a
         feature gets no actor (~75 MiB each) while its index holds nothing: it is missing,
         with that reason, until a redeploy finds its weights. One that holds images keeps
-        its actors, so that deletes still reach them.
+        its actors, so that deletes still reach them. One opened before that every shard
+        answers is empty is stopped and marked so (``Catalog.set_dormant``): later starts
+        skip it without starting an actor, and its recorded layout (the nodes of its
+        shards) stays for when its model can run again.
         """
         import ray
         from ray.exceptions import RayError
@@ -101,9 +104,12 @@ class IndexClient(ReadPath):
             raw = ray.get(catalog.layout.remote(name))
             recorded = Layout.from_dict(raw) if raw else None
             here = ray.get(catalog.layouts_here.remote(name)) if recorded is None else {}
-            if name in dormant and recorded is None and not here:  # never held an image
-                missing[name] = dormant[name]
+            asleep = ray.get(catalog.dormant.remote(name))
+            if name in dormant and (asleep or (recorded is None and not here)):
+                missing[name] = dormant[name]  # found empty, or never held an image
                 continue
+            if asleep:  # its model can run again
+                ray.get(catalog.set_dormant.remote(name, False))
             fresh = spread(spec.shards, nodes, placement.shared)
             layout = choose(spec.shards, recorded, here, images, fresh)
             if isinstance(layout, str):
@@ -128,11 +134,12 @@ class IndexClient(ReadPath):
                 missing[name] = f"index unavailable: {reason(exc)}"
                 continue
             if name in dormant and _empty(indexes[name], timeout_s):
-                # Opened before, while its model could run, and nothing kept: forgetting
-                # its layout lets the next start skip it without starting an actor.
+                # Opened before, while its model could run, and nothing kept. Marked before
+                # the kill: an add that lands in between (an old replica during a redeploy)
+                # is in a store that opens again with the recorded layout.
+                ray.get(catalog.set_dormant.remote(name, True))
                 for actor in indexes.pop(name):
                     ray.kill(actor, no_restart=True)
-                ray.get(catalog.forget_layout.remote(name))
                 missing[name] = dormant[name]
         return cls(catalog, indexes, missing, timeout_s, write_timeout_s, _expansions(specs))
 
@@ -147,7 +154,8 @@ class IndexClient(ReadPath):
                 return ray.get_actor(actor_name(app_name, role), namespace="serve")
             except ValueError:
                 raise ValueError(
-                    f"no actor {actor_name(app_name, role)!r}: is the app running (make serve)?"
+                    f"no actor {actor_name(app_name, role)!r}: is the app running (make serve)? "
+                    "(A model's index has none while its weights are missing: /health says.)"
                 ) from None
 
         indexes = {
@@ -308,10 +316,14 @@ class IndexClient(ReadPath):
 def _empty(actors: list[Any], timeout_s: float) -> bool:
     """Whether every shard answers that it holds nothing (one that does not answer may)."""
     import ray
+    from ray.exceptions import RayError
 
     refs = [a.count.remote() for a in actors]
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-    return len(ready) == len(refs) and not any(ray.get(ready))
+    try:
+        return len(ready) == len(refs) and not any(ray.get(ready))
+    except RayError:  # a store that cannot count (PostgreSQL down) may hold images
+        return False
 
 
 def _expansions(specs: Mapping[str, IndexSpec]) -> dict[str, int]:

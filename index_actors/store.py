@@ -321,10 +321,19 @@ class Catalog:
         with self.env.begin(write=True, db=self.meta) as txn:
             txn.put(f"layout:{feature}".encode(), json.dumps(layout).encode())
 
-    def forget_layout(self, feature: str) -> None:
-        """Drop a feature's recorded layout: its index holds nothing and is not opened."""
+    def dormant(self, feature: str) -> bool:
+        """Whether a feature's index was found empty while its model could not run, and
+        is not opened until it can (``IndexClient.open``)."""
+        with self.env.begin(db=self.meta) as txn:
+            return txn.get(f"dormant:{feature}".encode()) is not None
+
+    def set_dormant(self, feature: str, dormant: bool) -> None:
+        """Mark a feature's index dormant, or open again (committed before this returns)."""
         with self.env.begin(write=True, db=self.meta) as txn:
-            txn.delete(f"layout:{feature}".encode())
+            if dormant:
+                txn.put(f"dormant:{feature}".encode(), b"1")
+            else:
+                txn.delete(f"dormant:{feature}".encode())
 
     def config(self) -> dict[str, str]:
         """Where this catalog lives (its actor may predate a config change)."""

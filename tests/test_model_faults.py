@@ -1,6 +1,7 @@
 """Models that cannot run: the app starts, says why, and keeps every other feature working."""
 
 import asyncio
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -134,54 +135,96 @@ def test_a_model_without_weights_costs_no_torch_and_no_process(
         assert ray.get(handle.__ray_call__.remote(loaded)) == []
 
 
+#: What ``models_without_weights`` says of CLIP here.
+WHY = {"clip": "clip's weights are missing: python scripts/fetch_models.py clip"}
+
+
+def _running(role: str) -> int:
+    from ray.util import list_named_actors
+
+    return sum(a["name"].startswith(role) for a in list_named_actors(all_namespaces=True))
+
+
+def _gone(role: str) -> bool:
+    deadline = time.monotonic() + 30
+    while _running(role) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not _running(role)
+
+
+@pytest.mark.parametrize("shards", [1, 2])
 def test_the_index_of_a_model_without_weights_starts_only_holding_images(
-    ray_session: int, tmp_path: Path
+    ray_session: int, tmp_path: Path, shards: int
 ) -> None:
     """A model whose weights are missing (``dormant``) gets no index actor while its index
-    holds nothing: a fresh one is never started, an empty one opened before is stopped and
-    its layout forgotten. One that holds images stays open, and a delete reaches it."""
+    holds nothing: a fresh one is never started; an empty one opened before is stopped and
+    marked dormant, its layout kept for when the weights are back. One that holds images
+    stays open, and a delete reaches it."""
     import ray
-    from ray.util import list_named_actors
 
     from deployments.config import AppArgs
     from index_actors.client import IndexClient, actor_name
 
     name = f"dorm{uuid.uuid4().hex[:8]}"
-    args = AppArgs(name=name, data_dir=str(tmp_path / "data"), features={"phash": {}, "clip": {}})
+    args = AppArgs(
+        name=name,
+        data_dir=str(tmp_path / "data"),
+        features={"phash": {}, "clip": {}},
+        shards=shards,
+    )
     data, specs = str(args.data_path()), args.index_specs()
-    why = {"clip": "clip's weights are missing: python scripts/fetch_models.py clip"}
     role = actor_name(name, "index:clip")
-
-    def running() -> bool:
-        return any(a["name"] == role for a in list_named_actors(all_namespaces=True))
-
-    def wait_gone() -> None:
-        deadline = time.monotonic() + 30
-        while running() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not running()
-
     try:
-        fresh = IndexClient.open(name, data, specs, dormant=why)
-        assert fresh.features == ["phash"] and fresh.missing == why
-        assert not running()
-        assert ray.get(fresh.catalog.layout.remote("clip")) is None
+        fresh = IndexClient.open(name, data, specs, dormant=WHY)
+        assert fresh.features == ["phash"] and fresh.missing == WHY
+        assert not _running(role)
+        catalog = fresh.catalog
+        assert ray.get(catalog.layout.remote("clip")) is None
 
         opened = IndexClient.open(name, data, specs)  # the weights came, nothing was stored
-        assert opened.features == ["phash", "clip"] and running()
-        again = IndexClient.open(name, data, specs, dormant=why)  # and went again
-        assert again.missing == why
-        wait_gone()
-        assert ray.get(again.catalog.layout.remote("clip")) is None
+        assert opened.features == ["phash", "clip"] and _running(role) == shards
+        layout = ray.get(catalog.layout.remote("clip"))
+        again = IndexClient.open(name, data, specs, dormant=WHY)  # and went again
+        assert again.missing == WHY and _gone(role)
+        assert ray.get(catalog.dormant.remote("clip"))
+        assert ray.get(catalog.layout.remote("clip")) == layout  # its shards' nodes kept
+        assert IndexClient.open(name, data, specs, dormant=WHY).missing == WHY
+        assert not _running(role)  # marked dormant: not even started to be counted
 
         opened = IndexClient.open(name, data, specs)
+        assert _running(role) == shards and not ray.get(catalog.dormant.remote("clip"))
         vectors = {"phash": np.zeros((1, 72), np.uint8), "clip": np.ones((1, 512), np.float32)}
         (stored,) = asyncio.run(opened.store([("a.jpg", None)], vectors))
-        assert stored.ok
-        holding = IndexClient.open(name, data, specs, dormant=why)
+        assert stored.ok and stored.image_id is not None
+        holding = IndexClient.open(name, data, specs, dormant=WHY)
         assert holding.features == ["phash", "clip"] and holding.missing == {}
-        assert stored.image_id is not None
         asyncio.run(holding.delete(stored.image_id))
-        assert ray.get(holding.shards["clip"][0].count.remote()) == 0
+        assert sum(ray.get([a.count.remote() for a in holding.shards["clip"]])) == 0
+    finally:
+        kill_actors(name)
+
+
+def test_an_index_that_cannot_count_is_kept(ray_session: int, tmp_path: Path) -> None:
+    """The captioner's words in PostgreSQL, which is down: its index cannot say it is
+    empty, so it stays open (and says why it fails) rather than being taken for empty."""
+    from deployments.config import AppArgs
+    from index_actors.client import IndexClient
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    name = f"dorm{uuid.uuid4().hex[:8]}"
+    args = AppArgs(
+        name=name,
+        data_dir=str(tmp_path / "data"),
+        features={"phash": {}, "caption": {}},
+        text_dsn=f"host=127.0.0.1 port={port} dbname=none connect_timeout=1",
+    )
+    data, specs = str(args.data_path()), args.index_specs()
+    why = {"caption": "the captioner's weights are missing"}
+    try:
+        assert "caption" in IndexClient.open(name, data, specs).features
+        kept = IndexClient.open(name, data, specs, dormant=why)
+        assert kept.features == ["phash", "caption"] and kept.missing == {}
     finally:
         kill_actors(name)

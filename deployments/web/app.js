@@ -1132,7 +1132,10 @@ async function viewStatus(view) {
   await loadHealth();
   // An index waiting for its model (weights missing: the extractors below say how to get
   // them) is a state of this install, not an error.
-  const waiting = (name) => (health.extractors[name] || {}).available === false;
+  const waiting = (name, index) => {
+    const info = health.extractors[name] || {};
+    return info.available === false && !info.error && (index.error || "").includes(info.reason);
+  };
   const rows = Object.entries(health.indexes).map(([name, index]) =>
     h(
       "tr",
@@ -1143,7 +1146,7 @@ async function viewStatus(view) {
         {},
         "count" in index
           ? String(index.count)
-          : waiting(name)
+          : waiting(name, index)
             ? h("span", { class: "muted" }, "none: opens with its model (below)")
             : h("span", { class: "error" }, index.error || "unknown"),
       ),
