@@ -47,8 +47,10 @@ def test_every_deployment_the_config_names_runs_with_its_options(shipped: Runnin
     assert {f for f, e in ext.items() if e["available"]} == READY, ext
     assert {f for f, e in ext.items() if not e["available"]} == NO_WEIGHTS, ext
     assert all("fetch_models.py" in ext[f]["reason"] for f in NO_WEIGHTS), ext
-    # Nor an index actor: nothing is stored for them yet.
+    # Nor an index actor: nothing is stored for them yet. Text search names them.
     assert all("fetch_models.py" in health["indexes"][f]["error"] for f in NO_WEIGHTS), health
+    found = httpx.get(f"{shipped.url}/search/text", params={"q": "bridge"}, timeout=60)
+    assert found.status_code == 200 and set(found.json()["unavailable"]) == NO_WEIGHTS, found.text
     # No replica for a model without weights (min_replicas 0; the ingress answers for it,
     # /health included), one for each of the others.
     assert running_replicas("extract_clip") == running_replicas("extract_caption") == 0
