@@ -131,7 +131,7 @@ def trained_first(app: Any, args: Any, sizes: list[int], tmp: Path, photos: dict
     start, count = time.perf_counter(), 0
     # Batches until it trains: some images have fewer keypoints than the most.
     wanted = -(-int(train_at) // per_image)
-    while not (local().get("trained") or local().get("training")):
+    while not ((state := local()).get("trained") or state.get("training")):
         if count > 3 * wanted:
             raise RuntimeError(f"the descriptor index did not train after {count} images")
         folder = tmp / f"trained-first-{count}"

@@ -104,7 +104,8 @@ class IndexClient(ReadPath):
             raw = ray.get(catalog.layout.remote(name))
             recorded = Layout.from_dict(raw) if raw else None
             here = ray.get(catalog.layouts_here.remote(name)) if recorded is None else {}
-            asleep = ray.get(catalog.dormant.remote(name))
+            # Only a recorded layout can be dormant: no second call for the others.
+            asleep = recorded is not None and ray.get(catalog.dormant.remote(name))
             if name in dormant and (asleep or (recorded is None and not here)):
                 missing[name] = dormant[name]  # found empty, or never held an image
                 continue
